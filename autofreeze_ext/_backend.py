@@ -1,0 +1,58 @@
+"""Loads the compiled core if it is there and says which backends are in use.
+
+Nothing here may fail at import: without ``autofreeze_ext._C`` (not built, wrong platform,
+``AUTOFREEZE_FORCE_REFERENCE=1``) every op runs its pure-PyTorch reference implementation.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+_C: Any = None
+_C_ERROR: Optional[str] = None
+
+if os.environ.get("AUTOFREEZE_FORCE_REFERENCE") == "1":
+    _C_ERROR = "disabled by AUTOFREEZE_FORCE_REFERENCE=1"
+else:
+    try:
+        from . import _C  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:  # not built, or built for another platform
+        _C = None
+        _C_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def compiled() -> bool:
+    """True when the compiled core is loaded."""
+    return _C is not None
+
+
+def compiled_with_cuda() -> bool:
+    return _C is not None and bool(getattr(_C, "with_cuda", False))
+
+
+def backend_info() -> Dict[str, Any]:
+    """Which implementation each op uses on this machine, and why.
+
+    Returns a dict with ``compiled`` (bool), ``compiled_error`` (why it is missing, or None),
+    ``cuda_available`` (torch sees a GPU), ``grad_stats`` (``{"cpu": ..., "cuda": ...}``, each
+    one of ``"cpp"``/``"cuda"``/``"reference"``/``"unavailable"``) and, once the I/O engine is
+    loaded, the cache I/O backends.
+    """
+    import torch
+
+    cuda_ok = torch.cuda.is_available()
+    if compiled_with_cuda():
+        cuda_kernel = "cuda" if cuda_ok else "unavailable (no CUDA device)"
+    elif cuda_ok:
+        cuda_kernel = "reference (compiled core built without CUDA)" if compiled() else "reference"
+    else:
+        cuda_kernel = "unavailable (no CUDA device)"
+    return {
+        "compiled": compiled(),
+        "compiled_error": _C_ERROR,
+        "compiled_with_cuda": compiled_with_cuda(),
+        "cuda_available": cuda_ok,
+        "torch": torch.__version__,
+        "grad_stats": {"cpu": "cpp" if compiled() else "reference", "cuda": cuda_kernel},
+        "cpu_threads": _C.thread_backend() if compiled() else "torch",
+    }

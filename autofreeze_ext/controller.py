@@ -1,0 +1,280 @@
+"""FreezeController: applies a policy's freezing decisions to a model and its optimizer."""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .adapters import BlockLayout, ModuleOrList, resolve_layout
+from .policies import FreezePolicy, GradientNormTest, IntervalStats
+from .stats import GradientStatistics
+
+log = logging.getLogger("autofreeze_ext")
+
+FreezeListener = Callable[[int, int], None]
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    """Forward pre-hook on frozen modules: a later ``model.train()`` does not re-enable dropout
+    or batch-norm updates in them."""
+    if module.training:
+        module.eval()
+
+
+class FreezeController:
+    """Freezes a growing prefix of a model's blocks during training.
+
+    Use it from a plain PyTorch loop: construct it after the optimizer; by default it hooks
+    ``optimizer.step()`` and needs no further call (so gradient accumulation over
+    micro-batches and steps skipped by ``GradScaler`` are handled: it counts real optimizer
+    steps). With ``attach=False`` call :meth:`step` after each ``optimizer.step()``.
+
+    Freezing block ``l`` (and the embeddings with block 0): ``requires_grad_(False)``; the
+    modules switch to ``eval()`` and stay there (dropout off, so their output is deterministic
+    and cacheable); their parameters leave the optimizer's param groups and their ``.grad``,
+    optimizer state and gradient accumulators are freed. The optimizer state of parameters
+    that stay active is untouched (no optimizer rebuild). The prefix only grows.
+
+    Args:
+        model: the model being trained.
+        optimizer: its optimizer; must own every trainable parameter of the blocks.
+        policy: a :class:`~autofreeze_ext.policies.FreezePolicy`; default
+            :class:`~autofreeze_ext.policies.GradientNormTest` (the paper's test).
+        blocks, embeddings: explicit layout for models the adapters do not know.
+        steps_per_epoch: optimizer steps per epoch (needed by ``intervals_per_epoch``).
+        max_depth: the most blocks that may freeze (default: all of them; the gradient test
+            never freezes the last active block on its own).
+        attach: hook ``optimizer.step()`` (default) or leave :meth:`step` to the caller.
+        grad_scaler: with ``attach=False`` and AMP, pass the ``GradScaler`` so steps it
+            skipped for inf/NaN gradients are not counted.
+        verify_order: check during the first forward pass that the blocks run in the given
+            order (raises ``ValueError`` at the first step if not).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: Optional[FreezePolicy] = None,
+                 *, blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
+                 steps_per_epoch: Optional[int] = None, max_depth: Optional[int] = None, attach: bool = True,
+                 grad_scaler=None, verify_order: bool = True) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.policy = policy if policy is not None else GradientNormTest()
+        self.layout: BlockLayout = resolve_layout(model, blocks=blocks, embeddings=embeddings)
+        n = self.layout.num_blocks
+        self.max_depth = n if max_depth is None else int(max_depth)
+        if not 0 <= self.max_depth <= n:
+            raise ValueError(f"max_depth must be in [0, {n}], got {max_depth!r}")
+        self.steps_per_epoch = steps_per_epoch
+        self.grad_scaler = grad_scaler
+        self._check_optimizer_owns_params()
+
+        self._block_params: List[List[nn.Parameter]] = [
+            [p for p in b.parameters() if p.requires_grad] for b in self.layout.blocks]
+        self.stats: Optional[GradientStatistics] = None
+        if self.policy.uses_gradient_stats:
+            self.stats = GradientStatistics(self._block_params, norm=getattr(self.policy, "norm", "l2"))
+        self.global_step = 0
+        self.interval_steps = 0  #: optimizer steps in the running interval
+        self.frozen_depth = 0
+        self.history: List[Dict] = []  #: one record per interval decision and per freeze
+        self._listeners: List[FreezeListener] = []
+        self._last_scale: Optional[float] = None
+        self._order_seen: List[int] = []
+        self._order_hooks = []
+        if verify_order:
+            for i, blk in enumerate(self.layout.blocks):
+                self._order_hooks.append(blk.register_forward_pre_hook(self._make_order_hook(i)))
+        self._step_hook = optimizer.register_step_post_hook(lambda opt, a, k: self.step()) if attach else None
+        if grad_scaler is not None and attach:
+            warnings.warn("grad_scaler= is only needed with attach=False: the optimizer hook already skips "
+                          "steps that GradScaler skipped", stacklevel=2)
+
+        depth = self.policy.initial_depth(n)
+        if depth:
+            self.freeze_to(depth, reason="initial")
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def num_blocks(self) -> int:
+        return self.layout.num_blocks
+
+    def add_freeze_listener(self, fn: FreezeListener) -> None:
+        """Call ``fn(old_depth, new_depth)`` after each freeze (e.g. to invalidate caches)."""
+        self._listeners.append(fn)
+
+    def step(self) -> int:
+        """Account one optimizer step; at interval ends, consult the policy and freeze.
+
+        Returns the frozen depth after the step.
+        """
+        if self._skip_for_scaler():
+            return self.frozen_depth
+        self.global_step += 1
+        self.interval_steps += 1
+        if self._order_hooks:
+            self._verify_order()
+        end = self.policy.is_interval_end(self.global_step, self.steps_per_epoch)
+        active = range(self.frozen_depth, self.num_blocks)
+        norms = None
+        if self.stats is not None:
+            raw = self.stats.accumulate(active, finish=end)
+            if end:
+                norms = [None if b < self.frozen_depth else v / self.interval_steps for b, v in enumerate(raw)]
+        if end:
+            self._end_interval(norms)
+            self.interval_steps = 0
+        return self.frozen_depth
+
+    def freeze_to(self, depth: int, reason: str = "manual") -> None:
+        """Freeze the first ``depth`` blocks (and the embeddings). Never unfreezes."""
+        depth = int(depth)
+        if not 0 <= depth <= self.num_blocks:
+            raise ValueError(f"depth must be in [0, {self.num_blocks}], got {depth}")
+        old = self.frozen_depth
+        if depth <= old:
+            return
+        modules: List[nn.Module] = list(self.layout.blocks[old:depth])
+        if old == 0:
+            modules = list(self.layout.embeddings) + modules
+        params = [p for m in modules for p in m.parameters()]
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        self._remove_from_optimizer(params)
+        for m in modules:
+            m.eval()
+            if not getattr(m, "_autofreeze_eval_hook", False):
+                m.register_forward_pre_hook(_keep_eval)
+                m._autofreeze_eval_hook = True
+        if self.stats is not None:
+            for b in range(old, depth):
+                self.stats.release(b)
+        self.frozen_depth = depth
+        self.history.append({"event": "freeze", "step": self.global_step, "epoch": self._epoch(),
+                             "from": old, "to": depth, "reason": reason})
+        log.info("autofreeze: step %d: froze blocks %d..%d (%s); %d of %d frozen",
+                 self.global_step, old, depth - 1, reason, depth, self.num_blocks)
+        for fn in self._listeners:
+            fn(old, depth)
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        mods = (list(self.layout.embeddings) if self.frozen_depth else []) + list(self.layout.blocks[:self.frozen_depth])
+        return [p for m in mods for p in m.parameters()]
+
+    def detach(self) -> None:
+        """Remove the optimizer hook (the model stays as it is)."""
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
+        self._remove_order_hooks()
+
+    def state_dict(self) -> dict:
+        """Frozen depth, counters, policy state and accumulators: enough for a resumed run to
+        take the same decisions. Load it *before* the optimizer's own state dict."""
+        return {"version": 1, "global_step": self.global_step, "interval_steps": self.interval_steps,
+                "frozen_depth": self.frozen_depth,
+                "num_blocks": self.num_blocks, "policy": self.policy.state_dict(),
+                "stats": self.stats.state_dict() if self.stats is not None else None,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unknown FreezeController state version {state.get('version')!r}")
+        if state["num_blocks"] != self.num_blocks:
+            raise ValueError(f"state is for {state['num_blocks']} blocks, this model has {self.num_blocks}")
+        if state["frozen_depth"] < self.frozen_depth:
+            raise ValueError(f"state has {state['frozen_depth']} frozen blocks but {self.frozen_depth} are frozen "
+                             "already; freezing cannot be undone")
+        self.freeze_to(state["frozen_depth"], reason="resume")
+        self.global_step = int(state["global_step"])
+        self.interval_steps = int(state["interval_steps"])
+        self.policy.load_state_dict(state["policy"])
+        if self.stats is not None and state.get("stats") is not None:
+            self.stats.load_state_dict(state["stats"])
+        self.history = list(state["history"])
+        self._remove_order_hooks()
+
+    # ------------------------------------------------------------------ internals
+    def _epoch(self) -> float:
+        return self.global_step / self.steps_per_epoch if self.steps_per_epoch else math.nan
+
+    def _skip_for_scaler(self) -> bool:
+        if self.grad_scaler is None or self._step_hook is not None or not self.grad_scaler.is_enabled():
+            return False
+        scale = float(self.grad_scaler.get_scale())
+        skipped = self._last_scale is not None and scale < self._last_scale
+        self._last_scale = scale
+        return skipped
+
+    def _end_interval(self, norms: Optional[List[Optional[float]]]) -> None:
+        info = IntervalStats(step=self.global_step, epoch=self._epoch(), frozen_depth=self.frozen_depth,
+                             num_blocks=self.num_blocks, max_depth=self.max_depth,
+                             interval_steps=self.interval_steps, norms=norms)
+        if norms is not None and not all(math.isfinite(v) for v in norms if v is not None):
+            warnings.warn(f"autofreeze: non-finite gradient statistics in the interval ending at step "
+                          f"{self.global_step}; interval skipped, the next one sets a new baseline", RuntimeWarning)
+            self.policy.on_invalid_interval(info)
+            self.history.append({"event": "skipped", "step": self.global_step, "epoch": self._epoch()})
+            return
+        depth = min(int(self.policy.decide(info)), self.max_depth)
+        rec = getattr(self.policy, "last", None)
+        entry = {"event": "interval", "step": self.global_step, "epoch": self._epoch(),
+                 "frozen_before": self.frozen_depth, "decided": max(depth, self.frozen_depth), "norms": norms}
+        if rec is not None and getattr(rec, "step", None) == self.global_step:
+            entry["eta"] = {int(b): v for b, v in rec.eta.items()}
+            entry["threshold"] = rec.threshold
+        self.history.append(entry)
+        if "eta" in entry and entry["eta"]:
+            etas = " ".join(f"{b}:{v:.3f}" for b, v in sorted(entry["eta"].items()))
+            log.info("autofreeze: step %d interval: eta {%s} threshold %.3f -> depth %d", self.global_step, etas,
+                     entry["threshold"], entry["decided"])
+        if depth > self.frozen_depth:
+            self.freeze_to(depth, reason=self.policy.describe())
+
+    def _check_optimizer_owns_params(self) -> None:
+        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        for i, m in enumerate([*self.layout.embeddings, *self.layout.blocks]):
+            for name, p in m.named_parameters():
+                if p.requires_grad and id(p) not in owned:
+                    where = f"embeddings[{i}]" if i < len(self.layout.embeddings) else \
+                        f"blocks[{i - len(self.layout.embeddings)}]"
+                    raise ValueError(f"the optimizer does not own parameter {where}.{name} "
+                                     f"(shape {tuple(p.shape)}): build the optimizer from model.parameters() "
+                                     "before creating the FreezeController")
+
+    def _remove_from_optimizer(self, params: List[nn.Parameter]) -> None:
+        ids = {id(p) for p in params}
+        for group in self.optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        for p in params:
+            self.optimizer.state.pop(p, None)
+
+    def _make_order_hook(self, i: int):
+        def hook(module, args):
+            self._order_seen.append(i)
+        return hook
+
+    def _verify_order(self) -> None:
+        seen = list(dict.fromkeys(self._order_seen))  # first call of each block
+        self._remove_order_hooks()
+        if not seen:
+            return
+        if seen != sorted(seen):
+            raise ValueError(f"the blocks ran in the order {seen} during the first forward pass, but were given "
+                             f"as 0..{self.num_blocks - 1}: pass them in forward order")
+        if len(seen) < self.num_blocks:
+            warnings.warn(f"blocks {sorted(set(range(self.num_blocks)) - set(seen))} did not run in the first "
+                          "forward pass", RuntimeWarning)
+
+    def _remove_order_hooks(self) -> None:
+        for h in self._order_hooks:
+            h.remove()
+        self._order_hooks = []
+        self._order_seen = []

@@ -1,0 +1,115 @@
+"""Per-step cost of AutoFreeze's gradient statistics: ours vs torch foreach vs a Python loop.
+
+Parameter sets shaped like BERT-base (~200 tensors, 110M parameters) and MiniLM-L6
+(~100 tensors, 22.7M), grouped per block (embeddings, each layer, head). Three operations:
+
+* ``accumulate``: acc += grad for every tensor (every step of an interval),
+* ``acc+norm``: the same plus per-block L2 norms (the design's reference measurement, and the
+  last step of each interval, where ours also zeroes the accumulators in the same pass),
+
+each timed for: ours (``autofreeze::grad_stats``, C++ or CUDA kernel), ``torch._foreach_add_``
++ per-block ``torch._foreach_norm`` (the strongest plain-PyTorch baseline), and a Python loop
+of ``add_`` / ``norm``. All in one run, interleaved; ratios are what to compare.
+
+    python benchmarks/bench_grad_stats.py [--device cuda] [--dtype bf16] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, median, print_table, time_interleaved, write_json  # noqa: E402
+
+import autofreeze_ext as af  # noqa: E402
+
+
+def bert_shapes(hidden: int, inter: int, layers: int, vocab: int = 30522, pos: int = 512) -> List[Tuple[int, Tuple[int, ...]]]:
+    """(block, shape) for a BERT-family classifier: block 0 = embeddings, 1..L = layers, L+1 = head."""
+    h, i = hidden, inter
+    shapes = [(0, (vocab, h)), (0, (pos, h)), (0, (2, h)), (0, (h,)), (0, (h,))]
+    for layer in range(1, layers + 1):
+        for s in [(h, h), (h,), (h, h), (h,), (h, h), (h,), (h, h), (h,), (h,), (h,), (i, h), (i,), (h, i), (h,), (h,), (h,)]:
+            shapes.append((layer, s))
+    shapes += [(layers + 1, (h, h)), (layers + 1, (h,)), (layers + 1, (2, h)), (layers + 1, (2,))]
+    return shapes
+
+
+MODELS = {"bert-base": bert_shapes(768, 3072, 12), "minilm-l6": bert_shapes(384, 1536, 6)}
+
+
+def make(shapes, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g).to(device=device, dtype=dtype) for _, s in shapes]
+    accs = [torch.zeros(s, device=device).reshape(-1) for _, s in shapes]
+    ids = [b for b, _ in shapes]
+    return accs, [x.reshape(-1) for x in grads], ids, max(ids) + 1
+
+
+def methods(accs, grads, ids, nb, with_norm: bool) -> Dict[str, callable]:
+    by_block: Dict[int, List[torch.Tensor]] = {}
+    for a, b in zip(accs, ids):
+        by_block.setdefault(b, []).append(a)
+
+    def ours():
+        return af.grad_stats(accs, grads, ids, nb, norm="l2", compute_norms=with_norm)
+
+    def foreach():
+        torch._foreach_add_(accs, grads)
+        if with_norm:
+            return torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v, 2)))
+                                for v in by_block.values()])
+
+    def loop():
+        for a, g in zip(accs, grads):
+            a.add_(g)
+        if with_norm:
+            return torch.stack([torch.stack([a.norm() for a in v]).norm() for v in by_block.values()])
+
+    return {"ours": ours, "foreach": foreach, "python-loop": loop}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--models", default="bert-base,minilm-l6")
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", default="bench_out/grad_stats.json")
+    args = ap.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+
+    info = af.backend_info()
+    print(f"machine: {machine()}")
+    print(f"backend: grad_stats on {args.device}: {info['grad_stats']['cuda' if args.device.startswith('cuda') else 'cpu']}")
+    rows, results = [], []
+    for model in args.models.split(","):
+        shapes = MODELS[model]
+        accs, grads, ids, nb = make(shapes, dtype, args.device)
+        n_params = sum(a.numel() for a in accs)
+        for op, with_norm in (("accumulate", False), ("acc+norm", True)):
+            t = time_interleaved(methods(accs, grads, ids, nb, with_norm), args.repeat, args.warmup, args.device)
+            med = {k: median(v) for k, v in t.items()}
+            # bytes moved by one pass: read grad + read acc + write acc
+            nbytes = n_params * (grads[0].element_size() + 8)
+            for k in med:
+                results.append({"model": model, "op": op, "method": k, "median_s": med[k], "times_s": t[k],
+                                "tensors": len(accs), "params": n_params, "bytes": nbytes})
+            rows.append([model, op, len(accs), f"{n_params / 1e6:.1f}M", f"{med['ours'] * 1e3:.2f}",
+                         f"{med['foreach'] * 1e3:.2f}", f"{med['python-loop'] * 1e3:.2f}",
+                         f"{med['foreach'] / med['ours']:.2f}x", f"{med['python-loop'] / med['ours']:.2f}x",
+                         f"{nbytes / med['ours'] / 1e9:.1f}"])
+    print()
+    print_table(["model", "op", "tensors", "params", "ours ms", "foreach ms", "loop ms", "vs foreach", "vs loop",
+                 "ours GB/s"], rows)
+    write_json(args.json, {"benchmark": "grad_stats", "device": args.device, "dtype": args.dtype, "machine": machine(),
+                           "backend": info, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+// pybind11 bindings for autofreeze_ext._C. Binds only: no logic beyond turning Python
+// integers (data pointers, sizes, type codes, stream handles) into the C++ arguments.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "../common/thread_pool.h"
+#include "../kernels/grad_stats.h"
+
+namespace py = pybind11;
+using namespace autofreeze;
+
+namespace {
+
+struct PackedArgs {
+  std::vector<float*> acc;
+  std::vector<const void*> grad;
+  GradStatsArgs args;
+};
+
+PackedArgs pack(const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad,
+                const std::vector<int64_t>& numel, const std::vector<int32_t>& dtype,
+                const std::vector<int32_t>& block, int32_t n_blocks, uintptr_t block_sums,
+                int32_t norm, bool compute, bool zero_after) {
+  const size_t n = acc.size();
+  const bool accumulate = !grad.empty();
+  if (numel.size() != n || block.size() != n || (accumulate && (grad.size() != n || dtype.size() != n)))
+    throw std::invalid_argument("grad_stats: argument lists differ in length");
+  PackedArgs p;
+  p.acc.reserve(n);
+  for (auto v : acc) p.acc.push_back(reinterpret_cast<float*>(v));
+  for (auto v : grad) p.grad.push_back(reinterpret_cast<const void*>(v));
+  GradStatsArgs& a = p.args;
+  a.n_tensors = static_cast<int64_t>(n);
+  a.acc = p.acc.data();
+  a.grad = accumulate ? p.grad.data() : nullptr;
+  a.numel = numel.data();
+  a.dtype = accumulate ? dtype.data() : nullptr;
+  a.block = block.data();
+  a.n_blocks = n_blocks;
+  a.block_sums = reinterpret_cast<double*>(block_sums);
+  a.norm = static_cast<NormType>(norm);
+  a.accumulate = accumulate;
+  a.compute = compute;
+  a.zero_after = zero_after;
+  return p;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "autofreeze_ext compiled core (torch-free: raw pointers, sizes, dtype codes, streams)";
+
+  m.def(
+      "grad_stats_cpu",
+      [](const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad, const std::vector<int64_t>& numel,
+         const std::vector<int32_t>& dtype, const std::vector<int32_t>& block, int32_t n_blocks,
+         uintptr_t block_sums, int32_t norm, bool compute, bool zero_after, int num_threads) {
+        PackedArgs p = pack(acc, grad, numel, dtype, block, n_blocks, block_sums, norm, compute, zero_after);
+        py::gil_scoped_release nogil;
+        grad_stats_cpu(p.args, num_threads);
+      },
+      py::arg("acc"), py::arg("grad"), py::arg("numel"), py::arg("dtype"), py::arg("block"), py::arg("n_blocks"),
+      py::arg("block_sums"), py::arg("norm"), py::arg("compute"), py::arg("zero_after"), py::arg("num_threads"));
+
+#ifdef AUTOFREEZE_WITH_CUDA
+  m.def(
+      "grad_stats_cuda",
+      [](const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad, const std::vector<int64_t>& numel,
+         const std::vector<int32_t>& dtype, const std::vector<int32_t>& block, int32_t n_blocks,
+         uintptr_t block_sums, int32_t norm, bool compute, bool zero_after, uintptr_t stream) {
+        PackedArgs p = pack(acc, grad, numel, dtype, block, n_blocks, block_sums, norm, compute, zero_after);
+        py::gil_scoped_release nogil;
+        grad_stats_cuda(p.args, reinterpret_cast<void*>(stream));
+      },
+      py::arg("acc"), py::arg("grad"), py::arg("numel"), py::arg("dtype"), py::arg("block"), py::arg("n_blocks"),
+      py::arg("block_sums"), py::arg("norm"), py::arg("compute"), py::arg("zero_after"), py::arg("stream"));
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("cpu_chunk_elements") = kCpuChunk;
+  m.def("hardware_threads", &hardware_threads);
+  m.def("thread_backend", &thread_backend, "Where the CPU kernels' parallel loops run");
+}
