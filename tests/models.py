@@ -1,0 +1,74 @@
+"""Small models for the tests: a tiny Hugging Face BERT, a torchvision-style ResNet, a block list."""
+import torch
+from torch import nn
+
+
+def tiny_bert(num_layers=4, hidden=32, seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def bert_batch(n=8, seq=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (n, seq), generator=g)
+    labels = (ids[:, 0] > 50).long()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class TinyResNet(nn.Module):
+    """Same attribute layout as torchvision.models.ResNet."""
+
+    def __init__(self, width=8, num_classes=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.Identity()
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
+        self.layer3 = BasicBlock(2 * width, 2 * width)
+        self.layer4 = BasicBlock(2 * width, 4 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class BlockNet(nn.Module):
+    """embed -> blocks (Linear+dropout) -> head, for explicit-layout tests."""
+
+    def __init__(self, n_blocks=4, width=6, dropout=0.0):
+        super().__init__()
+        self.embed = nn.Linear(3, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.Dropout(dropout)) for _ in range(n_blocks))
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for b in self.blocks:
+            x = torch.tanh(b(x))
+        return self.head(x)
