@@ -367,3 +367,33 @@ def test_empty_param_groups_still_step():
         warnings.simplefilter("error")
         train_step(model, opt, x, y)
     assert opt.param_groups[0]["params"] == list(model.head.parameters())
+
+
+def test_parameter_without_grad_on_last_step_still_counts():
+    model, opt, ctl = blocknet_ctl(GradientNormTest(interval_steps=2), attach=False)
+    set_grads(model, [1.0] * 4)
+    ctl.step()
+    set_grads(model, [1.0] * 4)
+    model.blocks[2][0].bias.grad = None  # no gradient on the interval's last step
+    ctl.step()
+    w, b = model.blocks[2][0].weight, model.blocks[2][0].bias
+    expect = math.sqrt(w.numel() * 2.0 ** 2 + b.numel() * 1.0 ** 2) / 2  # bias summed 1 step of 2
+    assert ctl.history[-1]["norms"][2] == pytest.approx(expect, rel=1e-6)
+    assert not any(ctl.stats._buffers[2].tolist())  # zeroed for the next interval, idle one included
+
+
+def test_manual_mode_with_grad_scaler_skips_overflow_steps():
+    model, opt, ctl_unused = blocknet_ctl(NeverFreeze())
+    ctl_unused.detach()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    ctl = FreezeController(model, opt, GradientNormTest(interval_steps=5), blocks=model.blocks,
+                           embeddings=[model.embed], attach=False, grad_scaler=scaler)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    for bad in (False, True, False):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) * (float("inf") if bad else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        ctl.step()
+    assert ctl.global_step == 2

@@ -158,7 +158,7 @@ def test_backend_info_reports_compiled_core():
     assert info["cpu_threads"].startswith(("openmp-team:", "own-pool"))
 
 
-def test_own_thread_pool_matches():
+def test_own_thread_pool_matches(tmp_path):
     """The fallback pool (no OpenMP runtime) gives the same results."""
     code = ("import torch, autofreeze_ext as af\n"
             "from autofreeze_ext.ops.grad_stats import reference_grad_stats as r\n"
@@ -170,18 +170,20 @@ def test_own_thread_pool_matches():
             "torch.testing.assert_close(o,e); assert all(torch.equal(x,y) for x,y in zip(a,b))\n"
             "print('ok')\n")
     env = {**__import__("os").environ, "AUTOFREEZE_CPU_THREADS": "own"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # run outside the source tree so that the installed package is the one imported
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
 
 
-def test_import_without_compiled_core():
+def test_import_without_compiled_core(tmp_path):
     code = ("import autofreeze_ext as af, torch\n"
             "i = af.backend_info(); assert i['compiled'] is False and i['grad_stats']['cpu'] == 'reference', i\n"
             "out = af.grad_stats([torch.zeros(2)], [torch.ones(2)], [0], 1); assert abs(out.item() - 2**0.5) < 1e-6\n"
             "print('ok')\n")
     env = {**__import__("os").environ, "AUTOFREEZE_FORCE_REFERENCE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # run outside the source tree so that the installed package is the one imported
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
 
