@@ -158,6 +158,15 @@ def test_backend_info_reports_compiled_core():
     assert info["cpu_threads"].startswith(("openmp-team:", "own-pool"))
 
 
+def _run_python(code, tmp_path, **env_extra):
+    """Run ``code`` in a fresh interpreter outside the source tree (so the installed package is
+    the one imported) and return its stdout."""
+    env = {**__import__("os").environ, **env_extra}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_own_thread_pool_matches(tmp_path):
     """The fallback pool (no OpenMP runtime) gives the same results."""
     code = ("import torch, autofreeze_ext as af\n"
@@ -169,11 +178,7 @@ def test_own_thread_pool_matches(tmp_path):
             "o=af.grad_stats(a,g,[0,1,1],2); e=r(b,g,[0,1,1],2,'l2',True,False)\n"
             "torch.testing.assert_close(o,e); assert all(torch.equal(x,y) for x,y in zip(a,b))\n"
             "print('ok')\n")
-    env = {**__import__("os").environ, "AUTOFREEZE_CPU_THREADS": "own"}
-    # run outside the source tree so that the installed package is the one imported
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "ok" in out.stdout
+    assert "ok" in _run_python(code, tmp_path, AUTOFREEZE_CPU_THREADS="own")
 
 
 def test_import_without_compiled_core(tmp_path):
@@ -181,11 +186,7 @@ def test_import_without_compiled_core(tmp_path):
             "i = af.backend_info(); assert i['compiled'] is False and i['grad_stats']['cpu'] == 'reference', i\n"
             "out = af.grad_stats([torch.zeros(2)], [torch.ones(2)], [0], 1); assert abs(out.item() - 2**0.5) < 1e-6\n"
             "print('ok')\n")
-    env = {**__import__("os").environ, "AUTOFREEZE_FORCE_REFERENCE": "1"}
-    # run outside the source tree so that the installed package is the one imported
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "ok" in out.stdout
+    assert "ok" in _run_python(code, tmp_path, AUTOFREEZE_FORCE_REFERENCE="1")
 
 
 def test_compiled_core_does_not_link_torch():

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._backend import _C
-from ..ops.grad_stats import NORMS, _grad_stats_op, finish_norms, validate
+from ..ops.grad_stats import _grad_stats_op, finish_norms, validate
 
 
 def grad_stats_cuda(accs: List[Tensor], grads: List[Tensor], block_ids: List[int], num_blocks: int, norm: str,
@@ -21,19 +21,7 @@ def grad_stats_cuda(accs: List[Tensor], grads: List[Tensor], block_ids: List[int
     sums = torch.zeros(num_blocks, dtype=torch.float64, device=device)
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
-        _C.grad_stats_cuda(
-            meta.acc_ptrs,
-            meta.grad_ptrs,
-            meta.numels,
-            meta.grad_dtypes,
-            block_ids,
-            num_blocks,
-            sums.data_ptr(),
-            NORMS[norm],
-            compute_norms,
-            zero_after,
-            stream,
-        )
+        _C.grad_stats_cuda(*meta.kernel_args(block_ids, num_blocks, sums, norm, compute_norms, zero_after), stream)
     return finish_norms(sums, norm)
 
 

@@ -27,6 +27,12 @@ class Meta(NamedTuple):
     numels: List[int]
     grad_dtypes: List[int]
 
+    def kernel_args(self, block_ids: List[int], num_blocks: int, sums: Tensor, norm: str, compute_norms: bool,
+                    zero_after: bool) -> tuple:
+        """Positional arguments of ``_C.grad_stats_{cpu,cuda}`` before the last (threads/stream)."""
+        return (self.acc_ptrs, self.grad_ptrs, self.numels, self.grad_dtypes, block_ids, num_blocks,
+                sums.data_ptr(), NORMS[norm], compute_norms, zero_after)
+
 
 def _fail(msg: str) -> None:
     raise ValueError(f"grad_stats: {msg}")

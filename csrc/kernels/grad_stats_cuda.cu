@@ -135,36 +135,29 @@ void grad_stats_cuda(const GradStatsArgs& a, void* stream_ptr) {
     nt = 0;
     nc = 0;
   };
+  auto add_tensor = [&](int64_t t) {  // register tensor t in the current batch
+    b.acc[nt] = a.acc[t];
+    b.grad[nt] = a.accumulate ? a.grad[t] : nullptr;
+    b.numel[nt] = a.numel[t];
+    b.block[nt] = a.block[t];
+    b.dtype[nt] = static_cast<int8_t>(a.accumulate ? a.dtype[t] : 0);
+    ++nt;
+  };
   for (int64_t t = 0; t < a.n_tensors; ++t) {
     const int64_t n = a.numel[t];
     if (n == 0) continue;
     const int64_t chunks = (n + kChunk - 1) / kChunk;
+    if (chunks > INT32_MAX) throw std::invalid_argument("grad_stats_cuda: tensor too large");
+    if (nt == kMaxTensors) launch();
+    add_tensor(t);
     for (int64_t c = 0; c < chunks; ++c) {
-      if (c == 0 || nt == 0) {  // (re)register the tensor in this batch
-        if (nt == kMaxTensors) launch();
-        b.acc[nt] = a.acc[t];
-        b.grad[nt] = a.accumulate ? a.grad[t] : nullptr;
-        b.numel[nt] = n;
-        b.block[nt] = a.block[t];
-        b.dtype[nt] = static_cast<int8_t>(a.accumulate ? a.dtype[t] : 0);
-        ++nt;
+      if (nc == kMaxChunks) {  // batch full: launch it, continue this tensor in a fresh one
+        launch();
+        add_tensor(t);
       }
-      if (c > INT32_MAX) throw std::invalid_argument("grad_stats_cuda: tensor too large");
       b.chunk_tensor[nc] = static_cast<uint8_t>(nt - 1);
       b.chunk_index[nc] = static_cast<int32_t>(c);
       ++nc;
-      if (nc == kMaxChunks) {
-        const bool more_of_this = c + 1 < chunks;
-        launch();
-        if (more_of_this) {  // continue the same tensor in a fresh batch
-          b.acc[0] = a.acc[t];
-          b.grad[0] = a.accumulate ? a.grad[t] : nullptr;
-          b.numel[0] = n;
-          b.block[0] = a.block[t];
-          b.dtype[0] = static_cast<int8_t>(a.accumulate ? a.dtype[t] : 0);
-          nt = 1;
-        }
-      }
     }
   }
   launch();
