@@ -1,0 +1,110 @@
+"""``autofreeze``: fine-tune a sequence classifier with AutoFreeze and compare modes.
+
+    autofreeze finetune [--mode autofreeze] [--train F --dev F] [--model PATH] ...
+    autofreeze compare --modes full,static:half,autofreeze ...
+
+With no data or model arguments it fine-tunes the packaged MiniLM-L6 (``pip install ".[demo]"``)
+on a built-in 2,000-sentence SST-2 sample and evaluates on the full SST-2 dev set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from .data import DataError
+from .finetune import COMPARE_HEADERS, MODES_HELP, FinetuneConfig, ModelError, compare_table, finetune
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    d = FinetuneConfig()
+    p.add_argument("--train", default=d.train, help="training TSV (sentence<TAB>label); default: built-in SST-2 sample")
+    p.add_argument("--dev", default=d.dev, help="dev TSV; default: SST-2 dev set")
+    p.add_argument("--model", default=None, help="Hugging Face BERT-family checkpoint folder; default: packaged MiniLM")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--percentile", type=float, default=d.percentile, help="AutoFreeze percentile N in (0, 100)")
+    p.add_argument("--intervals-per-epoch", type=int, default=d.intervals_per_epoch)
+    p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch)
+    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+
+
+def _config(args, mode: str) -> FinetuneConfig:
+    for name in ("epochs", "batch_size", "max_length", "evals_per_epoch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.train_samples is not None and args.train_samples < 1:
+        raise ValueError(f"--train-samples must be >= 1, got {args.train_samples}")
+    return FinetuneConfig(train=args.train, dev=args.dev, model=args.model, mode=mode, epochs=args.epochs,
+                          batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, seed=args.seed,
+                          percentile=args.percentile, intervals_per_epoch=args.intervals_per_epoch,
+                          evals_per_epoch=args.evals_per_epoch, train_samples=args.train_samples,
+                          progress=not args.no_progress)
+
+
+def _write(args, name: str, reports: List[dict]) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(reports[0] if len(reports) == 1 else {"runs": reports}, f, indent=1)
+    os.replace(tmp, path)  # a crash never leaves a half-written report
+    print(f"report: {path}")
+    if not args.no_plot:
+        from .plots import plot_reports
+
+        print(f"plot:   {plot_reports(reports, os.path.join(args.out, f'{name}.png'))}")
+
+
+def _print_table(rows: List[List[str]]) -> None:
+    widths = [max(len(r[i]) for r in [COMPARE_HEADERS, *rows]) for i in range(len(COMPARE_HEADERS))]
+    for j, r in enumerate([COMPARE_HEADERS, *rows]):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="autofreeze", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_ft = sub.add_parser("finetune", help="fine-tune in one mode")
+    p_ft.add_argument("--mode", default="autofreeze", help=MODES_HELP)
+    _common(p_ft)
+    p_cmp = sub.add_parser("compare", help="run several modes with the same seed and data")
+    p_cmp.add_argument("--modes", default="full,static:half,autofreeze", help=f"comma-separated: {MODES_HELP}")
+    _common(p_cmp)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.cmd == "finetune":
+            report = finetune(_config(args, args.mode))
+            _print_table(compare_table([report]))
+            _write(args, f"finetune_{args.mode.replace(':', '-')}", [report])
+        else:
+            modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+            reports = [finetune(_config(args, m)) for m in modes]
+            _print_table(compare_table(reports))
+            _write(args, "compare", reports)
+    except (DataError, ModelError, ValueError) as exc:
+        print(f"autofreeze: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The ``autofreeze`` CLI on a tiny randomly initialised BERT and a few dozen rows."""
+import json
+import random
+
+import pytest
+
+from autofreeze_ext import cli
+
+WORDS = "good bad great awful fine poor nice terrible film movie plot acting was is the a very not".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def write_tsv(path, n, seed=0, header="sentence\tlabel", label_fn=None):
+    rng = random.Random(seed)
+    lines = [header]
+    for _ in range(n):
+        words = rng.choices(WORDS, k=6)
+        label = int(any(w in ("good", "great", "fine", "nice") for w in words))
+        lines.append(" ".join(words) + "\t" + (label_fn(label) if label_fn else str(label)))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture()
+def task(tmp_path):
+    return write_tsv(tmp_path / "train.tsv", 48), write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+
+
+def run(args, capsys):
+    rc = cli.main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_finetune_writes_report_and_plot(tiny_ckpt, task, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
+                         "--epochs", "3", "--batch-size", "8", "--max-length", "12", "--intervals-per-epoch", "3",
+                         "--evals-per-epoch", "2", "--out", str(out), "--no-progress"], capsys)
+    assert rc == 0, stdout
+    rep = json.loads((out / "finetune_autofreeze.json").read_text())
+    assert (out / "finetune_autofreeze.png").stat().st_size > 1000
+    assert rep["steps"] == 18 and len(rep["evals"]) == 6 and rep["num_blocks"] == 4
+    depths = [d["depth"] for d in rep["frozen_depth"]]
+    assert depths == sorted(depths)
+    assert all(0.0 <= e["accuracy"] <= 1.0 for e in rep["evals"])
+    assert [e["train_time_s"] for e in rep["evals"]] == sorted(e["train_time_s"] for e in rep["evals"])
+    assert "autofreeze" in stdout
+
+
+def test_compare_runs_modes_with_one_table(tiny_ckpt, task, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc, stdout, _ = run(["compare", "--modes", "full,static:half,static:all,autofreeze", "--model", tiny_ckpt,
+                         "--train", task[0], "--dev", task[1], "--epochs", "1", "--batch-size", "16",
+                         "--max-length", "12", "--out", str(out), "--no-progress", "--no-plot"], capsys)
+    assert rc == 0
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert [r["mode"] for r in runs] == ["full", "static:half", "static:all", "autofreeze"]
+    assert runs[0]["frozen_depth"][-1]["depth"] == 0
+    assert runs[1]["frozen_depth"][0]["depth"] == 2 and runs[2]["frozen_depth"][0]["depth"] == 4
+    for mode in ("full", "static:half", "autofreeze"):
+        assert mode in stdout
+    assert "1.00x" in stdout  # full vs itself
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda p: str(p / "missing.tsv"), "no such file"),
+    (lambda p: write_tsv(p / "cols.tsv", 5, header="text\tclass"), "lacks the columns"),
+    (lambda p: write_tsv(p / "lab.tsv", 5, label_fn=lambda l: "positive"), "not an integer"),
+    (lambda p: write_tsv(p / "empty.tsv", 0), "no data rows"),
+])
+def test_bad_data_errors(make_bad, match, tiny_ckpt, task, tmp_path, capsys):
+    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", make_bad(tmp_path), "--dev", task[1],
+                      "--no-progress"], capsys)
+    assert rc == 2 and match in err
+
+
+def test_bad_model_and_mode_errors(task, tiny_ckpt, tmp_path, capsys):
+    rc, _, err = run(["finetune", "--model", str(tmp_path), "--train", task[0], "--dev", task[1]], capsys)
+    assert rc == 2 and "not a model folder" in err
+    rc, _, err = run(["finetune", "--mode", "sometimes", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
+                      "--no-progress"], capsys)
+    assert rc == 2 and "unknown mode" in err
+    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--model", tiny_ckpt, "--train", task[0],
+                      "--dev", task[1], "--no-progress"], capsys)
+    assert rc == 2 and "not built yet" in err
+    rc, _, err = run(["finetune", "--epochs", "0", "--model", tiny_ckpt], capsys)
+    assert rc == 2 and "--epochs" in err
+
+
+def test_builtin_sample_is_packaged():
+    from autofreeze_ext.data import SAMPLE_DIR, read_tsv
+
+    train, dev = read_tsv(str(SAMPLE_DIR / "train.tsv")), read_tsv(str(SAMPLE_DIR / "dev.tsv"))
+    assert len(train.labels) == 2000 and len(dev.labels) == 872
+    assert set(train.labels) == {0, 1}
