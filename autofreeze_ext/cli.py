@@ -17,7 +17,8 @@ from typing import List, Optional
 
 from ._table import print_table
 from .data import DataError
-from .finetune import COMPARE_HEADERS, MODES_HELP, FinetuneConfig, ModelError, compare_table, finetune
+from .cache import CacheError
+from .finetune import COMPARE_HEADERS, MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_table, finetune
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -38,19 +39,53 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    c = p.add_argument_group("activation cache (modes ending in +cache)")
+    c.add_argument("--cache-dir", default=None,
+                   help="folder of the cache's disk tier (default: RAM tier only); a full or read-only disk "
+                        "turns the disk tier off with a warning")
+    c.add_argument("--cache-memory", default=d.cache_memory, help="RAM tier budget, e.g. 2GiB (0: disk only)")
+    c.add_argument("--cache-disk", default=None, help="disk tier budget, e.g. 20GiB (default: the disk's size)")
+    c.add_argument("--no-cost-model", action="store_true",
+                   help="cache at every frozen depth instead of only where reading beats recomputing")
+    k = p.add_argument_group("checkpoints")
+    k.add_argument("--checkpoint-dir", default=None, help="write checkpoints here (atomically)")
+    k.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    k.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    k.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def _config(args, mode: str) -> FinetuneConfig:
+def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
     for name in ("epochs", "batch_size", "max_length", "evals_per_epoch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.train_samples is not None and args.train_samples < 1:
         raise ValueError(f"--train-samples must be >= 1, got {args.train_samples}")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir")
+
+    def sub(folder):  # one subfolder per mode when comparing
+        return os.path.join(folder, _slug(mode)) if folder and per_mode_dirs else folder
     return FinetuneConfig(train=args.train, dev=args.dev, model=args.model, mode=mode, epochs=args.epochs,
                           batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, seed=args.seed,
                           percentile=args.percentile, intervals_per_epoch=args.intervals_per_epoch,
                           evals_per_epoch=args.evals_per_epoch, train_samples=args.train_samples,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, cache_dir=sub(args.cache_dir), cache_memory=args.cache_memory,
+                          cache_disk=args.cache_disk, cache_cost_model=not args.no_cost_model,
+                          checkpoint_dir=sub(args.checkpoint_dir), checkpoint_every=args.checkpoint_every,
+                          resume=args.resume, stop_after_steps=args.stop_after_steps)
+
+
+def _slug(mode: str) -> str:
+    return mode.replace(":", "-").replace("+", "_")
+
+
+def _print_phases(reports: List[dict]) -> None:
+    rows = []
+    for r in reports:
+        ph, total = r["phases_s"], r["train_time_s"] or 1.0
+        rows.append([r["mode"]] + [f"{ph[k]:.1f} ({100 * ph[k] / total:.0f}%)" for k in PHASES])
+    print("time per phase, seconds (share of training time):")
+    print_table(["mode"] + [k.replace("_", " ") for k in PHASES], rows)
 
 
 def _write(args, name: str, reports: List[dict]) -> None:
@@ -87,13 +122,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "finetune":
             report = finetune(_config(args, args.mode))
             print_table(COMPARE_HEADERS, compare_table([report]))
-            _write(args, f"finetune_{args.mode.replace(':', '-')}", [report])
+            _print_phases([report])
+            _write(args, f"finetune_{_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-            reports = [finetune(_config(args, m)) for m in modes]
+            reports = [finetune(_config(args, m, per_mode_dirs=True)) for m in modes]
             print_table(COMPARE_HEADERS, compare_table(reports))
+            _print_phases(reports)
             _write(args, "compare", reports)
-    except (DataError, ModelError, ValueError) as exc:
+    except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
     return 0

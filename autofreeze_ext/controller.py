@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from typing import Callable, Dict, List, Optional
 
@@ -81,6 +82,7 @@ class FreezeController:
         if self.policy.uses_gradient_stats:
             self.stats = GradientStatistics(self._block_params, norm=getattr(self.policy, "norm", "l2"))
         self.global_step = 0
+        self.step_seconds = 0.0  #: time spent in step() (gradient statistics and decisions)
         self.interval_steps = 0  #: optimizer steps in the running interval
         self.frozen_depth = 0
         self.history: List[Dict] = []  #: one record per interval decision and per freeze
@@ -116,6 +118,13 @@ class FreezeController:
         """
         if self._skip_for_scaler():
             return self.frozen_depth
+        t0 = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.step_seconds += time.perf_counter() - t0
+
+    def _step(self) -> int:
         self.global_step += 1
         self.interval_steps += 1
         if self._order_hooks:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sst2_sample"
 
@@ -84,3 +84,51 @@ def encode(task: TsvTask, tokenizer, max_length: int) -> dict:
     if "token_type_ids" in enc:
         out["token_type_ids"] = enc["token_type_ids"]
     return out
+
+
+class PlannedBatchSampler(Sampler):
+    """Batch sampler whose epoch order is known before the epoch runs.
+
+    Shuffles like ``DataLoader(shuffle=True)`` but lets the caller take the order first
+    (:meth:`plan_epoch`), e.g. to hand it to the activation cache's prefetcher; iterating then
+    yields exactly those batches. ``state_dict()`` holds the generator state and the position
+    inside the epoch, so a resumed run continues with the same order.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        if n < 1 or batch_size < 1:
+            raise ValueError("need at least one sample and a positive batch size")
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self._planned: Optional[List[List[int]]] = None
+        self.position = 0  #: batches of the current epoch already yielded
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def plan_epoch(self) -> List[List[int]]:
+        """Draw (once) and return the coming epoch's batches."""
+        if self._planned is None:
+            order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+            order = order.tolist()
+            self._planned = [order[s:s + self.batch_size] for s in range(0, self.n, self.batch_size)]
+            if self.drop_last and len(self._planned[-1]) < self.batch_size:
+                self._planned.pop()
+            self.position = 0
+        return self._planned
+
+    def __iter__(self):
+        batches = self.plan_epoch()
+        while self.position < len(batches):
+            b = batches[self.position]
+            self.position += 1
+            yield b
+        self._planned = None
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "planned": self._planned, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._planned = state["planned"]
+        self.position = state["position"]

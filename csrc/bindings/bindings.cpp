@@ -12,6 +12,8 @@
 namespace py = pybind11;
 using namespace autofreeze;
 
+void bind_io(py::module_& m);  // io_bindings.cpp
+
 namespace {
 
 struct PackedArgs {
@@ -84,4 +86,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cpu_chunk_elements") = kCpuChunk;
   m.def("hardware_threads", &hardware_threads);
   m.def("thread_backend", &thread_backend, "Where the CPU kernels' parallel loops run");
+  bind_io(m);
 }

@@ -1,0 +1,191 @@
+"""Run a model as frozen prefix + active suffix, with the prefix's output served from a cache.
+
+:class:`FrozenPrefixRunner` wraps a model whose first ``L`` blocks a
+:class:`~autofreeze_ext.FreezeController` has frozen. Called with a batch and its sample
+indices, it
+
+1. looks the samples up in the :class:`~autofreeze_ext.ActivationCache`: a sample cached at
+   depth ``d <= L`` needs only blocks ``d+1..L`` (none when ``d == L``);
+2. runs what is missing without autograd and stops the forward pass right after block ``L``
+   (so nothing past the prefix runs twice), and writes the depth-``L`` outputs back;
+3. runs the model once more with the embeddings and blocks ``1..L`` replaced by stubs that
+   return the depth-``L`` tensor, so only the active suffix computes, with autograd as usual.
+
+It works on any model a :class:`~autofreeze_ext.BlockLayout` describes whose blocks take the
+previous block's output as their first argument (Hugging Face BERT family, ResNet stages,
+plain block lists). Frozen blocks run in eval mode (the controller keeps them there), so
+their output is deterministic and cached logits equal recomputed ones.
+
+Caching only where it pays: after each freeze the runner times the prefix's forward pass and
+asks the cache what reading a sample costs from the tier it would land in; it caches at that
+depth only when reading is faster, and logs the numbers (:attr:`decisions`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .cache import ActivationCache
+from .controller import FreezeController
+
+log = logging.getLogger("autofreeze_ext")
+
+
+class _PrefixDone(Exception):
+    """Raised from a forward hook to stop the forward pass once the prefix output exists."""
+
+
+class FrozenPrefixRunner:
+    """Callable ``runner(indices, **batch) -> model output`` that skips cached frozen blocks.
+
+    Args:
+        model: the model the controller freezes.
+        controller: its :class:`FreezeController` (supplies the layout and the frozen depth).
+        cache: an :class:`ActivationCache`; ``None`` runs the model unchanged.
+        cost_model: cache only at depths where reading beats recomputing (default True);
+            False caches at every depth >= ``min_depth``.
+        min_depth: never cache below this many frozen blocks.
+        timers: optional dict that accumulates the seconds spent in the cache under ``"cache_io"``.
+    """
+
+    def __init__(self, model: nn.Module, controller: FreezeController, cache: Optional[ActivationCache] = None,
+                 cost_model: bool = True, min_depth: int = 1, timers: Optional[Dict[str, float]] = None) -> None:
+        self.model = model
+        self.controller = controller
+        self.cache = cache
+        self.cost_model = cost_model
+        self.min_depth = max(1, int(min_depth))
+        self.layout = controller.layout
+        self.stub_embeddings = self.layout.kind.startswith("huggingface")
+        self.timers = timers if timers is not None else defaultdict(float)
+        self.decisions: List[dict] = []
+        self._decided: Dict[int, bool] = {}
+        self._tuple_out: Optional[bool] = None
+        self._fmt_hook = self.layout.blocks[0].register_forward_hook(self._learn_format)
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, indices, **batch):
+        depth = self.controller.frozen_depth
+        idx = [int(i) for i in (indices.tolist() if torch.is_tensor(indices) else indices)]
+        if self.cache is None or depth < self.min_depth or self._tuple_out is None:
+            return self.model(**batch)
+        if self._decided.get(depth) is False and max(self.cache.depths(idx), default=0) == 0:
+            return self.model(**batch)  # caching does not pay at this depth and nothing is cached
+        t0 = time.perf_counter()
+        hits = self.cache.get(idx)
+        self.timers["cache_io"] += time.perf_counter() - t0
+        groups: Dict[int, List[int]] = defaultdict(list)
+        for pos, i in enumerate(idx):
+            d = hits[i][0] if i in hits and hits[i][0] <= depth else 0
+            groups[d].append(pos)
+        rows: List[Optional[torch.Tensor]] = [None] * len(idx)
+        for d, positions in groups.items():
+            if d == depth:
+                for p in positions:
+                    rows[p] = hits[idx[p]][1]
+                continue
+            sub = _select(batch, positions, len(idx))
+            start = torch.stack([hits[idx[p]][1] for p in positions]) if d > 0 else None
+            t0 = time.perf_counter()
+            h = self.advance(sub, d, start, depth)
+            dt = time.perf_counter() - t0
+            if d == 0 and depth not in self._decided:
+                self._decide(depth, h, dt / len(positions))
+            if self._decided.get(depth, False):
+                t0 = time.perf_counter()
+                self.cache.put([idx[p] for p in positions], depth, h)
+                self.timers["cache_io"] += time.perf_counter() - t0
+            for k, p in enumerate(positions):
+                rows[p] = h[k]
+        hidden = torch.stack(rows)
+        return self.run_suffix(batch, hidden, depth)
+
+    def advance(self, batch: dict, from_depth: int, start: Optional[torch.Tensor], to_depth: int) -> torch.Tensor:
+        """Block-``to_depth`` output of ``batch``, starting from the block-``from_depth`` output
+        ``start`` (``None`` with ``from_depth == 0``: from the inputs). No autograd."""
+        captured = []
+
+        def stop(module, args, output):
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+            raise _PrefixDone
+
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        handle = self.layout.blocks[to_depth - 1].register_forward_hook(stop)
+        try:
+            with torch.no_grad(), self._stubbed(from_depth, start):
+                try:
+                    self.model(**inputs)
+                except _PrefixDone:
+                    pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"block {to_depth - 1} did not run in the forward pass")
+        return captured[0].detach()
+
+    def run_suffix(self, batch: dict, hidden: torch.Tensor, depth: int):
+        """The model's output with blocks ``1..depth`` (and the stem) replaced by ``hidden``."""
+        with self._stubbed(depth, hidden):
+            return self.model(**batch)
+
+    def close(self) -> None:
+        self._fmt_hook.remove()
+
+    # ------------------------------------------------------------------ internals
+    def _learn_format(self, module, args, output) -> None:
+        self._tuple_out = isinstance(output, (tuple, list))
+        self._fmt_hook.remove()
+
+    @contextlib.contextmanager
+    def _stubbed(self, depth: int, value: Optional[torch.Tensor]):
+        if depth == 0:
+            yield
+            return
+        block_stub = _make_stub((value,) if self._tuple_out else value)
+        emb_stub = _make_stub(value)
+        patched = list(self.layout.blocks[:depth])
+        for m in patched:
+            m.forward = block_stub
+        if self.stub_embeddings:
+            for m in self.layout.embeddings:
+                m.forward = emb_stub
+            patched += self.layout.embeddings
+        try:
+            yield
+        finally:
+            for m in patched:
+                del m.forward
+
+    def _decide(self, depth: int, sample: torch.Tensor, prefix_s_per_sample: float) -> None:
+        row_bytes = sample[0].numel() * sample.element_size()
+        if self.cost_model:
+            read_s, tier = self.cache.read_seconds_per_sample(row_bytes)
+            ok = read_s < prefix_s_per_sample
+        else:
+            read_s, tier, ok = float("nan"), "any", True
+        self._decided[depth] = ok
+        d = {"depth": depth, "step": self.controller.global_step, "prefix_ms_per_sample": 1e3 * prefix_s_per_sample,
+             "read_ms_per_sample": 1e3 * read_s, "tier": tier, "sample_bytes": row_bytes, "cache": ok}
+        self.decisions.append(d)
+        log.info("cache decision at depth %d: read %.3f ms/sample from %s vs prefix forward %.3f ms/sample -> %s",
+                 depth, d["read_ms_per_sample"], tier, d["prefix_ms_per_sample"], "cache" if ok else "recompute")
+
+
+def _make_stub(out):
+    def stub(*args, **kwargs):
+        return out
+    return stub
+
+
+def _select(batch: dict, positions: List[int], n: int) -> dict:
+    if len(positions) == n:
+        return batch
+    index = torch.tensor(positions)
+    return {k: (v.index_select(0, index.to(v.device)) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n
+                else v) for k, v in batch.items()}
