@@ -36,7 +36,7 @@ def backend_info() -> Dict[str, Any]:
     Returns a dict with ``compiled`` (bool), ``compiled_error`` (why it is missing, or None),
     ``cuda_available`` (torch sees a GPU), ``grad_stats`` (``{"cpu": ..., "cuda": ...}``, each
     one of ``"cpp"``/``"cuda"``/``"reference"``/``"unavailable"``) and, once the I/O engine is
-    loaded, the cache I/O backends.
+    loaded, the cache I/O engine (``cache_io``: liburing compiled in, CRC32C implementation).
     """
     import torch
 
@@ -55,4 +55,11 @@ def backend_info() -> Dict[str, Any]:
         "torch": torch.__version__,
         "grad_stats": {"cpu": "cpp" if compiled() else "reference", "cuda": cuda_kernel},
         "cpu_threads": _C.thread_backend() if compiled() else "torch",
+        "cache_io": {
+            "engine": "c++" if compiled() else "unavailable (RAM tier only)",
+            "uring_compiled": bool(getattr(_C, "with_uring", False)),
+            "crc32c": (("sse4.2" if _C.crc32c_hardware() else "table") if compiled() else None),
+            "note": "per-cache backend, O_DIRECT and pinning: ActivationCache.info()",
+        },
     }
+

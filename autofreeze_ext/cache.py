@@ -266,13 +266,20 @@ class ActivationCache:
         got: Dict[int, Tuple[int, torch.Tensor]] = {}
         if self._plan_pos >= len(self._plan):
             return got
-        if set(self._plan[self._plan_pos]) != set(requested):
-            # Out of plan order (e.g. the loop changed): stop prefetching, read synchronously.
-            self._warn_once("plan", "activation cache: batches requested out of the planned order; "
+        want_set = set(requested)
+        ahead = next((k for k in range(self._plan_pos, len(self._plan)) if set(self._plan[k]) == want_set), None)
+        if ahead is None:
+            # Not a planned batch (the loop changed): stop prefetching, read synchronously.
+            self._warn_once("plan", "activation cache: a batch outside the planned order was requested; "
                                     "prefetching stops for this epoch")
             self._store.cancel_plan()
             self._plan = []
             return got
+        while self._plan_pos < ahead:  # planned batches the caller did not ask the cache for
+            view = self._store.next()
+            self._plan_pos += 1
+            if view is not None:
+                self._store.release(view["slot"])
         self._plan_pos += 1
         view = self._store.next()
         if view is None:

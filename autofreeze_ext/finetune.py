@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import uuid
 import warnings
@@ -152,6 +153,8 @@ class _PrefixClock:
             h.remove()
 
 
+_KILL_AT_STEP = int(os.environ.get("AUTOFREEZE_TEST_KILL_AT_STEP", "0"))
+
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
 
@@ -202,7 +205,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train = encode(train_task, tok, cfg.max_length)
     dev = encode(dev_task, tok, cfg.max_length)
     sampler = PlannedBatchSampler(len(train_task.labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)
+    # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
+    # created, and a resumed run creates one mid-epoch (dropout would then differ)
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = len(sampler)
     total = steps_per_epoch * cfg.epochs
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -318,6 +323,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 prog["epoch_time"] = 0.0
             if ckpt_path and (step % max(1, cfg.checkpoint_every) == 0 or in_epoch == steps_per_epoch):
                 checkpoint()
+            if _KILL_AT_STEP and step == _KILL_AT_STEP:  # crash injection for the resume tests
+                os.kill(os.getpid(), signal.SIGKILL)
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 break
         if cfg.stop_after_steps and prog["step"] >= cfg.stop_after_steps:

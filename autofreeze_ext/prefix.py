@@ -73,7 +73,7 @@ class FrozenPrefixRunner:
     def __call__(self, indices, **batch):
         depth = self.controller.frozen_depth
         idx = [int(i) for i in (indices.tolist() if torch.is_tensor(indices) else indices)]
-        if self.cache is None or depth < self.min_depth or self._tuple_out is None:
+        if self.cache is None or depth < self.min_depth:
             return self.model(**batch)
         if self._decided.get(depth) is False and max(self.cache.depths(idx), default=0) == 0:
             return self.model(**batch)  # caching does not pay at this depth and nothing is cached
@@ -82,7 +82,9 @@ class FrozenPrefixRunner:
         self.timers["cache_io"] += time.perf_counter() - t0
         groups: Dict[int, List[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
-            d = hits[i][0] if i in hits and hits[i][0] <= depth else 0
+            # Until a real block has run, the stubs do not know the blocks' output format:
+            # the first batch runs its prefix from the inputs.
+            d = hits[i][0] if i in hits and hits[i][0] <= depth and self._tuple_out is not None else 0
             groups[d].append(pos)
         rows: List[Optional[torch.Tensor]] = [None] * len(idx)
         for d, positions in groups.items():
@@ -95,8 +97,9 @@ class FrozenPrefixRunner:
             t0 = time.perf_counter()
             h = self.advance(sub, d, start, depth)
             dt = time.perf_counter() - t0
-            if d == 0 and depth not in self._decided:
-                self._decide(depth, h, dt / len(positions))
+            if depth not in self._decided:
+                # the prefix's cost per sample, scaled up when only blocks d+1..L ran
+                self._decide(depth, h, dt / len(positions) * depth / (depth - d))
             if self._decided.get(depth, False):
                 t0 = time.perf_counter()
                 self.cache.put([idx[p] for p in positions], depth, h)

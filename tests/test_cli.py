@@ -94,9 +94,11 @@ def test_bad_model_and_mode_errors(task, tiny_ckpt, tmp_path, capsys):
     rc, _, err = run(["finetune", "--mode", "sometimes", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
                       "--no-progress"], capsys)
     assert rc == 2 and "unknown mode" in err
-    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--model", tiny_ckpt, "--train", task[0],
+    rc, _, err = run(["finetune", "--mode", "full+cache", "--model", tiny_ckpt, "--train", task[0],
                       "--dev", task[1], "--no-progress"], capsys)
-    assert rc == 2 and "not built yet" in err
+    assert rc == 2 and "nothing is frozen" in err
+    rc, _, err = run(["finetune", "--resume", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1]], capsys)
+    assert rc == 2 and "--checkpoint-dir" in err
     rc, _, err = run(["finetune", "--epochs", "0", "--model", tiny_ckpt], capsys)
     assert rc == 2 and "--epochs" in err
 
@@ -107,3 +109,74 @@ def test_builtin_sample_is_packaged():
     train, dev = read_tsv(str(SAMPLE_DIR / "train.tsv")), read_tsv(str(SAMPLE_DIR / "dev.tsv"))
     assert len(train.labels) == 2000 and len(dev.labels) == 872
     assert set(train.labels) == {0, 1}
+
+
+def test_cache_mode_reports_hits_and_phases(tiny_ckpt, task, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, _ = run(["compare", "--modes", "static:2,static:2+cache", "--model", tiny_ckpt, "--train", task[0],
+                         "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
+                         "--cache-dir", str(tmp_path / "cache"), "--cache-memory", "0", "--no-cost-model",
+                         "--out", str(out), "--no-progress", "--no-plot"], capsys)
+    assert rc == 0
+    plain, cached = json.loads((out / "compare.json").read_text())["runs"]
+    c = cached["cache"]["counters"]
+    # epoch 1 fills the disk tier, epochs 2-3 read it back (prefetched)
+    assert c["hits_disk"] == 2 * 48 and c["misses"] == 48 and c["prefetched"] > 0 and c["failed_reads"] == 0
+    assert cached["cache"]["decisions"][0]["depth"] == 2
+    assert cached["phases_s"]["cache_io"] > 0 and plain["phases_s"]["cache_io"] == 0
+    for r in (plain, cached):
+        assert set(r["phases_s"]) == {"prefix_forward", "suffix_forward", "backward", "optimizer", "statistics",
+                                      "cache_io"}
+        assert sum(r["phases_s"].values()) == pytest.approx(r["train_time_s"], rel=1e-6)
+    assert cached["phases_s"]["prefix_forward"] < plain["phases_s"]["prefix_forward"]
+    assert "prefix forward" in stdout
+
+
+def test_unusable_cache_dir_warns_and_caches_in_ram(tiny_ckpt, task, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.warns(RuntimeWarning, match="disk tier is off"):
+        rc, _, _ = run(["finetune", "--mode", "static:2+cache", "--model", tiny_ckpt, "--train", task[0],
+                        "--dev", task[1], "--epochs", "2", "--batch-size", "8", "--max-length", "12",
+                        "--cache-dir", str(blocker), "--no-cost-model", "--out", str(tmp_path / "o"),
+                        "--no-progress", "--no-plot"], capsys)
+    assert rc == 0
+    rep = json.loads((tmp_path / "o" / "finetune_static-2_cache.json").read_text())
+    assert rep["cache"]["info"]["disk"] == "no disk tier" and rep["cache"]["counters"]["hits_ram"] == 48
+
+
+@pytest.mark.parametrize("mode", ["autofreeze", "autofreeze+cache"])
+def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    train = write_tsv(tmp_path / "train.tsv", 64)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    args = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", mode, "--model", tiny_ckpt,
+            "--train", train, "--dev", dev, "--epochs", "4", "--batch-size", "8", "--max-length", "12",
+            "--intervals-per-epoch", "2", "--evals-per-epoch", "2", "--no-progress", "--no-plot",
+            "--no-cost-model", "--cache-memory", "0", "--threads", "1"]
+
+    def go(name, extra, kill_at=None):
+        env = dict(os.environ, AUTOFREEZE_TEST_KILL_AT_STEP=str(kill_at or 0))
+        return subprocess.run(args + ["--out", str(tmp_path / name), "--cache-dir", str(tmp_path / f"c_{name}")]
+                              + extra, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    ref = go("ref", [])
+    assert ref.returncode == 0, ref.stderr
+    ck = ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "5"]
+    crashed = go("run", ck, kill_at=13)  # after the checkpoint at step 10, mid-epoch
+    assert crashed.returncode == -signal.SIGKILL
+    resumed = go("run", ck + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    slug = mode.replace("+", "_")
+    a = json.loads((tmp_path / "ref" / f"finetune_{slug}.json").read_text())
+    b = json.loads((tmp_path / "run" / f"finetune_{slug}.json").read_text())
+    assert b["resumed_at_steps"] == [10]
+    assert b["controller_history"] == a["controller_history"]
+    assert b["frozen_depth"] == a["frozen_depth"]
+    assert [e["accuracy"] for e in b["evals"]] == [e["accuracy"] for e in a["evals"]]
+    if mode.endswith("+cache"):
+        assert "reused" in b["cache"]["info"]["disk"]

@@ -22,6 +22,7 @@ py::object meta_tuple(const Entry& e) {
 
 void bind_io(py::module_& m) {
   m.attr("with_uring") = uring_compiled();
+  m.def("crc32c_hardware", &crc32c_hardware);
   m.def("crc32c", [](py::buffer b) {
     py::buffer_info i = b.request();
     return crc32c(i.ptr, static_cast<size_t>(i.size * i.itemsize));

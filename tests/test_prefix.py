@@ -1,0 +1,134 @@
+"""FrozenPrefixRunner: cached training is identical to recomputation; the cost model decides."""
+import pytest
+import torch
+
+from autofreeze_ext import FreezeController, ScheduledFreeze, StaticFreeze, backend_info
+from autofreeze_ext.cache import ActivationCache
+from autofreeze_ext.prefix import FrozenPrefixRunner
+
+from models import BlockNet, tiny_bert
+
+N, BS = 32, 8
+
+
+def bert_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (N, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 9:] = 0  # some padding
+    return {"input_ids": ids, "attention_mask": mask, "labels": (ids[:, 0] > 50).long()}
+
+
+def train(policy, cache_kind, tmp_path, epochs=3, shuffle=False):
+    """Losses per step and final parameters of tiny-BERT training, with or without the cache."""
+    model = tiny_bert(num_layers=4, seed=0)
+    data = bert_data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ctl = FreezeController(model, opt, policy, steps_per_epoch=N // BS)
+    runner = None
+    if cache_kind is not None:
+        path = None if cache_kind == "ram" else str(tmp_path / "cache")
+        budget = "1GiB" if cache_kind == "ram" else 0
+        cache = ActivationCache(path, memory_budget=budget, fingerprint="t")
+        runner = FrozenPrefixRunner(model, ctl, cache, cost_model=False)
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(2)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(N, generator=g) if shuffle else torch.arange(N)
+        batches = [order[s:s + BS] for s in range(0, N, BS)]
+        if runner is not None:
+            runner.cache.plan_epoch([b.tolist() for b in batches])
+        for idx in batches:
+            batch = {k: v[idx] for k, v in data.items()}
+            out = runner(idx, **batch) if runner is not None else model(**batch)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(out.loss.detach())
+    return losses, [p.detach().clone() for p in model.parameters()], runner
+
+
+POLICIES = {"static2": lambda: StaticFreeze(2),
+            "growing": lambda: ScheduledFreeze([(2, 1), (6, 2), (9, 3)])}
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk"])
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_cached_training_is_bit_identical(tmp_path, kind, policy):
+    if kind == "disk" and not backend_info()["compiled"]:
+        pytest.skip("disk tier needs the compiled core")
+    ref_losses, ref_params, _ = train(POLICIES[policy](), None, tmp_path)
+    losses, params, runner = train(POLICIES[policy](), kind, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(ref_losses, losses))
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, params))
+    c = runner.cache.counters()
+    assert c["hits_ram"] + c["hits_disk"] > 0, "the cache was never used"
+    if policy == "growing":  # entries cached at a shallower depth were advanced, then rewritten
+        # the last steps ran at depth 2 (samples 0-7, step 9) and 3 (the rest, steps 10-12)
+        assert runner.cache.depths(range(N)) == [2] * 8 + [3] * 24
+
+
+def test_shuffled_epochs_match_recomputation(tmp_path):
+    ref_losses, ref_params, _ = train(StaticFreeze(3), None, tmp_path, shuffle=True)
+    losses, params, runner = train(StaticFreeze(3), "ram", tmp_path, shuffle=True)
+    torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=1e-5, atol=1e-6)
+    assert runner.cache.counters()["hit_rate"] > 0.6
+
+
+def test_logits_with_and_without_cache_equal_in_eval(tmp_path):
+    model = tiny_bert(num_layers=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = FreezeController(model, opt, StaticFreeze(3))
+    runner = FrozenPrefixRunner(model, ctl, ActivationCache(None, memory_budget="1GiB"), cost_model=False)
+    data = bert_data()
+    model.eval()
+    with torch.no_grad():
+        ref = model(**data).logits
+        first = runner(torch.arange(N), **data).logits   # miss: computes and caches
+        second = runner(torch.arange(N), **data).logits  # hit
+    assert torch.equal(ref, first) and torch.equal(ref, second)
+    assert runner.cache.counters()["hits_ram"] == N
+
+
+def test_plain_block_list_model(tmp_path):
+    model = BlockNet()
+    blocks = list(model.blocks)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = FreezeController(model, opt, StaticFreeze(2), blocks=blocks)
+    runner = FrozenPrefixRunner(model, ctl, ActivationCache(None, memory_budget="1GiB"), cost_model=False)
+    x = torch.randn(6, 3)
+    model.eval()
+    ref = model(x)
+    model(x)
+    assert torch.equal(runner(torch.arange(6), x=x), ref)
+    assert torch.equal(runner(torch.arange(6), x=x), ref)
+    assert runner.cache.counters()["hits_ram"] == 6
+
+
+def test_cost_model_declines_when_reading_is_slower(tmp_path, monkeypatch):
+    model = tiny_bert(num_layers=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = FreezeController(model, opt, StaticFreeze(2))
+    cache = ActivationCache(None, memory_budget="1GiB")
+    monkeypatch.setattr(cache, "read_seconds_per_sample", lambda nbytes: (10.0, "disk"))
+    runner = FrozenPrefixRunner(model, ctl, cache)
+    data = bert_data()
+    model(**{k: v[:2] for k, v in data.items()})  # learn the block output format
+    for _ in range(3):
+        runner(torch.arange(N), **data)
+    assert runner.decisions == [pytest.approx(runner.decisions[0])] and runner.decisions[0]["cache"] is False
+    assert len(cache) == 0
+    cache2 = ActivationCache(None, memory_budget="1GiB")
+    monkeypatch.setattr(cache2, "read_seconds_per_sample", lambda nbytes: (0.0, "ram"))
+    runner2 = FrozenPrefixRunner(model, ctl, cache2)
+    runner2._tuple_out = runner._tuple_out
+    runner2(torch.arange(N), **data)
+    assert runner2.decisions[0]["cache"] is True and len(cache2) == N
+
+
+def test_ram_read_estimate_is_measured():
+    c = ActivationCache(None, memory_budget="1GiB")
+    s, tier = c.read_seconds_per_sample(64 * 384 * 4)
+    assert tier == "ram" and 0 < s < 0.1
