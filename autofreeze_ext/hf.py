@@ -1,0 +1,122 @@
+"""Adaptive freezing for an unchanged Hugging Face ``Trainer``.
+
+Usage::
+
+    from autofreeze_ext.hf import AutoFreezeCallback
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[AutoFreezeCallback()])
+    trainer.train()
+
+The callback builds a :class:`~autofreeze_ext.FreezeController` on the Trainer's model and
+optimizer when training begins, feeds it after every optimizer step (so gradient accumulation
+counts one step per update, as in a plain loop), and saves/restores its state next to the
+Trainer's checkpoints (``autofreeze_controller.pt`` in each ``checkpoint-*`` folder), so
+``trainer.train(resume_from_checkpoint=ckpt)`` resumes with the same frozen depth once
+``callback.prepare_resume(model, ckpt)`` has re-frozen the prefix (the Trainer builds its
+optimizer from the parameters that require grad, before any callback runs).
+
+What caching needs beyond this callback: the activation cache needs each sample's index and
+control of the forward pass, which ``Trainer`` does not expose. Keep the index column
+(``TrainingArguments(remove_unused_columns=False)``, a dataset that yields ``sample_index``) and
+override ``compute_loss`` to call a :class:`~autofreeze_ext.FrozenPrefixRunner` built from
+``callback.controller``; or use the ``autofreeze`` CLI / a plain loop, which do both.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from .controller import FreezeController
+from .policies import FreezePolicy, GradientNormTest
+
+log = logging.getLogger("autofreeze_ext")
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # transformers is optional: importing this module then explains
+    TrainerCallback = object  # type: ignore[misc,assignment]
+    _HF_ERROR: Optional[str] = "transformers is not installed: pip install \".[hf]\""
+else:
+    _HF_ERROR = None
+
+STATE_FILE = "autofreeze_controller.pt"
+
+
+class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
+    """A ``transformers.TrainerCallback`` that freezes the blocks that stopped learning.
+
+    Args:
+        policy: a :class:`~autofreeze_ext.FreezePolicy` (default: the paper's gradient-norm
+            test, 5 intervals per epoch, median).
+        **controller_kwargs: passed to :class:`~autofreeze_ext.FreezeController` (``blocks=``,
+            ``embeddings=``, ``max_depth=`` ...).
+
+    After training begins, :attr:`controller` is the live controller.
+    """
+
+    def __init__(self, policy: Optional[FreezePolicy] = None, **controller_kwargs) -> None:
+        if _HF_ERROR:
+            raise ImportError(_HF_ERROR)
+        self.policy = policy if policy is not None else GradientNormTest()
+        self.controller_kwargs = controller_kwargs
+        self.controller: Optional[FreezeController] = None
+        self._pending_state: Optional[dict] = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kw):
+        if model is None or optimizer is None:
+            raise RuntimeError("AutoFreezeCallback needs the Trainer's model and optimizer at train begin")
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+        steps_per_epoch = None
+        if train_dataloader is not None:
+            try:
+                steps_per_epoch = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
+            except TypeError:  # iterable dataset without a length
+                steps_per_epoch = None
+        self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
+                                           attach=False, **self.controller_kwargs)
+        if self._pending_state is not None:
+            self.controller.load_state_dict(self._pending_state)
+            self._pending_state = None
+            log.info("AutoFreezeCallback: resumed with %d frozen blocks", self.controller.frozen_depth)
+
+    def prepare_resume(self, model: torch.nn.Module, checkpoint: str) -> int:
+        """Call before ``trainer.train(resume_from_checkpoint=checkpoint)``.
+
+        The Trainer builds its optimizer from the parameters that require grad and then loads
+        the checkpoint's optimizer state, which no longer holds the frozen blocks; so the frozen
+        prefix must be frozen again before ``train()``. Returns the restored frozen depth.
+        """
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no AutoFreeze state in this checkpoint")
+        state = torch.load(path, weights_only=False)
+        from .adapters import resolve_layout
+
+        layout = resolve_layout(model, blocks=self.controller_kwargs.get("blocks"),
+                                embeddings=self.controller_kwargs.get("embeddings"))
+        depth = int(state["frozen_depth"])
+        for m in (layout.embeddings if depth else []) + layout.blocks[:depth]:
+            m.requires_grad_(False)
+        self._pending_state = state
+        return depth
+
+    def on_step_end(self, args, state, control, **kw):
+        # once per optimizer update (after gradient accumulation)
+        if self.controller is not None:
+            self.controller.step()
+
+    def on_save(self, args, state, control, **kw):
+        if self.controller is None:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            tmp = os.path.join(folder, STATE_FILE + ".tmp")
+            torch.save(self.controller.state_dict(), tmp)
+            os.replace(tmp, os.path.join(folder, STATE_FILE))
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.controller is not None:
+            log.info("AutoFreezeCallback: %d of %d blocks frozen at the end", self.controller.frozen_depth,
+                     self.controller.num_blocks)

@@ -1,0 +1,63 @@
+"""AutoFreezeCallback on an unchanged Hugging Face Trainer with a tiny BERT."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from autofreeze_ext import ScheduledFreeze  # noqa: E402
+from autofreeze_ext.hf import STATE_FILE, AutoFreezeCallback  # noqa: E402
+
+from models import tiny_bert  # noqa: E402
+
+
+class DS(torch.utils.data.Dataset):
+    def __init__(self, n=48):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 100, (n, 12), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
+                "labels": int(self.ids[i, 0] > 50)}
+
+
+def make_trainer(tmp_path, model, cb, epochs=2):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=epochs,
+        gradient_accumulation_steps=2, learning_rate=1e-3, save_strategy="steps", save_steps=3,
+        logging_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    return transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb])
+
+
+def test_callback_freezes_inside_trainer_and_resumes(tmp_path):
+    model = tiny_bert(num_layers=4)
+    cb = AutoFreezeCallback(ScheduledFreeze([(2, 1), (4, 2)]))
+    trainer = make_trainer(tmp_path, model, cb)
+    before = [p.detach().clone() for p in model.bert.encoder.layer[0].parameters()]
+    trainer.train()
+    ctl = cb.controller
+    # 48 samples / (8 x 2 accumulation) = 3 updates per epoch, 6 in all: one controller step each
+    assert ctl.global_step == 6 and ctl.frozen_depth == 2
+    assert not any(p.requires_grad for p in model.bert.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in model.bert.encoder.layer[2].parameters())
+    frozen = {id(p) for p in model.bert.encoder.layer[0].parameters()}
+    owned = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not frozen & owned  # left the optimizer
+    # block 0 froze after 2 updates: it changed during those, then never again
+    after = list(model.bert.encoder.layer[0].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    ckpt = tmp_path / "out" / "checkpoint-3"
+    assert (ckpt / STATE_FILE).exists()
+
+    # resume from step 3 (1 frozen block then) in a fresh Trainer: depth and steps continue
+    model2 = tiny_bert(num_layers=4)
+    cb2 = AutoFreezeCallback(ScheduledFreeze([(2, 1), (4, 2)]))
+    assert cb2.prepare_resume(model2, str(ckpt)) == 1
+    trainer2 = make_trainer(tmp_path, model2, cb2)
+    trainer2.train(resume_from_checkpoint=str(ckpt))
+    assert cb2.controller.global_step == 6 and cb2.controller.frozen_depth == 2
+    assert [h for h in cb2.controller.history if h["event"] == "freeze"] == \
+        [h for h in ctl.history if h["event"] == "freeze"]
