@@ -11,9 +11,11 @@ Quick start (plain PyTorch loop)::
 ``backend_info()`` tells which kernels (C++, CUDA or the pure-PyTorch reference) are in use.
 """
 from ._backend import backend_info
+from .cache import ActivationCache, CacheError
 from .adapters import BlockLayout, UnsupportedModelError, hf_layout, resnet_layout, resolve_layout
 from .controller import FreezeController
 from .ops import grad_stats, reference_grad_stats
+from .prefix import FrozenPrefixRunner
 from .policies import (FreezePolicy, GradientNormTest, IntervalStats, NeverFreeze, ScheduledFreeze, StaticFreeze,
                        make_policy)
 from .stats import GradientStatistics
@@ -21,7 +23,7 @@ from .stats import GradientStatistics
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockLayout", "FreezeController", "FreezePolicy", "GradientNormTest", "GradientStatistics", "IntervalStats",
+    "ActivationCache", "BlockLayout", "CacheError", "FreezeController", "FrozenPrefixRunner", "FreezePolicy", "GradientNormTest", "GradientStatistics", "IntervalStats",
     "NeverFreeze", "ScheduledFreeze", "StaticFreeze", "UnsupportedModelError", "backend_info", "grad_stats",
     "hf_layout", "make_policy", "reference_grad_stats", "resnet_layout", "resolve_layout", "__version__",
 ]

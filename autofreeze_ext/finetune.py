@@ -1,6 +1,7 @@
 """Fine-tuning runs of a sequence classifier with a freezing policy, measured for reports."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -53,6 +54,7 @@ class FinetuneConfig:
     checkpoint_every: int = 50
     resume: bool = False
     stop_after_steps: Optional[int] = None  # end early (tests, time-boxed runs)
+    amp: Optional[str] = None  # None | "bf16" | "fp16": autocast on the model's device
     cache_dir: Optional[str] = None  # disk tier of the activation cache (None: RAM tier only)
     cache_memory: str = "2GiB"
     cache_disk: Optional[str] = None
@@ -258,7 +260,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
             "mode": cfg.mode, "run_id": run_id, "step": prog["step"], "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "controller": ctl.state_dict(),
             "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "progress": prog,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None})
+
+    device_type = next(model.parameters()).device.type
+    amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp, "bad")
+    if amp_dtype == "bad":
+        raise ValueError(f"amp must be bf16 or fp16, got {cfg.amp!r}")
+    autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None
+    if state and scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
 
     eval_ends = tiled_interval_ends(steps_per_epoch, cfg.evals_per_epoch)
     bar = None
@@ -276,11 +288,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
         for indices, batch in loader:
             t0 = time.perf_counter()
             io0, pre0 = timers["cache_io"], timers["prefix_forward"]
-            out = runner(indices, **batch) if runner is not None else model(**batch)
+            with autocast:
+                out = runner(indices, **batch) if runner is not None else model(**batch)
             t1 = time.perf_counter()
-            out.loss.backward()
+            (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
             t2 = time.perf_counter()
-            opt.step()  # the controller runs in this step's post-hook
+            if scaler is not None:  # a step GradScaler skips is not counted by the controller
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()  # the controller runs in this step's post-hook
             sched.step()
             opt.zero_grad(set_to_none=True)
             t3 = time.perf_counter()

@@ -180,3 +180,15 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
     assert [e["accuracy"] for e in b["evals"]] == [e["accuracy"] for e in a["evals"]]
     if mode.endswith("+cache"):
         assert "reused" in b["cache"]["info"]["disk"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_with_cache(amp, tiny_ckpt, task, tmp_path, capsys):
+    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--amp", amp, "--model", tiny_ckpt, "--train",
+                      task[0], "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
+                      "--intervals-per-epoch", "3", "--no-cost-model", "--out", str(tmp_path / "o"),
+                      "--no-progress", "--no-plot"], capsys)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
+    assert rep["config"]["amp"] == amp and rep["steps"] == 18
+    assert rep["frozen_depth"][-1]["depth"] >= 1 and rep["cache"]["counters"]["hits_ram"] > 0

@@ -656,7 +656,7 @@ void RecordStore::reset_locked(std::unique_lock<std::mutex>& g) {
     if (s.state == Slot::kLoading) s.stale = true;
   pcv_.notify_all();
   ready_cv_.notify_all();
-  pcv_.wait(g, [this] { return inflight_ == 0 || pstop_; });
+  pcv_.wait(g, [this] { return (inflight_ == 0 && unverified_ == 0) || pstop_; });
   for (auto& s : slots_) {
     s.stale = false;
     if (s.state != Slot::kHeld) s.state = Slot::kFree;
@@ -752,7 +752,9 @@ void RecordStore::verify_slot(Slot& s) {
 
 void RecordStore::prefetch_loop() {
   std::vector<Completion> done;
+  std::vector<int> to_verify;  // slots whose reads all completed, checked outside the lock
   for (;;) {
+    bool reads_pending;
     {
       std::unique_lock<std::mutex> g(pmu_);
       // Give free slots to the next planned batches and queue their reads.
@@ -777,7 +779,7 @@ void RecordStore::prefetch_loop() {
             ready_cv_.notify_all();
           }
         }
-        if (!ops_.empty() || inflight_ > 0) break;
+        if (!ops_.empty() || inflight_ > 0 || !to_verify.empty()) break;
         if (!assigned) pcv_.wait(g);
       }
       // Issue up to the queue depth.
@@ -793,8 +795,23 @@ void RecordStore::prefetch_loop() {
         io_->submit(rq);
         inflight_++;
       }
+      reads_pending = inflight_ > 0;
     }
     io_->flush();
+    // Check completed batches while the reads just issued are in flight. A slot being
+    // verified is Loading and counted in unverified_, so nobody else touches it.
+    for (int si : to_verify) {
+      Slot& s = slots_[si];
+      if (!s.stale) verify_slot(s);
+      std::lock_guard<std::mutex> g(pmu_);
+      s.state = s.stale ? Slot::kFree : Slot::kReady;
+      s.stale = false;
+      unverified_--;
+      ready_cv_.notify_all();
+      pcv_.notify_all();
+    }
+    to_verify.clear();
+    if (!reads_pending) continue;
     done.clear();
     io_->wait(done);
     std::lock_guard<std::mutex> g(pmu_);
@@ -804,16 +821,10 @@ void RecordStore::prefetch_loop() {
       s.results[u & 0xffffffffu] = c.result;
       inflight_--;
       if (--s.pending == 0) {
-        if (s.stale) {
-          s.stale = false;
-          s.state = Slot::kFree;
-        } else {
-          verify_slot(s);
-          s.state = Slot::kReady;
-        }
+        to_verify.push_back(static_cast<int>(u >> 32));
+        unverified_++;
       }
     }
-    ready_cv_.notify_all();
     pcv_.notify_all();
   }
 }

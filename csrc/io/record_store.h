@@ -184,7 +184,7 @@ class RecordStore {
   std::vector<std::vector<Entry>> plan_entries_;
   std::vector<std::vector<int64_t>> plan_ids_;
   size_t next_issue_ = 0, next_deliver_ = 0;
-  int inflight_ = 0;
+  int inflight_ = 0, unverified_ = 0;
   bool pinned_ = false, pstop_ = false;
   std::deque<Op> ops_;
   std::vector<Op> op_pool_;
