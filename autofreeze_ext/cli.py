@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile each block (default backend: inductor)")
     p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
@@ -73,7 +75,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           progress=not args.no_progress, cache_dir=sub(args.cache_dir), cache_memory=args.cache_memory,
                           cache_disk=args.cache_disk, cache_cost_model=not args.no_cost_model,
                           checkpoint_dir=sub(args.checkpoint_dir), checkpoint_every=args.checkpoint_every,
-                          resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp)
+                          resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp,
+                          compile=args.compile)
 
 
 def _slug(mode: str) -> str:

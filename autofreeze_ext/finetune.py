@@ -55,6 +55,7 @@ class FinetuneConfig:
     resume: bool = False
     stop_after_steps: Optional[int] = None  # end early (tests, time-boxed runs)
     amp: Optional[str] = None  # None | "bf16" | "fp16": autocast on the model's device
+    compile: Optional[str] = None  # torch.compile backend for each block (e.g. "inductor"), None: eager
     cache_dir: Optional[str] = None  # disk tier of the activation cache (None: RAM tier only)
     cache_memory: str = "2GiB"
     cache_disk: Optional[str] = None
@@ -218,7 +219,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    num_blocks = resolve_layout(model).num_blocks
+    layout = resolve_layout(model)
+    num_blocks = layout.num_blocks
+    if cfg.compile:
+        # each block on its own: the active suffix runs compiled, frozen blocks get stubbed or
+        # run without autograd (dynamo keeps a graph per variant)
+        for blk in layout.blocks:
+            blk.compile(backend=cfg.compile, dynamic=False)
     ctl = FreezeController(model, opt, make_mode_policy(cfg.mode, cfg, num_blocks), steps_per_epoch=steps_per_epoch)
 
     ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None

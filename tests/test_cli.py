@@ -192,3 +192,15 @@ def test_amp_with_cache(amp, tiny_ckpt, task, tmp_path, capsys):
     rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
     assert rep["config"]["amp"] == amp and rep["steps"] == 18
     assert rep["frozen_depth"][-1]["depth"] >= 1 and rep["cache"]["counters"]["hits_ram"] > 0
+
+
+def test_compiled_blocks_with_cache(tiny_ckpt, task, tmp_path, capsys):
+    # aot_eager: dynamo graph capture and AOT autograd, without inductor's C++ compile time
+    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--compile", "aot_eager", "--model", tiny_ckpt,
+                      "--train", task[0], "--dev", task[1], "--epochs", "3", "--batch-size", "8",
+                      "--max-length", "12", "--intervals-per-epoch", "3", "--no-cost-model",
+                      "--out", str(tmp_path / "o"), "--no-progress", "--no-plot"], capsys)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
+    assert rep["steps"] == 18 and rep["frozen_depth"][-1]["depth"] >= 1
+    assert rep["cache"]["counters"]["hits_ram"] > 0
