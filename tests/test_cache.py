@@ -67,6 +67,27 @@ def test_disk_round_trip_is_byte_exact(tmp_path, dtype, backend, direct):
                                                                                       x.view(torch.uint8))
 
 
+def test_refused_io_uring_falls_back_to_thread_pool(tmp_path):
+    script = textwrap.dedent(f"""
+        import torch
+        from autofreeze_ext.cache import ActivationCache
+        c = ActivationCache({str(tmp_path)!r}, memory_budget=0, io_backend="uring")
+        x = torch.randn(3, 7, 5)
+        c.put([0, 1, 2], 1, x)
+        c.flush()
+        c.plan_epoch([[0, 1, 2]])
+        got = c.get([0, 1, 2])
+        assert all(torch.equal(got[i][1], x[i]) for i in range(3))
+        info = c.info()
+        print(info["disk_backend"], "|", info["disk_backend_note"])
+    """)
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path.parent, capture_output=True, text=True,
+                       env=dict(os.environ, AUTOFREEZE_IO_URING_REFUSE="1"))
+    assert p.returncode == 0, p.stderr
+    backend, note = p.stdout.strip().split(" | ")
+    assert backend == "threads" and ("refused" in note or "without liburing" in note)
+
+
 def test_tmpfs_falls_back_or_uses_direct(tmp_path):
     if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
         pytest.skip("no writable /dev/shm")

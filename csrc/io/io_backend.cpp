@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -196,8 +197,14 @@ std::unique_ptr<IoBackend> make_io_backend(const std::string& kind, unsigned que
   if (kind == "uring" || kind == "auto") {
 #ifdef AUTOFREEZE_WITH_URING
     int err = 0;
-    auto b = std::make_unique<UringBackend>(queue_depth, &err);
-    if (err == 0) return b;
+    // AUTOFREEZE_IO_URING_REFUSE=1 simulates a kernel/seccomp that refuses io_uring (tests).
+    const char* refuse = std::getenv("AUTOFREEZE_IO_URING_REFUSE");
+    if (refuse && refuse[0] == '1') {
+      err = -EPERM;
+    } else {
+      auto b = std::make_unique<UringBackend>(queue_depth, &err);
+      if (err == 0) return b;
+    }
     *why = std::string("io_uring refused at run time (") + std::strerror(-err) + "), using the pread thread pool";
 #else
     *why = "built without liburing, using the pread thread pool";
