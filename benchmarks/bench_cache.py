@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=3, help="forward time of 1..N blocks")
     ap.add_argument("--quick", action="store_true", help="first MiniLM and BERT-base shapes, fp16 only")
+    ap.add_argument("--only", default=None, help="configurations whose name contains this, e.g. 'bert-base-512'")
     ap.add_argument("--json", default="benchmarks/results/bench_cache.json")
     args = ap.parse_args()
     if _C is None:
@@ -202,6 +203,8 @@ def main() -> None:
     configs = [(m, s, h, d) for m, s, h in CONFIGS for d in DTYPES]
     if args.quick:
         configs = [("minilm", 64, 384, "fp16"), ("bert-base", 512, 768, "fp16")]
+    if args.only:
+        configs = [c for c in configs if args.only in f"{c[0]}-{c[1]}-{c[3]}"]
     rows, results = [], []
     overlap_rows = []
     try:

@@ -89,7 +89,27 @@ uint32_t header_crc(RecordHeader h) {
   return crc32c(&h, sizeof h);
 }
 
+// Status of a record read into buf (res: bytes read or -errno) against its index entry.
+int check_record(const char* buf, int64_t res, const Entry& e, int64_t id) {
+  if (res < 0) return kIoError;
+  if (static_cast<uint64_t>(res) < e.record_len) return kShort;
+  RecordHeader h;
+  std::memcpy(&h, buf, sizeof h);
+  bool ok = h.magic == kRecordMagic && h.header_crc == header_crc(h) && h.sample_id == id && h.nbytes == e.nbytes &&
+            h.depth == e.depth && crc32c(buf + kHeaderBytes, e.nbytes) == h.payload_crc;
+  return ok ? kOk : kCorrupt;
+}
+
 }  // namespace
+
+void RecordStore::count_read(int status, uint64_t len) {
+  switch (status) {
+    case kOk: stats_.reads_ok++; stats_.bytes_read += len; break;
+    case kCorrupt: stats_.reads_corrupt++; break;
+    case kShort: stats_.reads_short++; break;
+    default: stats_.reads_error++;
+  }
+}
 
 Segment::~Segment() {
   if (fd >= 0) ::close(fd);
@@ -559,27 +579,10 @@ int RecordStore::read_into(int64_t id, char* dst, uint64_t capacity, Entry* meta
   if (e.nbytes > capacity) throw std::invalid_argument("read_into: destination too small");
   char* buf = alloc_aligned(e.record_len);
   int64_t r = pread_full(e.seg->fd, buf, e.record_len, e.offset);
-  int status = kOk;
-  if (r < 0) {
-    status = kIoError;
-  } else if (static_cast<uint64_t>(r) < e.record_len) {
-    status = kShort;
-  } else {
-    RecordHeader h;
-    std::memcpy(&h, buf, sizeof h);
-    if (h.magic != kRecordMagic || h.header_crc != header_crc(h) || h.sample_id != id || h.nbytes != e.nbytes ||
-        h.depth != e.depth || crc32c(buf + kHeaderBytes, e.nbytes) != h.payload_crc)
-      status = kCorrupt;
-    else
-      std::memcpy(dst, buf + kHeaderBytes, e.nbytes);
-  }
+  int status = check_record(buf, r, e, id);
+  if (status == kOk) std::memcpy(dst, buf + kHeaderBytes, e.nbytes);
   std::free(buf);
-  switch (status) {
-    case kOk: stats_.reads_ok++; stats_.bytes_read += e.record_len; break;
-    case kCorrupt: stats_.reads_corrupt++; break;
-    case kShort: stats_.reads_short++; break;
-    default: stats_.reads_error++;
-  }
+  count_read(status, e.record_len);
   return status;
 }
 
@@ -725,27 +728,9 @@ void RecordStore::verify_slot(Slot& s) {
   uint64_t off = 0;
   for (size_t r = 0; r < s.entries.size(); ++r) {
     const Entry& e = s.entries[r];
-    int64_t res = s.results[r];
-    int status;
-    if (res < 0) {
-      status = kIoError;
-    } else if (static_cast<uint64_t>(res) < e.record_len) {
-      status = kShort;
-    } else {
-      RecordHeader h;
-      std::memcpy(&h, s.ptr + off, sizeof h);
-      bool ok = h.magic == kRecordMagic && h.header_crc == header_crc(h) && h.sample_id == s.ids[r] &&
-                h.nbytes == e.nbytes && h.depth == e.depth &&
-                crc32c(s.ptr + off + kHeaderBytes, e.nbytes) == h.payload_crc;
-      status = ok ? kOk : kCorrupt;
-    }
+    int status = check_record(s.ptr + off, s.results[r], e, s.ids[r]);
     s.results[r] = status;
-    switch (status) {
-      case kOk: stats_.reads_ok++; stats_.bytes_read += e.record_len; break;
-      case kCorrupt: stats_.reads_corrupt++; break;
-      case kShort: stats_.reads_short++; break;
-      default: stats_.reads_error++;
-    }
+    count_read(status, e.record_len);
     off += e.record_len;
   }
 }

@@ -150,6 +150,7 @@ class RecordStore {
   void writer_loop();
   void prefetch_loop();
   void verify_slot(Slot& s);
+  void count_read(int status, uint64_t len);
   void reset_locked(std::unique_lock<std::mutex>& g);
   void free_slots();
   std::string index_path() const { return opt_.dir + "/index.bin"; }
