@@ -39,6 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile each block (default backend: inductor)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=d.device,
+                   help="cpu (gloo under torchrun) or cuda (NCCL, one GPU per rank)")
     p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
@@ -55,6 +57,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     k.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     k.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     k.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    g = p.add_argument_group("data parallel (run under torchrun --nproc_per_node N; --batch-size is the global batch)")
+    g.add_argument("--data-shards", type=int, default=None,
+                   help="in one process: train on the global batches an N-rank job sees (reference runs)")
+    g.add_argument("--reshuffle-shards-every", type=int, default=0, metavar="EPOCHS",
+                   help="deal samples to ranks anew every EPOCHS epochs (default 0: never, so each rank's "
+                        "cache keeps hitting)")
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
@@ -76,7 +84,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           cache_disk=args.cache_disk, cache_cost_model=not args.no_cost_model,
                           checkpoint_dir=sub(args.checkpoint_dir), checkpoint_every=args.checkpoint_every,
                           resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp,
-                          compile=args.compile)
+                          compile=args.compile, device=args.device, data_shards=args.data_shards,
+                          reshuffle_shards_every=args.reshuffle_shards_every)
 
 
 def _slug(mode: str) -> str:
@@ -117,7 +126,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_cmp.add_argument("--modes", default="full,static:half,autofreeze", help=f"comma-separated: {MODES_HELP}")
     _common(p_cmp)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs, prints and writes
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
     if args.threads:
         import torch
 
@@ -125,19 +136,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.cmd == "finetune":
             report = finetune(_config(args, args.mode))
+            if rank != 0:
+                return 0
             print_table(COMPARE_HEADERS, compare_table([report]))
             _print_phases([report])
             _write(args, f"finetune_{_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             reports = [finetune(_config(args, m, per_mode_dirs=True)) for m in modes]
+            if rank != 0:
+                return 0
             print_table(COMPARE_HEADERS, compare_table(reports))
             _print_phases(reports)
             _write(args, "compare", reports)
     except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _shutdown_distributed(sys.exc_info()[0] is None)
     return 0
+
+
+def _shutdown_distributed(clean: bool) -> None:
+    """Tear the process group down before the interpreter exits (its threads otherwise may
+    abort the process at exit); after a clean run, wait for the other ranks first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

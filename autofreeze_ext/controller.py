@@ -54,12 +54,19 @@ class FreezeController:
             skipped for inf/NaN gradients are not counted.
         verify_order: check during the first forward pass that the blocks run in the given
             order (raises ``ValueError`` at the first step if not).
+        process_group: under ``torch.distributed``, the group whose ranks must take the same
+            decisions. ``"auto"`` (default): the default group when one is initialised with
+            more than one rank. At each interval end the ranks adopt rank 0's gradient
+            statistics and then rank 0's decision (two broadcasts of a few numbers per
+            interval), so they freeze the same blocks at the same step even when their local
+            statistics differ in the last bits or the policy is not deterministic. ``None``:
+            no synchronisation.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: Optional[FreezePolicy] = None,
                  *, blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
                  steps_per_epoch: Optional[int] = None, max_depth: Optional[int] = None, attach: bool = True,
-                 grad_scaler=None, verify_order: bool = True) -> None:
+                 grad_scaler=None, verify_order: bool = True, process_group="auto") -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
@@ -75,6 +82,7 @@ class FreezeController:
         self.steps_per_epoch = steps_per_epoch
         self.grad_scaler = grad_scaler
         self._check_optimizer_owns_params()
+        self._sync = _resolve_group(process_group)
 
         self._block_params: List[List[nn.Parameter]] = [
             [p for p in b.parameters() if p.requires_grad] for b in self.layout.blocks]
@@ -136,6 +144,8 @@ class FreezeController:
             raw = self.stats.accumulate(active, finish=end)
             if end:
                 norms = [None if b < self.frozen_depth else v / self.interval_steps for b, v in enumerate(raw)]
+        if end and self._sync is not None:
+            norms = self._sync.norms(norms, self.num_blocks) if self.stats is not None else None
         if end:
             self._end_interval(norms)
             self.interval_steps = 0
@@ -233,6 +243,8 @@ class FreezeController:
             self.history.append({"event": "skipped", "step": self.global_step, "epoch": self._epoch()})
             return
         depth = min(int(self.policy.decide(info)), self.max_depth)
+        if self._sync is not None:
+            depth = self._sync.value(depth)
         rec = getattr(self.policy, "last", None)
         entry = {"event": "interval", "step": self.global_step, "epoch": self._epoch(),
                  "frozen_before": self.frozen_depth, "decided": max(depth, self.frozen_depth), "norms": norms}
@@ -287,3 +299,43 @@ class FreezeController:
             h.remove()
         self._order_hooks = []
         self._order_seen = []
+
+
+class _RankSync:
+    """Broadcasts rank 0's interval statistics and decision to the other ranks of a group."""
+
+    def __init__(self, group) -> None:
+        import torch.distributed as dist
+
+        self.dist, self.group = dist, group
+        self.src = dist.get_global_rank(group, 0) if group is not None else 0
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+    def _bcast(self, values: List[float]) -> List[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.dist.broadcast(t, src=self.src, group=self.group)
+        return t.tolist()
+
+    def norms(self, norms: Optional[List[Optional[float]]], n: int) -> List[Optional[float]]:
+        # -1 stands for a frozen block (norms are >= 0); NaN/inf travel as they are
+        vals = self._bcast([-1.0 if v is None else float(v) for v in (norms or [None] * n)])
+        return [None if v == -1.0 else v for v in vals]
+
+    def value(self, v: int) -> int:
+        return int(self._bcast([float(v)])[0])
+
+
+def _resolve_group(process_group):
+    if process_group is None:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        if process_group == "auto":
+            return None
+        raise ValueError("process_group given but torch.distributed is not initialised")
+    group = None if process_group == "auto" else process_group
+    if dist.get_world_size(group) < 2:
+        return None
+    return _RankSync(group)

@@ -132,3 +132,114 @@ class PlannedBatchSampler(Sampler):
         self.generator.set_state(state["generator"])
         self._planned = state["planned"]
         self.position = state["position"]
+
+
+class ShardedBatchSampler(Sampler):
+    """Batch sampler for data-parallel training that keeps each sample on the same rank.
+
+    The epoch is a list of *global* batches of ``global_batch`` samples; rank ``r`` of
+    ``world_size`` takes the ``r``-th of ``world_size`` equal contiguous slices of each. The
+    samples are dealt once (seeded permutation, padded by wrap-around to whole global batches)
+    into ``shards`` fixed shards; every epoch shuffles *within* each shard and a
+    global batch is the concatenation of one per-shard batch from each shard. With
+    ``shards == world_size`` (the default) rank ``r`` therefore sees only shard ``r``, epoch
+    after epoch, so its activation cache hits; the price is less randomness than a full
+    reshuffle (a sample only ever shares a batch slot with samples of its own shard).
+    ``reshuffle_shards_every=k`` deals the shards anew every ``k`` epochs (cache misses that
+    epoch); ``0`` never.
+
+    ``rank=None`` yields the whole global batch: a single process then trains on exactly the
+    batches a ``world_size``-rank job would (the reference for DDP tests).
+
+    ``state_dict()`` is ``(epoch, position, shards of the running epoch)``, independent of the
+    world size: a job restarted on fewer or more ranks finishes the running epoch with the same
+    global batches (re-sliced over the new ranks), so nothing is skipped or seen twice, and
+    deals new shards for the new world size from the next epoch on.
+    """
+
+    def __init__(self, n: int, global_batch: int, *, world_size: int = 1, rank: Optional[int] = 0,
+                 shards: Optional[int] = None, seed: int = 0, reshuffle_shards_every: int = 0):
+        if n < 1 or global_batch < 1:
+            raise ValueError("need at least one sample and a positive batch size")
+        shards = world_size if shards is None else int(shards)
+        if world_size < 1 or shards < 1:
+            raise ValueError(f"world_size and shards must be >= 1, got {world_size}, {shards}")
+        if rank is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        for what, k in (("the number of workers", world_size), ("the number of shards", shards)):
+            if global_batch % k:
+                raise ValueError(f"the global batch size {global_batch} is not divisible by {what} ({k}): "
+                                 "every rank must take the same number of samples per step")
+        if shards > n:
+            raise ValueError(f"{shards} shards but only {n} samples")
+        self.n, self.global_batch, self.world_size, self.rank = n, global_batch, world_size, rank
+        self.shards, self.seed, self.reshuffle_every = shards, seed, int(reshuffle_shards_every)
+        self.epoch = 0
+        self.position = 0  #: global batches of the current epoch already yielded
+        self._epoch_shards = shards  #: shard count the running epoch was planned with
+        self._planned: Optional[List[List[int]]] = None  # global batches of the running epoch
+
+    # --------------------------------------------------------------- planning
+    def _deal(self, epoch: int, shards: int) -> List[List[int]]:
+        deal_round = epoch // self.reshuffle_every if self.reshuffle_every else 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + deal_round)
+        order = torch.randperm(self.n, generator=g).tolist()
+        # pad by wrap-around to whole global batches (DistributedSampler-style), so the epoch
+        # has ceil(n / global_batch) steps whatever the shard count
+        need = (-self.n) % self.global_batch
+        order += (order * (need // self.n + 1))[:need]
+        return [order[k::shards] for k in range(shards)]
+
+    def global_batches(self, epoch: int, shards: Optional[int] = None) -> List[List[int]]:
+        """The global batches of ``epoch`` when dealt into ``shards`` shards."""
+        shards = shards or self.shards
+        per_shard = self.global_batch // shards
+        out: List[List[int]] = []
+        parts = []
+        for k, shard in enumerate(self._deal(epoch, shards)):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * (epoch + 1) + k)
+            perm = torch.randperm(len(shard), generator=g).tolist()
+            parts.append([shard[i] for i in perm])
+        for s in range(0, len(parts[0]), per_shard):
+            out.append([i for p in parts for i in p[s:s + per_shard]])
+        return out
+
+    def _mine(self, global_batch: List[int]) -> List[int]:
+        if self.rank is None:
+            return global_batch
+        k = len(global_batch) // self.world_size
+        extra = len(global_batch) % self.world_size
+        start = self.rank * k + min(self.rank, extra)
+        return global_batch[start:start + k + (1 if self.rank < extra else 0)]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.global_batch)
+
+    def plan_epoch(self) -> List[List[int]]:
+        """This rank's batches of the running epoch (all of them, also those already yielded)."""
+        if self._planned is None:
+            self._planned = self.global_batches(self.epoch, self._epoch_shards)
+        return [self._mine(b) for b in self._planned]
+
+    def __iter__(self):
+        batches = self.plan_epoch()
+        while self.position < len(batches):
+            b = batches[self.position]
+            self.position += 1
+            yield b
+        self.epoch += 1
+        self.position = 0
+        self._planned = None
+        self._epoch_shards = self.shards
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "shards": self._epoch_shards, "seed": self.seed,
+                "n": self.n, "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("n") != self.n or state.get("global_batch") != self.global_batch:
+            raise ValueError(f"sampler state is for {state.get('n')} samples in global batches of "
+                             f"{state.get('global_batch')}, not {self.n} / {self.global_batch}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._epoch_shards, self.seed = int(state["shards"]), int(state["seed"])
+        self._planned = None

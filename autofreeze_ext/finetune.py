@@ -21,6 +21,8 @@ from .cache import ActivationCache, CacheError
 from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
 from .prefix import FrozenPrefixRunner
 from .adapters import resolve_layout
+from .data import ShardedBatchSampler
+from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env
 from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze, tiled_interval_ends
 
 log = logging.getLogger("autofreeze_ext")
@@ -60,6 +62,12 @@ class FinetuneConfig:
     cache_memory: str = "2GiB"
     cache_disk: Optional[str] = None
     cache_cost_model: bool = True
+    device: str = "cpu"  # "cpu" (gloo under torchrun) | "cuda" (NCCL, cuda:LOCAL_RANK)
+    # Data-parallel data order: under torchrun each rank keeps its shard of the samples across
+    # epochs (cache hits); data_shards=N in a single process trains on the global batches an
+    # N-rank job would see (reference runs). None: one shard per rank.
+    data_shards: Optional[int] = None
+    reshuffle_shards_every: int = 0
 
 
 def default_model_path() -> str:
@@ -118,16 +126,22 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezeP
 
 
 @torch.inference_mode()
-def evaluate(model, data: dict, batch_size: int = 128) -> float:
+def evaluate(model, data: dict, batch_size: int = 128, ctx: Optional[DistContext] = None) -> float:
+    """Accuracy on ``data``; under torch.distributed each rank scores a slice and the counts
+    are summed."""
+    ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
     correct = 0
     n = len(data["labels"])
-    for s in range(0, n, batch_size):
-        batch = {k: v[s:s + batch_size] for k, v in data.items() if k != "labels"}
-        correct += (model(**batch).logits.argmax(-1) == data["labels"][s:s + batch_size]).sum().item()
+    lo, hi = n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
+    dev = next(model.parameters()).device
+    for s in range(lo, hi, batch_size):
+        e = min(s + batch_size, hi)
+        batch = {k: v[s:e].to(dev) for k, v in data.items() if k != "labels"}
+        correct += (model(**batch).logits.argmax(-1).cpu() == data["labels"][s:e]).sum().item()
     model.train(was_training)
-    return correct / n
+    return all_reduce_sum([correct], ctx)[0] / n
 
 
 class _PrefixClock:
@@ -157,6 +171,7 @@ class _PrefixClock:
 
 
 _KILL_AT_STEP = int(os.environ.get("AUTOFREEZE_TEST_KILL_AT_STEP", "0"))
+_KILL_RANK = int(os.environ.get("AUTOFREEZE_TEST_KILL_RANK", "0"))
 
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
@@ -175,12 +190,14 @@ def _save_checkpoint(path: str, state: dict) -> None:
         os.close(dfd)
 
 
-def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str):
+def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):
     fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.train), "max_length": cfg.max_length,
           "train_samples": cfg.train_samples}
     path = None
     if cfg.cache_dir:
         path = os.path.join(cfg.cache_dir, "activations")
+        if ctx.distributed:  # one cache per rank: it holds the samples of the rank's shard
+            path = os.path.join(path, f"rank{ctx.rank}")
     try:
         return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp)
     except CacheError as exc:
@@ -198,16 +215,26 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """
     from transformers import get_linear_schedule_with_warmup
 
+    t_start = time.perf_counter()
     base_mode, cached = split_mode(cfg.mode)
+    ctx = init_from_env(cfg.device)
     train_task = read_tsv(cfg.train, limit=cfg.train_samples)
     dev_task = read_tsv(cfg.dev)
     num_labels = max(train_task.num_labels, dev_task.num_labels)
     torch.manual_seed(cfg.seed)
     model_path = cfg.model or default_model_path()
     model, tok = load_model_and_tokenizer(model_path, num_labels)
+    model.to(ctx.device)
+    if ctx.distributed:  # same initial weights on every rank, different dropout masks
+        torch.manual_seed(cfg.seed * 7919 + ctx.rank)
     train = encode(train_task, tok, cfg.max_length)
     dev = encode(dev_task, tok, cfg.max_length)
-    sampler = PlannedBatchSampler(len(train_task.labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if ctx.distributed or cfg.data_shards:
+        sampler = ShardedBatchSampler(len(train_task.labels), cfg.batch_size, world_size=ctx.world_size,
+                                      rank=ctx.rank if ctx.distributed else None, shards=cfg.data_shards,
+                                      seed=cfg.seed, reshuffle_shards_every=cfg.reshuffle_shards_every)
+    else:
+        sampler = PlannedBatchSampler(len(train_task.labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
     # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
     # created, and a resumed run creates one mid-epoch (dropout would then differ)
     loader = DataLoader(IndexedDataset(train), batch_sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed))
@@ -239,21 +266,42 @@ def finetune(cfg: FinetuneConfig) -> dict:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"])
+        rngs = state.get("rng_per_rank") or [state["rng"]]
+        if len(rngs) == ctx.world_size:
+            torch.set_rng_state(rngs[ctx.rank])
+        else:  # restarted on a different number of workers: fresh dropout streams
+            torch.manual_seed(cfg.seed * 7919 + ctx.rank + 104729 * state["step"])
         log.info("resumed from %s at step %d, frozen depth %d", ckpt_path, state["step"], ctl.frozen_depth)
     run_id = state["run_id"] if state else uuid.uuid4().hex
+    if ctx.distributed and not state:
+        import torch.distributed as dist
+
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = box[0]
     prog = state["progress"] if state else {
         "step": 0, "train_time": 0.0, "evals": [], "depth_trace": [{"step": 0, "depth": ctl.frozen_depth}],
-        "epoch_times": [], "epoch_time": 0.0, "phases": {k: 0.0 for k in PHASES}, "resumed_at": []}
+        "epoch_times": [], "epoch_time": 0.0, "phases": {k: 0.0 for k in PHASES}, "resumed_at": [], "losses": [],
+        "worker_seconds": 0.0, "world_sizes": []}
     if state:
         prog["resumed_at"].append(prog["step"])
+    prog.setdefault("losses", [])
+    prog.setdefault("worker_seconds", 0.0)
+    prog.setdefault("world_sizes", [])
+    prog["world_sizes"].append({"step": prog["step"], "world_size": ctx.world_size})
 
     timers = defaultdict(float)
     cache = runner = None
     if cached:
         if cfg.checkpoint_dir and not cfg.cache_dir:
             log.info("the activation cache is in RAM only: a resumed run recomputes it (pass --cache-dir)")
-        cache = _make_cache(cfg, run_id, model_path)
+        cache = _make_cache(cfg, run_id, model_path, ctx)
+    ddp = None
+    if ctx.distributed:
+        # DDP over the active suffix only, rebuilt after each freeze; the prefix runs outside it
+        ddp = FreezingDDP(model, ctl, ctx.device, sync_buffers=False)
+        runner = FrozenPrefixRunner(model, ctl, cache, cost_model=cfg.cache_cost_model, timers=timers, suffix=ddp)
+    elif cached:
         runner = FrozenPrefixRunner(model, ctl, cache, cost_model=cfg.cache_cost_model, timers=timers)
     clock = _PrefixClock(ctl, timers)
 
@@ -262,11 +310,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
             return
         if cache is not None:
             cache.flush()
+        rngs = [torch.get_rng_state()]
+        if ctx.distributed:  # every rank's dropout stream; rank 0 writes
+            import torch.distributed as dist
+
+            rngs = [None] * ctx.world_size
+            dist.all_gather_object(rngs, torch.get_rng_state())
+            if not ctx.is_main:
+                return
         os.makedirs(cfg.checkpoint_dir, exist_ok=True)
         _save_checkpoint(ckpt_path, {
             "mode": cfg.mode, "run_id": run_id, "step": prog["step"], "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "controller": ctl.state_dict(),
-            "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "progress": prog,
+            "sampler": sampler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "progress": prog,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None})
 
@@ -281,7 +337,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     eval_ends = tiled_interval_ends(steps_per_epoch, cfg.evals_per_epoch)
     bar = None
-    if cfg.progress:
+    if cfg.progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=prog["step"], desc=cfg.mode, unit="step", dynamic_ncols=True)
@@ -293,6 +349,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             cache.plan_epoch(sampler.plan_epoch()[sampler.position:])
         t_epoch = time.perf_counter()
         for indices, batch in loader:
+            if ctx.device.type != "cpu":
+                batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             t0 = time.perf_counter()
             io0, pre0 = timers["cache_io"], timers["prefix_forward"]
             with autocast:
@@ -321,20 +379,29 @@ def finetune(cfg: FinetuneConfig) -> dict:
             ph["optimizer"] += (t3 - t2) - stats
             prog["train_time"] += t3 - t0
             prog["epoch_time"] += t3 - t0
+            prog["worker_seconds"] += (t3 - t0) * ctx.world_size
+            loss = out.loss.detach()
+            if ctx.distributed:  # the global batch's loss (mean of the ranks' equal-sized batches)
+                import torch.distributed as dist
+
+                dist.all_reduce(loss)
+                loss /= ctx.world_size
+            prog["losses"].append(loss.item())
             prog["step"] += 1
             step = prog["step"]
             if ctl.frozen_depth != prog["depth_trace"][-1]["depth"]:
                 prog["depth_trace"].append({"step": step, "depth": ctl.frozen_depth})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{out.loss.item():.3f}", frozen=f"{ctl.frozen_depth}/{num_blocks}")
+                bar.set_postfix(loss=f"{prog['losses'][-1]:.3f}", frozen=f"{ctl.frozen_depth}/{num_blocks}")
             in_epoch = step - epoch * steps_per_epoch
             if in_epoch in eval_ends:
-                acc = evaluate(model, dev)
+                acc = evaluate(model, dev, ctx=ctx)
                 prog["evals"].append({"step": step, "epoch": step / steps_per_epoch, "train_time_s": prog["train_time"],
                                       "accuracy": acc, "frozen_depth": ctl.frozen_depth})
-                log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", cfg.mode, step,
-                         step / steps_per_epoch, 100 * acc, ctl.frozen_depth, num_blocks)
+                if ctx.is_main:
+                    log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", cfg.mode, step,
+                             step / steps_per_epoch, 100 * acc, ctl.frozen_depth, num_blocks)
             if in_epoch == steps_per_epoch:
                 if cache is not None:
                     t_io = time.perf_counter()
@@ -343,12 +410,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     prog["phases"]["cache_io"] += dt
                     prog["train_time"] += dt
                     prog["epoch_time"] += dt
+                    prog["worker_seconds"] += dt * ctx.world_size
                 prog["epoch_times"].append(prog["epoch_time"])
                 prog["epoch_time"] = 0.0
             if ckpt_path and (step % max(1, cfg.checkpoint_every) == 0 or in_epoch == steps_per_epoch):
                 checkpoint()
-            if _KILL_AT_STEP and step == _KILL_AT_STEP:  # crash injection for the resume tests
-                os.kill(os.getpid(), signal.SIGKILL)
+            if (_KILL_AT_STEP and step == _KILL_AT_STEP and ctx.rank == _KILL_RANK
+                    and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+                os.kill(os.getpid(), signal.SIGKILL)  # crash injection for the resume tests
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 break
         if cfg.stop_after_steps and prog["step"] >= cfg.stop_after_steps:
@@ -366,12 +435,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "epoch_times_s": prog["epoch_times"], "evals": evals, "best_accuracy": max(accs) if accs else None,
         "final_accuracy": accs[-1] if accs else None, "frozen_depth": prog["depth_trace"],
         "controller_history": ctl.history, "phases_s": prog["phases"], "resumed_at_steps": prog["resumed_at"],
-        "backend": backend_info(), "torch_threads": torch.get_num_threads(),
+        "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
+        "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
+        "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
+                        "world_sizes": prog["world_sizes"],
+                        "data_shards": cfg.data_shards or ctx.world_size,
+                        "comm": {str(d): v for d, v in ddp.comm_report().items()} if ddp is not None else None,
+                        "ddp_rebuilds": ddp.rebuilds if ddp is not None else 0},
     }
     if cache is not None:
         report["cache"] = {"decisions": runner.decisions, "counters": cache.counters(), "info": cache.info()}
-        runner.close()
         cache.close()
+    if runner is not None:
+        runner.close()
     return report
 
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,11 +52,18 @@ class FrozenPrefixRunner:
             False caches at every depth >= ``min_depth``.
         min_depth: never cache below this many frozen blocks.
         timers: optional dict that accumulates the seconds spent in the cache under ``"cache_io"``.
+        suffix: what runs the active suffix (default: ``model`` itself); e.g. a
+            :class:`~autofreeze_ext.distributed.FreezingDDP` around it, so that DDP sees only
+            the suffix. When given, the frozen prefix always runs outside it, without
+            autograd, also when nothing is cached.
     """
 
     def __init__(self, model: nn.Module, controller: FreezeController, cache: Optional[ActivationCache] = None,
-                 cost_model: bool = True, min_depth: int = 1, timers: Optional[Dict[str, float]] = None) -> None:
+                 cost_model: bool = True, min_depth: int = 1, timers: Optional[Dict[str, float]] = None,
+                 suffix: Optional[Callable] = None) -> None:
         self.model = model
+        self.suffix = suffix if suffix is not None else model
+        self.split = suffix is not None
         self.controller = controller
         self.cache = cache
         self.cost_model = cost_model
@@ -73,10 +80,12 @@ class FrozenPrefixRunner:
     def __call__(self, indices, **batch):
         depth = self.controller.frozen_depth
         idx = [int(i) for i in (indices.tolist() if torch.is_tensor(indices) else indices)]
-        if self.cache is None or depth < self.min_depth:
-            return self.model(**batch)
-        if self._decided.get(depth) is False and max(self.cache.depths(idx), default=0) == 0:
-            return self.model(**batch)  # caching does not pay at this depth and nothing is cached
+        if self.cache is None or depth < self.min_depth or (
+                self._decided.get(depth) is False and max(self.cache.depths(idx), default=0) == 0):
+            # no cache, or caching does not pay at this depth and nothing is cached
+            if self.split and depth > 0 and self._tuple_out is not None:
+                return self.run_suffix(batch, self.advance(batch, 0, None, depth), depth)
+            return self.suffix(**batch)
         t0 = time.perf_counter()
         hits = self.cache.get(idx)
         self.timers["cache_io"] += time.perf_counter() - t0
@@ -135,7 +144,7 @@ class FrozenPrefixRunner:
     def run_suffix(self, batch: dict, hidden: torch.Tensor, depth: int):
         """The model's output with blocks ``1..depth`` (and the stem) replaced by ``hidden``."""
         with self._stubbed(depth, hidden):
-            return self.model(**batch)
+            return self.suffix(**batch)
 
     def close(self) -> None:
         self._fmt_hook.remove()

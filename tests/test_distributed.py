@@ -1,0 +1,249 @@
+"""AutoFreeze under torch.distributed (gloo, CPU): samplers, rank agreement, DDP over the active
+suffix, per-rank caches, a killed worker, and a scale-down from 4 to 2 workers."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autofreeze_ext.data import ShardedBatchSampler
+from test_cli import WORDS, write_tsv
+
+# A DDP loss is the mean over ranks of equal-sized batch means: the single-process run on the
+# same global batches differs only by float summation order.
+LOSS_TOL = 1e-5
+
+
+# ---------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("n,batch,world", [(103, 8, 2), (103, 8, 4), (5, 8, 2), (64, 8, 8)])
+def test_rank_batches_tile_the_global_batch(n, batch, world):
+    ref = ShardedBatchSampler(n, batch, world_size=world, rank=None)
+    ranks = [ShardedBatchSampler(n, batch, world_size=world, rank=r) for r in range(world)]
+    for _ in range(3):
+        glob = list(ref)
+        mine = [list(s) for s in ranks]
+        assert len(glob) == len(ref) == -(-n // batch)
+        for k, g in enumerate(glob):
+            assert len(g) == batch and g == [i for m in mine for i in m[k]]
+        assert {i for g in glob for i in g} == set(range(n))  # every sample, once plus padding
+
+
+def test_samples_stay_on_their_rank_unless_reshuffled():
+    def seen(sampler):
+        return {i for b in sampler for i in b}
+
+    s = ShardedBatchSampler(100, 10, world_size=2, rank=1, seed=3)
+    first, second = seen(s), seen(s)
+    assert first == second and len(first) == 50
+    orders = [ShardedBatchSampler(100, 10, world_size=2, rank=1, seed=3) for _ in range(2)]
+    assert list(orders[0]) == list(orders[1])  # deterministic
+    assert list(orders[0]) != list(orders[0])  # but each epoch shuffles within the shard
+    r = ShardedBatchSampler(100, 10, world_size=2, rank=1, seed=3, reshuffle_shards_every=1)
+    assert seen(r) != seen(r)
+
+
+def test_resume_on_fewer_ranks_finishes_the_epoch_with_the_same_global_batches():
+    four = ShardedBatchSampler(90, 12, world_size=4, rank=None, seed=1)
+    it = iter(four)
+    done = [next(it) for _ in range(3)]
+    state = four.state_dict()
+    rest_four = list(it)
+    two = [ShardedBatchSampler(90, 12, world_size=2, rank=r, seed=1) for r in range(2)]
+    for s in two:
+        s.load_state_dict(state)
+    parts = [list(s) for s in two]
+    rest_two = [a + b for a, b in zip(*parts)]
+    assert rest_two == rest_four
+    assert sorted({i for b in done + rest_two for i in b}) == list(range(90))
+    nxt = [{i for b in s for i in b} for s in two]  # next epoch: dealt into 2 shards
+    assert len(nxt[0]) == len(nxt[1]) == 45 and not nxt[0] & nxt[1]
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match="not divisible by the number of workers"):
+        ShardedBatchSampler(10, 5, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="outside"):
+        ShardedBatchSampler(10, 4, world_size=2, rank=2)
+    s = ShardedBatchSampler(10, 4, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="sampler state is for"):
+        s.load_state_dict(ShardedBatchSampler(12, 4, world_size=2, rank=0).state_dict())
+
+
+# ---------------------------------------------------------------------------- rank agreement
+def _agree_worker(rank, world, port, sync, out):
+    import random
+
+    import torch.distributed as dist
+
+    from autofreeze_ext import FreezeController, GradientNormTest
+    from autofreeze_ext.policies import FreezePolicy
+    from models import BlockNet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+    class Dice(FreezePolicy):  # a policy whose answer differs on every rank
+        uses_gradient_stats = False
+
+        def __init__(self):
+            self.rng = random.Random(rank)
+
+        def decide(self, s):
+            return s.frozen_depth + (self.rng.random() < 0.3)
+
+    histories = {}
+    for name, policy in (("dice", Dice()), ("gradient", GradientNormTest(percentile=50, intervals_per_epoch=4))):
+        model = BlockNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        ctl = FreezeController(model, opt, policy, blocks=list(model.blocks), steps_per_epoch=8,
+                               process_group="auto" if sync else None)
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: local statistics differ
+        for _ in range(40):
+            x = torch.randn(16, 3, generator=g) * (1 + rank)
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        histories[name] = [(h.get("event"), h.get("step"), h.get("decided", h.get("to"))) for h in ctl.history]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, histories)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_ranks_agree_on_every_decision(sync, tmp_path):
+    """With the controller's broadcast, ranks whose local statistics (and even policies)
+    differ take identical decisions; without it they diverge (so the test can fail)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "h.pt")
+    mp.start_processes(_agree_worker, args=(3, port, sync, out), nprocs=3, start_method="spawn")
+    h = torch.load(out)
+    freezes = [[e for e in r["dice"] if e[0] == "freeze"] for r in h]
+    assert freezes[0], "the dice policy froze nothing"
+    if sync:
+        assert h[0] == h[1] == h[2]
+        assert any(e[0] == "freeze" for e in h[0]["gradient"])
+    else:
+        assert not (h[0]["dice"] == h[1]["dice"] == h[2]["dice"])
+
+
+# ---------------------------------------------------------------------------- DDP runs
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny BERT without dropout (so DDP and one process can match) and a 96-row task."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("ddp")
+    m = d / "model"
+    m.mkdir()
+    (m / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(m / "vocab.txt"), do_lower_case=True)
+    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32, num_labels=2, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(m)
+    tok.save_pretrained(m)
+    return {"dir": d, "args": ["--model", str(m), "--train", write_tsv(d / "train.tsv", 96),
+                               "--dev", write_tsv(d / "dev.tsv", 24, seed=1), "--epochs", "4", "--batch-size", "8",
+                               "--max-length", "12", "--intervals-per-epoch", "3", "--evals-per-epoch", "2",
+                               "--no-progress", "--no-plot", "--threads", "1"]}
+
+
+def launch(setup, name, args, nproc=None, env=None, max_restarts=0):
+    out = setup["dir"] / name
+    cmd = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", *setup["args"], *args, "--out", str(out)]
+    if nproc:
+        cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                    "--max-restarts", str(max_restarts), "-m", "autofreeze_ext.cli"]
+    p = subprocess.run(cmd, cwd=setup["dir"], env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                       capture_output=True, text=True, timeout=300)
+    return p, out
+
+
+def report(out, mode):
+    return json.loads((out / f"finetune_{mode.replace(':', '-').replace('+', '_')}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One process trained on the global batches a 2-rank job sees."""
+    p, out = launch(setup, "ref", ["--mode", "autofreeze", "--data-shards", "2"])
+    assert p.returncode == 0, p.stderr
+    return report(out, "autofreeze")
+
+
+def test_ddp_matches_single_process_and_drops_frozen_params_from_allreduce(setup, reference):
+    p, out = launch(setup, "ddp", ["--mode", "autofreeze"], nproc=2)
+    assert p.returncode == 0, p.stderr
+    r = report(out, "autofreeze")
+    assert r["distributed"]["world_size"] == 2 and r["distributed"]["backend"] == "gloo"
+    assert r["frozen_depth"] == reference["frozen_depth"]
+    assert r["frozen_depth"][-1]["depth"] >= 1, "nothing froze: the test would not exercise a DDP rebuild"
+    np.testing.assert_allclose(r["losses"], reference["losses"], atol=LOSS_TOL, rtol=0)
+    assert [e["accuracy"] for e in r["evals"]] == [e["accuracy"] for e in reference["evals"]]
+    comm = {int(d): c for d, c in r["distributed"]["comm"].items()}
+    assert r["distributed"]["ddp_rebuilds"] == len(comm) - 1 >= 1
+    per_step = [comm[d]["bytes_per_step"] for d in sorted(comm)]
+    assert per_step == sorted(per_step, reverse=True) and per_step[-1] < per_step[0]
+    for c in comm.values():  # fp32 gradients of the active parameters, nothing else
+        assert c["bytes_per_step"] == 4 * c["params"]
+
+
+def test_ddp_with_per_rank_cache(setup, reference):
+    p, out = launch(setup, "ddp_cache", ["--mode", "autofreeze+cache", "--no-cost-model",
+                                         "--cache-dir", str(setup["dir"] / "cache")], nproc=2)
+    assert p.returncode == 0, p.stderr
+    r = report(out, "autofreeze+cache")
+    assert sorted(os.listdir(setup["dir"] / "cache" / "activations")) == ["rank0", "rank1"]
+    assert r["cache"]["counters"]["hits_ram"] > 0
+    # the shard stays on its rank: every sample rank 0 trains on after the cache is filled hits
+    assert r["cache"]["counters"]["failed_reads"] == 0
+    np.testing.assert_allclose(r["losses"], reference["losses"], atol=LOSS_TOL, rtol=0)
+    assert r["frozen_depth"] == reference["frozen_depth"]
+
+
+def test_killed_worker_is_restarted_from_the_checkpoint(setup):
+    ck = ["--mode", "autofreeze", "--checkpoint-dir", str(setup["dir"] / "ck_kill"), "--checkpoint-every", "5",
+          "--resume"]
+    full, out_full = launch(setup, "nokill", ["--mode", "autofreeze"], nproc=2)
+    assert full.returncode == 0, full.stderr
+    p, out = launch(setup, "kill", ck, nproc=2, max_restarts=1,
+                    env={"AUTOFREEZE_TEST_KILL_AT_STEP": "13", "AUTOFREEZE_TEST_KILL_RANK": "1"})
+    assert p.returncode == 0, p.stderr
+    assert "SIGKILL" in p.stderr or "Signal 9" in p.stderr or "exitcode: -9" in p.stderr
+    a, b = report(out_full, "autofreeze"), report(out, "autofreeze")
+    assert b["resumed_at_steps"] == [12]  # the epoch-end checkpoint before the kill at 13
+    assert b["controller_history"] == a["controller_history"]
+    assert b["losses"] == a["losses"]
+
+
+def test_scale_down_from_4_to_2_workers(setup):
+    args = ["--mode", "autofreeze", "--checkpoint-dir", str(setup["dir"] / "ck_scale"), "--checkpoint-every", "3"]
+    ref, out_ref = launch(setup, "four", ["--mode", "autofreeze"], nproc=4)
+    assert ref.returncode == 0, ref.stderr
+    first, _ = launch(setup, "scale", args + ["--stop-after-steps", "18"], nproc=4)  # mid epoch 2 (12 steps/epoch)
+    assert first.returncode == 0, first.stderr
+    second, out = launch(setup, "scale", args + ["--resume"], nproc=2)
+    assert second.returncode == 0, second.stderr
+    a, b = report(out_ref, "autofreeze"), report(out, "autofreeze")
+    assert b["resumed_at_steps"] == [18] and b["steps"] == a["steps"] == 48
+    assert [w["world_size"] for w in b["distributed"]["world_sizes"]] == [4, 2]
+    # the interrupted epoch finishes on the same global batches: nothing skipped, nothing twice
+    np.testing.assert_allclose(b["losses"][:24], a["losses"][:24], atol=LOSS_TOL, rtol=0)
+    assert [d for d in b["frozen_depth"] if d["step"] <= 24] == [d for d in a["frozen_depth"] if d["step"] <= 24]
+    depths = [d["depth"] for d in b["frozen_depth"]]
+    assert depths == sorted(depths)
