@@ -63,6 +63,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reshuffle-shards-every", type=int, default=0, metavar="EPOCHS",
                    help="deal samples to ranks anew every EPOCHS epochs (default 0: never, so each rank's "
                         "cache keeps hitting)")
+    g.add_argument("--mode-goal", choices=["time", "cost"], default=None,
+                   help="time: keep every worker (finish soonest); cost: at a freeze, continue on fewer workers "
+                        "when they finish before the deadline for fewer worker-seconds (needs --checkpoint-dir; "
+                        "run under `autofreeze launch` to relaunch automatically)")
+    g.add_argument("--deadline-s", type=float, default=None,
+                   help="cost goal: training seconds allowed (default: full fine-tuning's projected time)")
+    g.add_argument("--min-workers", type=int, default=1, help="cost goal: never fewer workers than this")
+    g.add_argument("--restart-s", type=float, default=None,
+                   help="cost goal: what a relaunch costs, seconds (default: this launch's measured start-up)")
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
@@ -85,7 +94,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           checkpoint_dir=sub(args.checkpoint_dir), checkpoint_every=args.checkpoint_every,
                           resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp,
                           compile=args.compile, device=args.device, data_shards=args.data_shards,
-                          reshuffle_shards_every=args.reshuffle_shards_every)
+                          reshuffle_shards_every=args.reshuffle_shards_every, mode_goal=args.mode_goal,
+                          deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s)
 
 
 def _slug(mode: str) -> str:
@@ -125,7 +135,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_cmp = sub.add_parser("compare", help="run several modes with the same seed and data")
     p_cmp.add_argument("--modes", default="full,static:half,autofreeze", help=f"comma-separated: {MODES_HELP}")
     _common(p_cmp)
+    p_l = sub.add_parser("launch", help="run `finetune` under torchrun and relaunch it on the number of workers "
+                                        "the cost planner asks for",
+                         description="autofreeze launch --nproc N [--max-restarts K] finetune --mode-goal cost "
+                                     "--checkpoint-dir DIR ... : runs torchrun --standalone --nproc_per_node N; when "
+                                     "the run stops with DIR/scale_request.json, relaunches on the requested number "
+                                     "of workers with --resume (on one node; across nodes, torchrun's elastic "
+                                     "--nnodes MIN:MAX does the same membership change)")
+    p_l.add_argument("--nproc", type=int, required=True)
+    p_l.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a worker failure")
+    p_l.add_argument("command", nargs=argparse.REMAINDER, help="finetune ARGS...")
     args = ap.parse_args(argv)
+    if args.cmd == "launch":
+        return launch(args.nproc, args.max_restarts, args.command)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs, prints and writes
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
@@ -155,6 +177,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         _shutdown_distributed(sys.exc_info()[0] is None)
     return 0
+
+
+def launch(nproc: int, max_restarts: int, command: List[str]) -> int:
+    """torchrun ``command`` on ``nproc`` workers; relaunch while the run asks for another count."""
+    import subprocess
+
+    if not command or command[0] != "finetune":
+        print("autofreeze: error: launch runs `finetune ARGS...`", file=sys.stderr)
+        return 2
+    ck = next((command[i + 1] for i, a in enumerate(command[:-1]) if a == "--checkpoint-dir"), None)
+    if ck is None:
+        print("autofreeze: error: launch needs --checkpoint-dir (the planner scales through a checkpoint)",
+              file=sys.stderr)
+        return 2
+    request = os.path.join(ck, "scale_request.json")
+    if os.path.exists(request):
+        os.remove(request)  # a stale request from an earlier job
+    while True:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "--max-restarts", str(max_restarts), "-m", "autofreeze_ext.cli", *command]
+        print(f"autofreeze launch: {nproc} worker(s)", file=sys.stderr, flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0 or not os.path.exists(request):
+            return rc
+        with open(request) as f:
+            nproc = int(json.load(f)["world_size"])
+        os.remove(request)
+        if "--resume" not in command:
+            command = [*command, "--resume"]
 
 
 def _shutdown_distributed(clean: bool) -> None:

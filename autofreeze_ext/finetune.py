@@ -68,6 +68,14 @@ class FinetuneConfig:
     # N-rank job would see (reference runs). None: one shard per rank.
     data_shards: Optional[int] = None
     reshuffle_shards_every: int = 0
+    # Execution goal under torchrun: None/"time" keeps every worker to the end (finish soonest);
+    # "cost" sheds workers at a freeze when fewer finish the rest before the deadline for fewer
+    # worker-seconds (checkpoint, scale_request.json, relaunch by `autofreeze launch`).
+    mode_goal: Optional[str] = None
+    deadline_s: Optional[float] = None  # training seconds; default: full fine-tuning's projected time
+    min_workers: int = 1
+    restart_s: Optional[float] = None  # cost goal: a relaunch's cost; default: this launch's measured start-up
+    probe_steps: int = 5  # steps timed at a new depth before the planner decides
 
 
 def default_model_path() -> str:
@@ -206,6 +214,113 @@ def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistCont
         return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp)
 
 
+def _write_json(path: str, obj) -> None:
+    import json
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+class _CostPlanner:
+    """Live ``--mode-goal cost``: after each freeze, time ``probe_steps`` steps at the new depth
+    and one all-reduce of the active gradients, split the step into compute per sample and
+    communication, and predict the rest of the run on each smaller number of workers (a
+    divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
+    allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs.
+    The all-reduce is scaled by the ring factor ``(W'-1)/W'``. The cheapest ``W'`` in
+    worker-seconds that still finishes before the deadline wins; rank 0 decides and
+    broadcasts. The deadline defaults to full fine-tuning's time on the starting workers,
+    projected from the step time before the first freeze. Predictions are kept in the report
+    (``planner``) with the step time measured after the relaunch."""
+
+    def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: dict, ddp, total_steps: int) -> None:
+        self.cfg, self.ctx, self.prog, self.ddp, self.total = cfg, ctx, prog, ddp, total_steps
+        self.depth = None
+        self.times: List[float] = []
+
+    def after_step(self, depth: int, step_s: float, step: int):
+        if depth != self.depth:
+            self.depth, self.times = depth, []
+            return None
+        self.times.append(step_s)
+        if len(self.times) < self.cfg.probe_steps + 1:  # the first step at a depth is left out
+            return None
+        if len(self.times) > self.cfg.probe_steps + 1:
+            return None
+        t_step = sorted(self.times[1:])[len(self.times[1:]) // 2]
+        pending = self.prog["planner"][-1] if self.prog["planner"] else None
+        if pending is not None and pending.get("measured_step_s") is None and pending["chosen"] == self.ctx.world_size:
+            # the prediction's check, after the relaunch (comparable when still at its depth)
+            pending["measured_step_s"], pending["measured_at_depth"] = t_step, depth
+            if depth == pending["depth"]:
+                return None
+        if self.ddp is None:
+            return None
+        if "full_step_s" not in self.prog and depth == 0:
+            self.prog["full_step_s"] = t_step
+            self.prog["deadline_s"] = self.cfg.deadline_s or self.total * t_step
+            return None
+        if depth == 0 or any(p["depth"] == depth for p in self.prog["planner"]):
+            return None
+        return self._decide(depth, t_step, step)
+
+    def _allreduce_s(self, nbytes: float) -> float:
+        import torch.distributed as dist
+
+        buf = torch.zeros(max(1, int(nbytes // 4)), dtype=torch.float32, device=self.ctx.device)
+        times = []
+        for _ in range(3):
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(buf)
+            times.append(time.perf_counter() - t0)
+        t = torch.tensor([sorted(times)[1]], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
+    def _decide(self, depth: int, t_step: float, step: int):
+        import torch.distributed as dist
+
+        w, b = self.ctx.world_size, self.cfg.batch_size
+        nbytes = 4 * self.ddp.comm[depth]["params"]
+        t_ar = self._allreduce_s(nbytes)
+        compute = max(t_step - t_ar, 1e-9) * w / b
+        restart = self.cfg.restart_s
+        if restart is None:
+            restart = self.prog["startups"][-1]["startup_s"] if self.prog["startups"] else 0.0
+        left = self.total - step
+        elapsed = self.prog["train_time"]
+        deadline = self.prog.get("deadline_s") or self.cfg.deadline_s or float("inf")
+        options = []
+        for w2 in [k for k in range(w, 0, -1) if b % k == 0 and k >= self.cfg.min_workers]:
+            ar2 = t_ar * ((w2 - 1) / w2) / ((w - 1) / w) if w2 > 1 else 0.0
+            step2 = b / w2 * compute + ar2
+            rest = left * step2 + (restart if w2 != w else 0.0)
+            options.append({"workers": w2, "step_s": step2, "remaining_s": rest, "worker_s": w2 * rest,
+                            "meets_deadline": elapsed + rest <= deadline})
+        ok = [o for o in options if o["meets_deadline"]] or [min(options, key=lambda o: o["remaining_s"])]
+        best = min(ok, key=lambda o: (o["worker_s"], -o["workers"]))
+        entry = {"step": step, "depth": depth, "world_size": w, "chosen": best["workers"],
+                 "step_s_now": t_step, "allreduce_s": t_ar, "compute_s_per_sample": compute,
+                 "predicted_step_s": best["step_s"], "predicted_remaining_s": best["remaining_s"],
+                 "deadline_s": deadline, "elapsed_s": elapsed, "restart_s": restart, "options": options,
+                 "measured_step_s": None if best["workers"] != w else t_step,
+                 "measured_at_depth": None if best["workers"] != w else depth}
+        box = [entry]
+        dist.broadcast_object_list(box, src=0)  # rank 0's measurement decides for everyone
+        entry = box[0]
+        self.prog["planner"].append(entry)
+        if self.ctx.is_main:
+            log.info("planner: depth %d, step %.3f s on %d workers (all-reduce %.3f s) -> %d workers, predicted "
+                     "%.3f s/step, %.0f s to go (deadline %.0f s, elapsed %.0f s)", depth, t_step, w, t_ar,
+                     entry["chosen"], entry["predicted_step_s"], entry["predicted_remaining_s"], deadline, elapsed)
+        if entry["chosen"] == w:
+            return None
+        return {"world_size": entry["chosen"], "step": step, "from_world_size": w}
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train with ``cfg.mode`` and return the report (times exclude evaluation).
 
@@ -229,7 +344,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
         torch.manual_seed(cfg.seed * 7919 + ctx.rank)
     train = encode(train_task, tok, cfg.max_length)
     dev = encode(dev_task, tok, cfg.max_length)
-    if ctx.distributed or cfg.data_shards:
+    ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None
+    state = None
+    if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=False)
+    if ctx.distributed or cfg.data_shards or (state is not None and "shards" in state["sampler"]):
         sampler = ShardedBatchSampler(len(train_task.labels), cfg.batch_size, world_size=ctx.world_size,
                                       rank=ctx.rank if ctx.distributed else None, shards=cfg.data_shards,
                                       seed=cfg.seed, reshuffle_shards_every=cfg.reshuffle_shards_every)
@@ -255,10 +374,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             blk.compile(backend=cfg.compile, dynamic=False)
     ctl = FreezeController(model, opt, make_mode_policy(cfg.mode, cfg, num_blocks), steps_per_epoch=steps_per_epoch)
 
-    ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None
-    state = None
-    if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=False)
+    if state is not None:
         if state["mode"] != cfg.mode:
             raise ValueError(f"{ckpt_path} was written by mode {state['mode']!r}, not {cfg.mode!r}")
         model.load_state_dict(state["model"])
@@ -288,6 +404,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     prog.setdefault("losses", [])
     prog.setdefault("worker_seconds", 0.0)
     prog.setdefault("world_sizes", [])
+    prog.setdefault("planner", [])
+    prog.setdefault("startups", [])
     prog["world_sizes"].append({"step": prog["step"], "world_size": ctx.world_size})
 
     timers = defaultdict(float)
@@ -341,8 +459,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=prog["step"], desc=cfg.mode, unit="step", dynamic_ncols=True)
+    if cfg.mode_goal not in (None, "time", "cost"):
+        raise ValueError(f"mode_goal must be time or cost, got {cfg.mode_goal!r}")
+    if cfg.mode_goal == "cost" and ctx.distributed and not ckpt_path:
+        raise ValueError("--mode-goal cost sheds workers through a checkpoint: pass --checkpoint-dir")
+    planner = _CostPlanner(cfg, ctx, prog, ddp, total) if cfg.mode_goal == "cost" and ctx.distributed else None
+    if planner is None and prog["planner"] and prog["planner"][-1].get("measured_step_s") is None:
+        planner = _CostPlanner(cfg, ctx, prog, ddp, total)  # a world of one: only measures
+    scale_request = None
     model.train()
     stats_before = ctl.step_seconds
+    first_step = True
     while prog["step"] < total:
         epoch = prog["step"] // steps_per_epoch
         if cache is not None:
@@ -352,6 +479,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if ctx.device.type != "cpu":
                 batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             t0 = time.perf_counter()
+            if first_step:
+                prog["startups"].append({"step": prog["step"], "world_size": ctx.world_size,
+                                         "startup_s": t0 - t_start})
+                first_step = False
             io0, pre0 = timers["cache_io"], timers["prefix_forward"]
             with autocast:
                 out = runner(indices, **batch) if runner is not None else model(**batch)
@@ -418,9 +549,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if (_KILL_AT_STEP and step == _KILL_AT_STEP and ctx.rank == _KILL_RANK
                     and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
                 os.kill(os.getpid(), signal.SIGKILL)  # crash injection for the resume tests
+            if planner is not None:
+                scale_request = planner.after_step(ctl.frozen_depth, t3 - t0, step)
+                if scale_request is not None:
+                    checkpoint()
+                    if ctx.is_main:
+                        _write_json(os.path.join(cfg.checkpoint_dir, "scale_request.json"), scale_request)
+                    log.info("planner: continuing on %d workers instead of %d (checkpoint at step %d); relaunch "
+                             "with `autofreeze launch` or torchrun --nproc_per_node %d ... --resume",
+                             scale_request["world_size"], ctx.world_size, step, scale_request["world_size"])
+                    break
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 break
-        if cfg.stop_after_steps and prog["step"] >= cfg.stop_after_steps:
+        if (cfg.stop_after_steps and prog["step"] >= cfg.stop_after_steps) or scale_request is not None:
             break
     if bar is not None:
         bar.close()
@@ -437,6 +578,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "controller_history": ctl.history, "phases_s": prog["phases"], "resumed_at_steps": prog["resumed_at"],
         "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
         "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
+        "startups": prog["startups"], "planner": prog["planner"], "scale_request": scale_request,
+        "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
+                                                                      for u in prog["startups"]),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
                         "world_sizes": prog["world_sizes"],
                         "data_shards": cfg.data_shards or ctx.world_size,

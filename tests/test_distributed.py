@@ -247,3 +247,37 @@ def test_scale_down_from_4_to_2_workers(setup):
     assert [d for d in b["frozen_depth"] if d["step"] <= 24] == [d for d in a["frozen_depth"] if d["step"] <= 24]
     depths = [d["depth"] for d in b["frozen_depth"]]
     assert depths == sorted(depths)
+
+
+def _launch_cost(setup, name, extra):
+    out = setup["dir"] / name
+    cmd = [sys.executable, "-m", "autofreeze_ext.cli", "launch", "--nproc", "4", "finetune", *setup["args"],
+           "--mode", "autofreeze", "--mode-goal", "cost", "--min-workers", "2",
+           "--checkpoint-dir", str(setup["dir"] / f"ck_{name}"), "--out", str(out), *extra]
+    p = subprocess.run(cmd, cwd=setup["dir"], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return p, report(out, "autofreeze")
+
+
+def test_cost_goal_sheds_workers_and_launch_relaunches(setup):
+    # no deadline pressure and free restarts: fewer workers always cost fewer worker-seconds
+    p, r = _launch_cost(setup, "cost", ["--deadline-s", "1e9", "--restart-s", "0"])
+    assert p.stderr.count("autofreeze launch:") == 2
+    assert [w["world_size"] for w in r["distributed"]["world_sizes"]] == [4, 2]
+    first = r["planner"][0]
+    assert first["world_size"] == 4 and first["chosen"] == 2 and first["depth"] >= 1
+    assert r["resumed_at_steps"] == [first["step"]] and r["steps"] == 48
+    assert first["measured_step_s"] is not None and first["predicted_step_s"] > 0
+    assert {o["workers"] for o in first["options"]} == {4, 2}  # divisors of the global batch 8, >= 2
+    assert len(r["startups"]) == 2 and r["worker_seconds_with_startups"] > r["worker_seconds"]
+    depths = [d["depth"] for d in r["frozen_depth"]]
+    assert depths == sorted(depths)
+    assert not os.path.exists(setup["dir"] / "ck_cost" / "scale_request.json")
+
+
+def test_cost_goal_keeps_workers_when_a_restart_does_not_pay(setup):
+    p, r = _launch_cost(setup, "keep", ["--deadline-s", "1e9", "--restart-s", "1e6"])
+    assert p.stderr.count("autofreeze launch:") == 1
+    assert [w["world_size"] for w in r["distributed"]["world_sizes"]] == [4]
+    assert r["planner"] and all(e["chosen"] == 4 for e in r["planner"])
