@@ -36,6 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch)
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="K",
+                   help="split each batch into K micro-batches whose gradients add up before one optimizer step")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile each block (default backend: inductor)")
@@ -75,7 +77,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
-    for name in ("epochs", "batch_size", "max_length", "evals_per_epoch"):
+    for name in ("epochs", "batch_size", "max_length", "evals_per_epoch", "grad_accum"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.train_samples is not None and args.train_samples < 1:
@@ -95,7 +97,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp,
                           compile=args.compile, device=args.device, data_shards=args.data_shards,
                           reshuffle_shards_every=args.reshuffle_shards_every, mode_goal=args.mode_goal,
-                          deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s)
+                          deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
+                          grad_accum=args.grad_accum)
 
 
 def _slug(mode: str) -> str:

@@ -86,7 +86,27 @@ def encode(task: TsvTask, tokenizer, max_length: int) -> dict:
     return out
 
 
-class PlannedBatchSampler(Sampler):
+class _PlannedSampler(Sampler):
+    """Yields the planned batches of the running epoch from ``position`` on (resumable)."""
+
+    position: int
+
+    def plan_epoch(self) -> List[List[int]]:
+        raise NotImplementedError
+
+    def _end_epoch(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self):
+        batches = self.plan_epoch()
+        while self.position < len(batches):
+            b = batches[self.position]
+            self.position += 1
+            yield b
+        self._end_epoch()
+
+
+class PlannedBatchSampler(_PlannedSampler):
     """Batch sampler whose epoch order is known before the epoch runs.
 
     Shuffles like ``DataLoader(shuffle=True)`` but lets the caller take the order first
@@ -117,12 +137,7 @@ class PlannedBatchSampler(Sampler):
             self.position = 0
         return self._planned
 
-    def __iter__(self):
-        batches = self.plan_epoch()
-        while self.position < len(batches):
-            b = batches[self.position]
-            self.position += 1
-            yield b
+    def _end_epoch(self) -> None:
         self._planned = None
 
     def state_dict(self) -> dict:
@@ -134,7 +149,7 @@ class PlannedBatchSampler(Sampler):
         self.position = state["position"]
 
 
-class ShardedBatchSampler(Sampler):
+class ShardedBatchSampler(_PlannedSampler):
     """Batch sampler for data-parallel training that keeps each sample on the same rank.
 
     The epoch is a list of *global* batches of ``global_batch`` samples; rank ``r`` of
@@ -221,12 +236,7 @@ class ShardedBatchSampler(Sampler):
             self._planned = self.global_batches(self.epoch, self._epoch_shards)
         return [self._mine(b) for b in self._planned]
 
-    def __iter__(self):
-        batches = self.plan_epoch()
-        while self.position < len(batches):
-            b = batches[self.position]
-            self.position += 1
-            yield b
+    def _end_epoch(self) -> None:
         self.epoch += 1
         self.position = 0
         self._planned = None

@@ -191,12 +191,21 @@ class FreezingDDP:
         rec["bytes"] += self._counter.bytes
         self._counter.bytes = 0
 
-    def __call__(self, *args, **kwargs):
+    def _refresh(self) -> None:
+        self._sync_counter()
         if self.controller.frozen_depth != self._depth:
-            self._sync_counter()
             self._build()
-        else:
-            self._sync_counter()
+
+    def no_sync(self):
+        """DDP's ``no_sync`` on the current wrapper (rebuilt first if blocks froze): gradient
+        accumulation over micro-batches all-reduces only after the last one."""
+        import contextlib
+
+        self._refresh()
+        return self.module.no_sync() if self.module is not None else contextlib.nullcontext()
+
+    def __call__(self, *args, **kwargs):
+        self._refresh()
         self.comm[self._depth]["steps"] += 1
         return (self.module or self.model)(*args, **kwargs)
 

@@ -76,6 +76,7 @@ class FinetuneConfig:
     min_workers: int = 1
     restart_s: Optional[float] = None  # cost goal: a relaunch's cost; default: this launch's measured start-up
     probe_steps: int = 5  # steps timed at a new depth before the planner decides
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size stays the batch per step)
 
 
 def default_model_path() -> str:
@@ -212,6 +213,16 @@ def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistCont
         warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
         log.warning("%s; the disk tier is off, caching in RAM only", exc)
         return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp)
+
+
+def _micro_batches(indices, batch: dict, k: int):
+    """Split a batch (and its sample indices) into ``k`` micro-batches for gradient accumulation."""
+    if k <= 1:
+        return [(indices, batch)]
+    n = len(indices)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [(indices[a:b], {name: v[a:b] for name, v in batch.items()})
+            for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _write_json(path: str, obj) -> None:
@@ -484,11 +495,24 @@ def finetune(cfg: FinetuneConfig) -> dict:
                                          "startup_s": t0 - t_start})
                 first_step = False
             io0, pre0 = timers["cache_io"], timers["prefix_forward"]
-            with autocast:
-                out = runner(indices, **batch) if runner is not None else model(**batch)
-            t1 = time.perf_counter()
-            (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
+            bwd_s = 0.0
+            loss = 0.0
+            micro = _micro_batches(indices, batch, cfg.grad_accum)
+            prog["micro_batches"] = prog.get("micro_batches", 0) + len(micro)
+            for k, (idx_k, batch_k) in enumerate(micro):
+                # gradients of all micro-batches add up in .grad; DDP all-reduces only after the last
+                sync = ddp.no_sync() if ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast:
+                        out = runner(idx_k, **batch_k) if runner is not None else model(**batch_k)
+                    weight = len(idx_k) / len(indices)  # the batch's mean loss, whatever the split
+                    part = out.loss * weight if len(micro) > 1 else out.loss
+                    tb = time.perf_counter()
+                    (scaler.scale(part) if scaler is not None else part).backward()
+                    bwd_s += time.perf_counter() - tb
+                loss = loss + part.detach()
             t2 = time.perf_counter()
+            t1 = t2 - bwd_s  # forward phases: the rest of the micro-batch loop
             if scaler is not None:  # a step GradScaler skips is not counted by the controller
                 scaler.step(opt)
                 scaler.update()
@@ -511,7 +535,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
             prog["train_time"] += t3 - t0
             prog["epoch_time"] += t3 - t0
             prog["worker_seconds"] += (t3 - t0) * ctx.world_size
-            loss = out.loss.detach()
             if ctx.distributed:  # the global batch's loss (mean of the ranks' equal-sized batches)
                 import torch.distributed as dist
 
@@ -579,6 +602,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
         "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
         "startups": prog["startups"], "planner": prog["planner"], "scale_request": scale_request,
+        "planner_deadline_s": prog.get("deadline_s"), "micro_batches": prog.get("micro_batches", 0), "full_step_s": prog.get("full_step_s"),
         "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
                                                                       for u in prog["startups"]),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,

@@ -281,3 +281,22 @@ def test_cost_goal_keeps_workers_when_a_restart_does_not_pay(setup):
     assert p.stderr.count("autofreeze launch:") == 1
     assert [w["world_size"] for w in r["distributed"]["world_sizes"]] == [4]
     assert r["planner"] and all(e["chosen"] == 4 for e in r["planner"])
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_gradient_accumulation_matches_whole_batches(setup, reference, nproc):
+    """Two micro-batches per step (DDP all-reducing only after the second) train like whole
+    batches: same decisions, losses within float tolerance."""
+    args = ["--mode", "autofreeze+cache", "--grad-accum", "2", "--no-cost-model"]
+    if nproc is None:
+        args += ["--data-shards", "2"]
+    p, out = launch(setup, f"accum_{nproc}", args, nproc=nproc)
+    assert p.returncode == 0, p.stderr
+    r = report(out, "autofreeze+cache")
+    assert r["frozen_depth"] == reference["frozen_depth"]
+    np.testing.assert_allclose(r["losses"], reference["losses"], atol=LOSS_TOL, rtol=0)
+    assert r["cache"]["counters"]["hits_ram"] > 0
+    assert r["micro_batches"] == 2 * r["steps"]
+    if nproc:  # two forward calls per step through DDP, one all-reduce of the active gradients
+        for c in r["distributed"]["comm"].values():
+            assert c["steps"] % 2 == 0 and c["bytes"] == 4 * c["params"] * c["steps"] // 2
