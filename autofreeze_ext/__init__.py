@@ -14,6 +14,8 @@ from ._backend import backend_info
 from .cache import ActivationCache, CacheError
 from .adapters import BlockLayout, UnsupportedModelError, hf_layout, resnet_layout, resolve_layout
 from .controller import FreezeController
+from .data import PlannedBatchSampler, ShardedBatchSampler
+from .distributed import FreezingDDP
 from .ops import grad_stats, reference_grad_stats
 from .prefix import FrozenPrefixRunner
 from .policies import (FreezePolicy, GradientNormTest, IntervalStats, NeverFreeze, ScheduledFreeze, StaticFreeze,
@@ -23,7 +25,8 @@ from .stats import GradientStatistics
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationCache", "BlockLayout", "CacheError", "FreezeController", "FrozenPrefixRunner", "FreezePolicy", "GradientNormTest", "GradientStatistics", "IntervalStats",
-    "NeverFreeze", "ScheduledFreeze", "StaticFreeze", "UnsupportedModelError", "backend_info", "grad_stats",
+    "ActivationCache", "BlockLayout", "CacheError", "FreezeController", "FreezingDDP", "FrozenPrefixRunner",
+    "FreezePolicy", "GradientNormTest", "GradientStatistics", "IntervalStats", "NeverFreeze", "PlannedBatchSampler",
+    "ScheduledFreeze", "ShardedBatchSampler", "StaticFreeze", "UnsupportedModelError", "backend_info", "grad_stats",
     "hf_layout", "make_policy", "reference_grad_stats", "resnet_layout", "resolve_layout", "__version__",
 ]

@@ -48,7 +48,8 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Started by a launcher with a process group (also a world of one under torchrun)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -57,10 +58,12 @@ class DistContext:
 
 def init_from_env(device: str = "cpu") -> DistContext:
     """Initialise ``torch.distributed`` from ``torchrun``'s variables (``WORLD_SIZE``, ``RANK``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) when ``WORLD_SIZE > 1``.
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) when the process was started by torchrun (or
+    ``WORLD_SIZE > 1``); a torchrun world of one gets a process group too (DDP on one rank,
+    e.g. to validate NCCL on a single GPU, or after the cost goal shed all but one worker).
 
     ``device="cpu"`` uses gloo; ``device="cuda"`` uses NCCL and ``cuda:LOCAL_RANK``.
-    Returns a world of one when the process was not started by a launcher.
+    Returns a plain, non-distributed context when no launcher started the process.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -74,7 +77,7 @@ def init_from_env(device: str = "cpu") -> DistContext:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistContext(device=dev)
     import torch.distributed as dist
 

@@ -20,6 +20,7 @@ from .controller import FreezeController
 from .cache import ActivationCache, CacheError
 from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
 from .prefix import FrozenPrefixRunner
+from .planner import ThroughputModel
 from .adapters import resolve_layout
 from .data import ShardedBatchSampler
 from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env
@@ -208,11 +209,12 @@ def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistCont
         if ctx.distributed:  # one cache per rank: it holds the samples of the rank's shard
             path = os.path.join(path, f"rank{ctx.rank}")
     try:
-        return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp)
+        return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp,
+                               device=ctx.device)
     except CacheError as exc:
         warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
         log.warning("%s; the disk tier is off, caching in RAM only", exc)
-        return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp)
+        return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp, device=ctx.device)
 
 
 def _micro_batches(indices, batch: dict, k: int):
@@ -239,8 +241,9 @@ class _CostPlanner:
     and one all-reduce of the active gradients, split the step into compute per sample and
     communication, and predict the rest of the run on each smaller number of workers (a
     divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
-    allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs.
-    The all-reduce is scaled by the ring factor ``(W'-1)/W'``. The cheapest ``W'`` in
+    allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs, with
+    :class:`~autofreeze_ext.planner.ThroughputModel` (the all-reduce scaled by the ring factor
+    ``(W'-1)/W'``). The cheapest ``W'`` in
     worker-seconds that still finishes before the deadline wins; rank 0 decides and
     broadcasts. The deadline defaults to full fine-tuning's time on the starting workers,
     projected from the step time before the first freeze. Predictions are kept in the report
@@ -267,7 +270,7 @@ class _CostPlanner:
             pending["measured_step_s"], pending["measured_at_depth"] = t_step, depth
             if depth == pending["depth"]:
                 return None
-        if self.ddp is None:
+        if self.ddp is None or self.ctx.world_size < 2:  # one worker: nothing to shed
             return None
         if "full_step_s" not in self.prog and depth == 0:
             self.prog["full_step_s"] = t_step
@@ -304,10 +307,12 @@ class _CostPlanner:
         left = self.total - step
         elapsed = self.prog["train_time"]
         deadline = self.prog.get("deadline_s") or self.cfg.deadline_s or float("inf")
+        # the planner's model from this one measurement: bandwidth-bound ring all-reduce (alpha 0)
+        model = ThroughputModel({depth: compute}, {depth: nbytes}, alpha=0.0,
+                                beta=t_ar / (nbytes * 2 * (w - 1) / w))
         options = []
         for w2 in [k for k in range(w, 0, -1) if b % k == 0 and k >= self.cfg.min_workers]:
-            ar2 = t_ar * ((w2 - 1) / w2) / ((w - 1) / w) if w2 > 1 else 0.0
-            step2 = b / w2 * compute + ar2
+            step2 = model.step_s(depth, w2, b)
             rest = left * step2 + (restart if w2 != w else 0.0)
             options.append({"workers": w2, "step_s": step2, "remaining_s": rest, "worker_s": w2 * rest,
                             "meets_deadline": elapsed + rest <= deadline})
@@ -474,7 +479,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise ValueError(f"mode_goal must be time or cost, got {cfg.mode_goal!r}")
     if cfg.mode_goal == "cost" and ctx.distributed and not ckpt_path:
         raise ValueError("--mode-goal cost sheds workers through a checkpoint: pass --checkpoint-dir")
-    planner = _CostPlanner(cfg, ctx, prog, ddp, total) if cfg.mode_goal == "cost" and ctx.distributed else None
+    planner = _CostPlanner(cfg, ctx, prog, ddp, total) if cfg.mode_goal == "cost" and ctx.world_size > 1 else None
     if planner is None and prog["planner"] and prog["planner"][-1].get("measured_step_s") is None:
         planner = _CostPlanner(cfg, ctx, prog, ddp, total)  # a world of one: only measures
     scale_request = None
@@ -535,7 +540,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             prog["train_time"] += t3 - t0
             prog["epoch_time"] += t3 - t0
             prog["worker_seconds"] += (t3 - t0) * ctx.world_size
-            if ctx.distributed:  # the global batch's loss (mean of the ranks' equal-sized batches)
+            if ctx.world_size > 1:  # the global batch's loss (mean of the ranks' equal-sized batches)
                 import torch.distributed as dist
 
                 dist.all_reduce(loss)

@@ -300,3 +300,13 @@ def test_gradient_accumulation_matches_whole_batches(setup, reference, nproc):
     if nproc:  # two forward calls per step through DDP, one all-reduce of the active gradients
         for c in r["distributed"]["comm"].values():
             assert c["steps"] % 2 == 0 and c["bytes"] == 4 * c["params"] * c["steps"] // 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nccl_world_on_one_gpu(setup):
+    """A one-GPU NCCL world through torchrun: DDP path, cache on the device, report written."""
+    p, out = launch(setup, "nccl", ["--mode", "autofreeze+cache", "--device", "cuda", "--no-cost-model"], nproc=1)
+    assert p.returncode == 0, p.stderr
+    r = report(out, "autofreeze+cache")
+    assert r["steps"] == 48 and r["cache"]["counters"]["hits_ram"] > 0
