@@ -66,7 +66,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="deal samples to ranks anew every EPOCHS epochs (default 0: never, so each rank's "
                         "cache keeps hitting)")
     g.add_argument("--mode-goal", choices=["time", "cost"], default=None,
-                   help="time: keep every worker (finish soonest); cost: at a freeze, continue on fewer workers "
+                   help="time: keep every worker (finish soonest) and, with --max-batch, grow the global batch "
+                        "as freezing frees activation memory; cost: at a freeze, continue on fewer workers "
                         "when they finish before the deadline for fewer worker-seconds (needs --checkpoint-dir; "
                         "run under `autofreeze launch` to relaunch automatically)")
     g.add_argument("--deadline-s", type=float, default=None,
@@ -74,6 +75,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-workers", type=int, default=1, help="cost goal: never fewer workers than this")
     g.add_argument("--restart-s", type=float, default=None,
                    help="cost goal: what a relaunch costs, seconds (default: this launch's measured start-up)")
+    g.add_argument("--max-batch", type=int, default=None,
+                   help="time goal: the largest global batch allowed; from the epoch after a freeze the batch "
+                        "grows to what the freed activation memory holds, within this bound (LR scheduled by "
+                        "samples and scaled with the batch)")
+    g.add_argument("--max-activation-memory", default=None, metavar="BYTES",
+                   help="time goal: activation memory per worker the batch may fill, e.g. 4GiB (default: what "
+                        "the starting batch needed, measured)")
+    g.add_argument("--batch-lr-scaling", choices=["sqrt", "linear", "none"], default=d.batch_lr_scaling,
+                   help="time goal: LR factor when the batch grows k-fold: sqrt(k) (default, for Adam), k, or 1")
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
@@ -98,7 +108,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           compile=args.compile, device=args.device, data_shards=args.data_shards,
                           reshuffle_shards_every=args.reshuffle_shards_every, mode_goal=args.mode_goal,
                           deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
-                          grad_accum=args.grad_accum)
+                          grad_accum=args.grad_accum, max_batch=args.max_batch,
+                          max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling)
 
 
 def _slug(mode: str) -> str:
@@ -112,6 +123,16 @@ def _print_phases(reports: List[dict]) -> None:
         rows.append([r["mode"]] + [f"{ph[k]:.1f} ({100 * ph[k] / total:.0f}%)" for k in PHASES])
     print("time per phase, seconds (share of training time):")
     print_table(["mode"] + [k.replace("_", " ") for k in PHASES], rows)
+
+
+def _print_packing(report: dict) -> None:
+    if not report.get("packer"):
+        return
+    from .packing import describe
+
+    print("time goal: global batch per frozen depth (samples/s: before, predicted, measured at the new batch):")
+    print_table(["step", "depth", "global batch", "KiB saved/sample", "samples/s", "predicted", "measured"],
+                describe(report["packer"]))
 
 
 def _write(args, name: str, reports: List[dict]) -> None:
@@ -165,6 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 0
             print_table(COMPARE_HEADERS, compare_table([report]))
             _print_phases([report])
+            _print_packing(report)
             _write(args, f"finetune_{_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -93,6 +93,7 @@ class FreezeController:
         self.step_seconds = 0.0  #: time spent in step() (gradient statistics and decisions)
         self.interval_steps = 0  #: optimizer steps in the running interval
         self.frozen_depth = 0
+        self._epoch_clock: Optional[tuple] = None  # (epoch, its first global step, its steps): begin_epoch
         self.history: List[Dict] = []  #: one record per interval decision and per freeze
         self._listeners: List[FreezeListener] = []
         self._last_scale: Optional[float] = None
@@ -137,7 +138,7 @@ class FreezeController:
         self.interval_steps += 1
         if self._order_hooks:
             self._verify_order()
-        end = self.policy.is_interval_end(self.global_step, self.steps_per_epoch)
+        end = self.policy.is_interval_end(self._policy_step(), self.steps_per_epoch)
         active = range(self.frozen_depth, self.num_blocks)
         norms = None
         if self.stats is not None:
@@ -150,6 +151,18 @@ class FreezeController:
             self._end_interval(norms)
             self.interval_steps = 0
         return self.frozen_depth
+
+    def begin_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """Tell the controller that epoch ``epoch`` (from 0) has ``steps`` optimizer steps, of
+        which ``done`` have run. Needed only when the steps per epoch change during training
+        (e.g. the batch grows): per-epoch evaluation intervals then tile each epoch by its own
+        length and ``epoch`` in the history stays exact. Without it epochs are
+        ``global_step // steps_per_epoch``. Idempotent; call it again after a resume."""
+        if int(steps) != steps or steps < 1 or epoch < 0 or not 0 <= done <= steps:
+            raise ValueError(f"begin_epoch: need epoch >= 0, steps >= 1 and 0 <= done <= steps, "
+                             f"got {epoch}, {steps}, {done}")
+        self.steps_per_epoch = int(steps)
+        self._epoch_clock = (int(epoch), self.global_step - int(done), int(steps))
 
     def freeze_to(self, depth: int, reason: str = "manual") -> None:
         """Freeze the first ``depth`` blocks (and the embeddings). Never unfreezes."""
@@ -221,7 +234,19 @@ class FreezeController:
         self._remove_order_hooks()
 
     # ------------------------------------------------------------------ internals
+    def _policy_step(self) -> int:
+        """The step as a policy sees it: with :meth:`begin_epoch`, numbered as if every epoch
+        had the running epoch's length (so ``(step - 1) % steps_per_epoch`` is the position in
+        the epoch); otherwise the global step."""
+        if self._epoch_clock is None:
+            return self.global_step
+        epoch, first, steps = self._epoch_clock
+        return epoch * steps + self.global_step - first
+
     def _epoch(self) -> float:
+        if self._epoch_clock is not None:
+            epoch, first, steps = self._epoch_clock
+            return epoch + (self.global_step - first) / steps
         return self.global_step / self.steps_per_epoch if self.steps_per_epoch else math.nan
 
     def _skip_for_scaler(self) -> bool:

@@ -124,7 +124,22 @@ class PlannedBatchSampler(_PlannedSampler):
         self.position = 0  #: batches of the current epoch already yielded
 
     def __len__(self) -> int:
+        """Batches of the running epoch (of the next one when none is planned)."""
+        if self._planned is not None:
+            return len(self._planned)
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Batches of ``batch_size`` from the next epoch on (from this one if none of its
+        batches was yielded yet); the running epoch keeps its planned batches."""
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        if self._planned is not None and self.position == 0:  # same order, new batches
+            order = [i for b in self._planned for i in b]
+            self._planned = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            if self.drop_last and len(self._planned[-1]) < self.batch_size:
+                self._planned.pop()
 
     def plan_epoch(self) -> List[List[int]]:
         """Draw (once) and return the coming epoch's batches."""
@@ -141,12 +156,14 @@ class PlannedBatchSampler(_PlannedSampler):
         self._planned = None
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "planned": self._planned, "position": self.position}
+        return {"generator": self.generator.get_state(), "planned": self._planned, "position": self.position,
+                "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._planned = state["planned"]
         self.position = state["position"]
+        self.batch_size = int(state.get("batch_size", self.batch_size))
 
 
 class ShardedBatchSampler(_PlannedSampler):
@@ -192,26 +209,29 @@ class ShardedBatchSampler(_PlannedSampler):
         self.epoch = 0
         self.position = 0  #: global batches of the current epoch already yielded
         self._epoch_shards = shards  #: shard count the running epoch was planned with
+        self._epoch_batch = global_batch  #: global batch of the running epoch
+        self._next_batch = global_batch  #: global batch from the next epoch on (set_global_batch)
         self._planned: Optional[List[List[int]]] = None  # global batches of the running epoch
 
     # --------------------------------------------------------------- planning
-    def _deal(self, epoch: int, shards: int) -> List[List[int]]:
+    def _deal(self, epoch: int, shards: int, batch: int) -> List[List[int]]:
         deal_round = epoch // self.reshuffle_every if self.reshuffle_every else 0
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + deal_round)
         order = torch.randperm(self.n, generator=g).tolist()
         # pad by wrap-around to whole global batches (DistributedSampler-style), so the epoch
         # has ceil(n / global_batch) steps whatever the shard count
-        need = (-self.n) % self.global_batch
+        need = (-self.n) % batch
         order += (order * (need // self.n + 1))[:need]
         return [order[k::shards] for k in range(shards)]
 
-    def global_batches(self, epoch: int, shards: Optional[int] = None) -> List[List[int]]:
-        """The global batches of ``epoch`` when dealt into ``shards`` shards."""
+    def global_batches(self, epoch: int, shards: Optional[int] = None, batch: Optional[int] = None) -> List[List[int]]:
+        """The global batches (of ``batch`` samples) of ``epoch`` when dealt into ``shards`` shards."""
         shards = shards or self.shards
-        per_shard = self.global_batch // shards
+        batch = batch or self.global_batch
+        per_shard = batch // shards
         out: List[List[int]] = []
         parts = []
-        for k, shard in enumerate(self._deal(epoch, shards)):
+        for k, shard in enumerate(self._deal(epoch, shards, batch)):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * (epoch + 1) + k)
             perm = torch.randperm(len(shard), generator=g).tolist()
             parts.append([shard[i] for i in perm])
@@ -228,12 +248,31 @@ class ShardedBatchSampler(_PlannedSampler):
         return global_batch[start:start + k + (1 if self.rank < extra else 0)]
 
     def __len__(self) -> int:
-        return -(-self.n // self.global_batch)
+        """Global batches (steps) of the running epoch."""
+        return -(-self.n // self._epoch_batch)
+
+    @property
+    def epoch_global_batch(self) -> int:
+        """The global batch size of the running epoch."""
+        return self._epoch_batch
+
+    def set_global_batch(self, global_batch: int) -> None:
+        """Global batches of ``global_batch`` samples from the next epoch on (from this one if
+        none of its batches was yielded yet). The shards stay as they are, so a rank keeps its
+        samples (and its cache hits); the running epoch keeps its planned batches."""
+        global_batch = int(global_batch)
+        for what, k in (("the number of workers", self.world_size), ("the number of shards", self.shards)):
+            if global_batch < 1 or global_batch % k:
+                raise ValueError(f"the global batch size {global_batch} is not a positive multiple of {what} ({k})")
+        self._next_batch = global_batch
+        if self.position == 0:
+            self._epoch_batch = global_batch
+            self._planned = None
 
     def plan_epoch(self) -> List[List[int]]:
         """This rank's batches of the running epoch (all of them, also those already yielded)."""
         if self._planned is None:
-            self._planned = self.global_batches(self.epoch, self._epoch_shards)
+            self._planned = self.global_batches(self.epoch, self._epoch_shards, self._epoch_batch)
         return [self._mine(b) for b in self._planned]
 
     def _end_epoch(self) -> None:
@@ -241,10 +280,12 @@ class ShardedBatchSampler(_PlannedSampler):
         self.position = 0
         self._planned = None
         self._epoch_shards = self.shards
+        self._epoch_batch = self._next_batch
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "shards": self._epoch_shards, "seed": self.seed,
-                "n": self.n, "global_batch": self.global_batch}
+                "n": self.n, "global_batch": self.global_batch, "epoch_global_batch": self._epoch_batch,
+                "next_global_batch": self._next_batch}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("n") != self.n or state.get("global_batch") != self.global_batch:
@@ -252,4 +293,10 @@ class ShardedBatchSampler(_PlannedSampler):
                              f"{state.get('global_batch')}, not {self.n} / {self.global_batch}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._epoch_shards, self.seed = int(state["shards"]), int(state["seed"])
+        self._epoch_batch = int(state.get("epoch_global_batch", self.global_batch))
+        self._next_batch = int(state.get("next_global_batch", self._epoch_batch))
+        for b in {self._epoch_batch, self._next_batch}:
+            if b % self.world_size:
+                raise ValueError(f"the saved global batch size {b} is not divisible by the number of workers "
+                                 f"({self.world_size}): resume on a divisor of it")
         self._planned = None

@@ -122,6 +122,27 @@ def all_reduce_sum(values, ctx: DistContext):
     return t.tolist()
 
 
+def time_allreduce(ctx: DistContext, nbytes: float, repeats: int = 3) -> float:
+    """Seconds of one all-reduce of ``nbytes`` fp32 bytes over the default group (the median of
+    ``repeats``, the slowest rank's): a collective, every rank must call it."""
+    import time
+
+    import torch.distributed as dist
+
+    buf = torch.zeros(max(1, int(nbytes // 4)), dtype=torch.float32, device=ctx.device)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        times.append(time.perf_counter() - t0)
+    t = torch.tensor([sorted(times)[len(times) // 2]], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 class _CommCounter:
     """State of the counting all-reduce hook: bytes handed to all-reduce."""
 

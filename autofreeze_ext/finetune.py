@@ -17,13 +17,14 @@ from torch.utils.data import DataLoader
 
 from ._backend import backend_info
 from .controller import FreezeController
-from .cache import ActivationCache, CacheError
+from .cache import ActivationCache, CacheError, parse_bytes
 from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
+from .packing import ActivationMeter, BatchPacker, SampleLinearSchedule, lcm
 from .prefix import FrozenPrefixRunner
 from .planner import ThroughputModel
 from .adapters import resolve_layout
 from .data import ShardedBatchSampler
-from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env
+from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env, time_allreduce
 from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze, tiled_interval_ends
 
 log = logging.getLogger("autofreeze_ext")
@@ -78,6 +79,12 @@ class FinetuneConfig:
     restart_s: Optional[float] = None  # cost goal: a relaunch's cost; default: this launch's measured start-up
     probe_steps: int = 5  # steps timed at a new depth before the planner decides
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size stays the batch per step)
+    # Time goal (performance packing): the global batch may grow up to max_batch as freezing
+    # frees activation memory (budget: max_activation_memory per worker, default what the
+    # start needed); the LR schedule then counts samples and scales with the batch.
+    max_batch: Optional[int] = None
+    max_activation_memory: Optional[str] = None
+    batch_lr_scaling: str = "sqrt"
 
 
 def default_model_path() -> str:
@@ -227,6 +234,21 @@ def _micro_batches(indices, batch: dict, k: int):
             for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
+def _from_rank0(obj, ctx: DistContext):
+    """Rank 0's ``obj`` on every rank (identity in a world of one)."""
+    if ctx.world_size < 2:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _active_params(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _write_json(path: str, obj) -> None:
     import json
 
@@ -280,26 +302,12 @@ class _CostPlanner:
             return None
         return self._decide(depth, t_step, step)
 
-    def _allreduce_s(self, nbytes: float) -> float:
-        import torch.distributed as dist
-
-        buf = torch.zeros(max(1, int(nbytes // 4)), dtype=torch.float32, device=self.ctx.device)
-        times = []
-        for _ in range(3):
-            dist.barrier()
-            t0 = time.perf_counter()
-            dist.all_reduce(buf)
-            times.append(time.perf_counter() - t0)
-        t = torch.tensor([sorted(times)[1]], dtype=torch.float64, device=self.ctx.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
-
     def _decide(self, depth: int, t_step: float, step: int):
         import torch.distributed as dist
 
         w, b = self.ctx.world_size, self.cfg.batch_size
         nbytes = 4 * self.ddp.comm[depth]["params"]
-        t_ar = self._allreduce_s(nbytes)
+        t_ar = time_allreduce(self.ctx, nbytes)
         compute = max(t_step - t_ar, 1e-9) * w / b
         restart = self.cfg.restart_s
         if restart is None:
@@ -348,6 +356,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     t_start = time.perf_counter()
     base_mode, cached = split_mode(cfg.mode)
+    if cfg.mode_goal not in (None, "time", "cost"):
+        raise ValueError(f"mode_goal must be time or cost, got {cfg.mode_goal!r}")
+    packing = cfg.mode_goal == "time" and cfg.max_batch is not None
+    if cfg.max_batch is not None or cfg.max_activation_memory is not None:
+        if cfg.mode_goal != "time":
+            raise ValueError("--max-batch and --max-activation-memory belong to --mode-goal time")
+        if cfg.max_batch is None:
+            raise ValueError("--max-activation-memory needs --max-batch (the largest global batch allowed)")
+        if cfg.max_batch < cfg.batch_size:
+            raise ValueError(f"--max-batch {cfg.max_batch} is smaller than --batch-size {cfg.batch_size}")
+    max_act = parse_bytes(cfg.max_activation_memory)
     ctx = init_from_env(cfg.device)
     train_task = read_tsv(cfg.train, limit=cfg.train_samples)
     dev_task = read_tsv(cfg.dev)
@@ -380,7 +399,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
                "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    if packing:  # the batch may grow: schedule by samples, LR scaled with the batch
+        sched = SampleLinearSchedule(opt, cfg.epochs * len(train_task.labels), cfg.warmup_ratio, cfg.batch_size,
+                                     cfg.batch_lr_scaling)
+    else:
+        sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     layout = resolve_layout(model)
     num_blocks = layout.num_blocks
     if cfg.compile:
@@ -393,6 +416,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if state is not None:
         if state["mode"] != cfg.mode:
             raise ValueError(f"{ckpt_path} was written by mode {state['mode']!r}, not {cfg.mode!r}")
+        if state.get("packing", False) != packing:
+            raise ValueError(f"{ckpt_path} was written {'with' if state.get('packing') else 'without'} a growing "
+                             "batch (--mode-goal time --max-batch): resume with the same options")
         model.load_state_dict(state["model"])
         ctl.load_state_dict(state["controller"])  # before the optimizer: it removes frozen params
         opt.load_state_dict(state["optimizer"])
@@ -422,6 +448,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     prog.setdefault("world_sizes", [])
     prog.setdefault("planner", [])
     prog.setdefault("startups", [])
+    prog.setdefault("epoch", prog["step"] // steps_per_epoch)  # checkpoints before growing batches
+    prog.setdefault("samples", prog["step"] * cfg.batch_size)
+    prog.setdefault("batch_trace", [{"step": 0, "epoch": 0, "global_batch": cfg.batch_size}])
     prog["world_sizes"].append({"step": prog["step"], "world_size": ctx.world_size})
 
     timers = defaultdict(float)
@@ -457,6 +486,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             "mode": cfg.mode, "run_id": run_id, "step": prog["step"], "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "controller": ctl.state_dict(),
             "sampler": sampler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "progress": prog,
+            "packing": packing,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None})
 
@@ -475,22 +505,45 @@ def finetune(cfg: FinetuneConfig) -> dict:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=prog["step"], desc=cfg.mode, unit="step", dynamic_ncols=True)
-    if cfg.mode_goal not in (None, "time", "cost"):
-        raise ValueError(f"mode_goal must be time or cost, got {cfg.mode_goal!r}")
     if cfg.mode_goal == "cost" and ctx.distributed and not ckpt_path:
         raise ValueError("--mode-goal cost sheds workers through a checkpoint: pass --checkpoint-dir")
     planner = _CostPlanner(cfg, ctx, prog, ddp, total) if cfg.mode_goal == "cost" and ctx.world_size > 1 else None
     if planner is None and prog["planner"] and prog["planner"][-1].get("measured_step_s") is None:
         planner = _CostPlanner(cfg, ctx, prog, ddp, total)  # a world of one: only measures
+    packer = meter = None
+    if packing:
+        gran = lcm(ctx.world_size, sampler.shards) if isinstance(sampler, ShardedBatchSampler) else 1
+        packer = BatchPacker(base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran,
+                             world_size=ctx.world_size, grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
+                             max_activation_bytes=max_act, state=prog,
+                             allreduce_s=lambda nbytes: time_allreduce(ctx, nbytes),
+                             broadcast=lambda entry: _from_rank0(entry, ctx))
+        meter = ActivationMeter(model)
+    elif cfg.mode_goal == "time" and ctx.is_main:
+        log.info("--mode-goal time keeps the batch at %d: pass --max-batch to let it grow as blocks freeze",
+                 cfg.batch_size)
     scale_request = None
     model.train()
     stats_before = ctl.step_seconds
     first_step = True
-    while prog["step"] < total:
-        epoch = prog["step"] // steps_per_epoch
+    while prog["epoch"] < cfg.epochs:
+        epoch = prog["epoch"]
+        planned = sampler.plan_epoch()
+        if sampler.position >= len(planned):  # resumed from the checkpoint at an epoch's end
+            for _ in loader:  # yields nothing; the sampler moves on to the next epoch
+                pass
+            planned = sampler.plan_epoch()
+        steps_per_epoch = len(planned)  # this epoch's (the batch may have grown)
+        ctl.begin_epoch(epoch, steps_per_epoch, done=sampler.position)
+        eval_ends = tiled_interval_ends(steps_per_epoch, cfg.evals_per_epoch)
+        global_batch = len(planned[0]) * (ctx.world_size if ctx.distributed else 1)
+        if global_batch != prog["batch_trace"][-1]["global_batch"]:
+            prog["batch_trace"].append({"step": prog["step"], "epoch": epoch, "global_batch": global_batch})
+        if bar is not None:
+            bar.total = prog["step"] + steps_per_epoch - sampler.position + steps_per_epoch * (cfg.epochs - epoch - 1)
+            bar.refresh()
         if cache is not None:
-            cache.plan_epoch(sampler.plan_epoch()[sampler.position:])
-        t_epoch = time.perf_counter()
+            cache.plan_epoch(planned[sampler.position:])
         for indices, batch in loader:
             if ctx.device.type != "cpu":
                 batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
@@ -504,12 +557,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
             loss = 0.0
             micro = _micro_batches(indices, batch, cfg.grad_accum)
             prog["micro_batches"] = prog.get("micro_batches", 0) + len(micro)
+            measure = packer is not None and packer.measuring
             for k, (idx_k, batch_k) in enumerate(micro):
                 # gradients of all micro-batches add up in .grad; DDP all-reduces only after the last
                 sync = ddp.no_sync() if ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
                 with sync:
-                    with autocast:
+                    with autocast, (meter if measure and k == 0 else contextlib.nullcontext()):
                         out = runner(idx_k, **batch_k) if runner is not None else model(**batch_k)
+                    if measure and k == 0:
+                        packer.record_memory(ctl.frozen_depth, meter.bytes, len(idx_k))
                     weight = len(idx_k) / len(indices)  # the batch's mean loss, whatever the split
                     part = out.loss * weight if len(micro) > 1 else out.loss
                     tb = time.perf_counter()
@@ -518,12 +574,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 loss = loss + part.detach()
             t2 = time.perf_counter()
             t1 = t2 - bwd_s  # forward phases: the rest of the micro-batch loop
+            step_samples = len(indices) * (ctx.world_size if ctx.distributed else 1)
+            if packing:
+                sched.apply(prog["samples"], step_samples)
             if scaler is not None:  # a step GradScaler skips is not counted by the controller
                 scaler.step(opt)
                 scaler.update()
             else:
                 opt.step()  # the controller runs in this step's post-hook
-            sched.step()
+            if not packing:
+                sched.step()
             opt.zero_grad(set_to_none=True)
             t3 = time.perf_counter()
             ph = prog["phases"]
@@ -547,20 +607,22 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 loss /= ctx.world_size
             prog["losses"].append(loss.item())
             prog["step"] += 1
+            prog["samples"] += step_samples
             step = prog["step"]
             if ctl.frozen_depth != prog["depth_trace"][-1]["depth"]:
                 prog["depth_trace"].append({"step": step, "depth": ctl.frozen_depth})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{prog['losses'][-1]:.3f}", frozen=f"{ctl.frozen_depth}/{num_blocks}")
-            in_epoch = step - epoch * steps_per_epoch
+            in_epoch = sampler.position
             if in_epoch in eval_ends:
                 acc = evaluate(model, dev, ctx=ctx)
-                prog["evals"].append({"step": step, "epoch": step / steps_per_epoch, "train_time_s": prog["train_time"],
+                at = epoch + in_epoch / steps_per_epoch
+                prog["evals"].append({"step": step, "epoch": at, "train_time_s": prog["train_time"],
                                       "accuracy": acc, "frozen_depth": ctl.frozen_depth})
                 if ctx.is_main:
                     log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", cfg.mode, step,
-                             step / steps_per_epoch, 100 * acc, ctl.frozen_depth, num_blocks)
+                             at, 100 * acc, ctl.frozen_depth, num_blocks)
             if in_epoch == steps_per_epoch:
                 if cache is not None:
                     t_io = time.perf_counter()
@@ -572,11 +634,20 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     prog["worker_seconds"] += dt * ctx.world_size
                 prog["epoch_times"].append(prog["epoch_time"])
                 prog["epoch_time"] = 0.0
+                prog["epoch"] += 1
             if ckpt_path and (step % max(1, cfg.checkpoint_every) == 0 or in_epoch == steps_per_epoch):
                 checkpoint()
             if (_KILL_AT_STEP and step == _KILL_AT_STEP and ctx.rank == _KILL_RANK
                     and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
                 os.kill(os.getpid(), signal.SIGKILL)  # crash injection for the resume tests
+            if packer is not None:
+                new_batch = packer.after_step(depth=ctl.frozen_depth, batch=global_batch, samples=step_samples, step_s=t3 - t0,
+                                              fixed_s=t3 - t2, step=step, active_params=_active_params(model))
+                if new_batch is not None:
+                    if isinstance(sampler, ShardedBatchSampler):
+                        sampler.set_global_batch(new_batch)
+                    else:
+                        sampler.set_batch_size(new_batch)
             if planner is not None:
                 scale_request = planner.after_step(ctl.frozen_depth, t3 - t0, step)
                 if scale_request is not None:
@@ -607,6 +678,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
         "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
         "startups": prog["startups"], "planner": prog["planner"], "scale_request": scale_request,
+        "samples": prog["samples"], "batch_trace": prog["batch_trace"], "packer": prog.get("packer", []),
+        "packer_memory": prog.get("packer_memory"),
         "planner_deadline_s": prog.get("deadline_s"), "micro_batches": prog.get("micro_batches", 0), "full_step_s": prog.get("full_step_s"),
         "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
                                                                       for u in prog["startups"]),

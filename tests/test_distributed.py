@@ -141,13 +141,10 @@ def test_ranks_agree_on_every_decision(sync, tmp_path):
 
 
 # ---------------------------------------------------------------------------- DDP runs
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny BERT without dropout (so DDP and one process can match) and a 96-row task."""
+def make_tiny_bert(m):
+    """A 4-block BERT without dropout (so DDP and one process can match), saved at ``m``."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    d = tmp_path_factory.mktemp("ddp")
-    m = d / "model"
     m.mkdir()
     (m / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     tok = BertTokenizerFast(vocab_file=str(m / "vocab.txt"), do_lower_case=True)
@@ -157,7 +154,15 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     BertForSequenceClassification(cfg).save_pretrained(m)
     tok.save_pretrained(m)
-    return {"dir": d, "args": ["--model", str(m), "--train", write_tsv(d / "train.tsv", 96),
+    return str(m)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The tiny BERT and a 96-row task."""
+    d = tmp_path_factory.mktemp("ddp")
+    m = make_tiny_bert(d / "model")
+    return {"dir": d, "args": ["--model", m, "--train", write_tsv(d / "train.tsv", 96),
                                "--dev", write_tsv(d / "dev.tsv", 24, seed=1), "--epochs", "4", "--batch-size", "8",
                                "--max-length", "12", "--intervals-per-epoch", "3", "--evals-per-epoch", "2",
                                "--no-progress", "--no-plot", "--threads", "1"]}
@@ -300,6 +305,26 @@ def test_gradient_accumulation_matches_whole_batches(setup, reference, nproc):
     if nproc:  # two forward calls per step through DDP, one all-reduce of the active gradients
         for c in r["distributed"]["comm"].values():
             assert c["steps"] % 2 == 0 and c["bytes"] == 4 * c["params"] * c["steps"] // 2
+
+
+def test_time_goal_grows_the_global_batch_like_one_process(setup):
+    """--mode-goal time under DDP: rank 0's measurement decides, the global batch grows at the
+    same epoch as in one process on the same global batches, the per-rank caches keep hitting
+    (samples stay on their rank), and the losses match."""
+    args = ["--mode", "autofreeze+cache", "--no-cost-model", "--mode-goal", "time", "--max-batch", "32"]
+    p1, out1 = launch(setup, "time_ref", args + ["--data-shards", "2"])
+    assert p1.returncode == 0, p1.stderr
+    p2, out2 = launch(setup, "time_ddp", args, nproc=2)
+    assert p2.returncode == 0, p2.stderr
+    a, b = report(out1, "autofreeze+cache"), report(out2, "autofreeze+cache")
+    assert len(b["batch_trace"]) >= 2 and b["batch_trace"][-1]["global_batch"] > 8
+    assert b["batch_trace"] == a["batch_trace"] and b["frozen_depth"] == a["frozen_depth"]
+    assert all(t["global_batch"] % 2 == 0 for t in b["batch_trace"])
+    np.testing.assert_allclose(b["losses"], a["losses"], atol=LOSS_TOL, rtol=0)
+    assert b["cache"]["counters"]["hits_ram"] > 0 and b["cache"]["counters"]["failed_reads"] == 0
+    # per-worker budget: half the global batch's activations of the one-process run
+    assert b["packer_memory"]["budget"] == pytest.approx(a["packer_memory"]["budget"] / 2, rel=0.01)
+    assert b["packer"][0]["allreduce_s"] > 0 and a["packer"][0]["allreduce_s"] == 0
 
 
 @pytest.mark.gpu
