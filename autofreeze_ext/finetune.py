@@ -515,7 +515,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         gran = lcm(ctx.world_size, sampler.shards) if isinstance(sampler, ShardedBatchSampler) else 1
         packer = BatchPacker(base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran,
                              world_size=ctx.world_size, grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
-                             max_activation_bytes=max_act, state=prog,
+                             max_activation_bytes=max_act, state=prog, epoch_samples=len(train_task.labels),
+                             padded=isinstance(sampler, ShardedBatchSampler),
                              allreduce_s=lambda nbytes: time_allreduce(ctx, nbytes),
                              broadcast=lambda entry: _from_rank0(entry, ctx))
         meter = ActivationMeter(model)

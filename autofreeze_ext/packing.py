@@ -108,13 +108,16 @@ class BatchPacker:
       the budget is ``max_activation_bytes`` or, by default, what the starting configuration
       needed (bytes per sample at the first depth measured x the starting micro-batch), i.e.
       the job keeps the memory it was sized for and fills what freezing frees;
-    * the new global batch is ``min(max_batch, workers x grad_accum x that micro-batch)``,
-      rounded down to a multiple of ``granularity`` (workers and shards), never smaller than
-      the current one;
-    * prediction: a step is ``fixed + batch / workers x c`` with ``fixed`` the optimizer and
-      statistics time plus one all-reduce of the active gradients (timed now) and ``c`` the
-      rest of the measured step per sample; the entry keeps the predicted step time and
-      samples per second next to the measured ones (filled in once the new batch has run).
+    * the candidates are the multiples of ``granularity`` (workers and shards) from the current
+      batch up to ``min(max_batch, workers x grad_accum x that micro-batch)``;
+    * the time model: a step is ``fixed + batch / workers x c`` with ``fixed`` the optimizer
+      and statistics time plus one all-reduce of the active gradients (timed now) and ``c``
+      the rest of the measured step per sample; an epoch is ``ceil(n / batch)`` steps, of whole
+      batches when the sampler pads (``padded``, the sharded sampler) or with a short last one;
+    * the new batch is the candidate with the shortest predicted epoch (the smaller one on a
+      tie): fewer steps save fixed costs, padding wastes compute. The entry keeps the predicted
+      step time and samples per second next to the measured ones (filled in once the new
+      batch has run).
 
     The new batch starts with the next epoch (the running epoch's batches are planned, and
     handed to the cache's prefetcher). With more than one rank, rank 0's measurement decides
@@ -122,13 +125,13 @@ class BatchPacker:
     """
 
     def __init__(self, *, base_batch: int, max_batch: int, granularity: int, world_size: int, grad_accum: int,
-                 probe_steps: int, max_activation_bytes: Optional[int], state: dict,
-                 allreduce_s: Callable[[int], float], broadcast: Callable[[dict], dict]) -> None:
+                 probe_steps: int, max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
+                 padded: bool, allreduce_s: Callable[[int], float], broadcast: Callable[[dict], dict]) -> None:
         if max_batch < base_batch:
             raise ValueError(f"--max-batch {max_batch} is smaller than the batch size {base_batch}")
         self.base, self.max_batch, self.gran = int(base_batch), int(max_batch), int(granularity)
         self.world, self.accum, self.probe = int(world_size), int(grad_accum), max(1, int(probe_steps))
-        self.state = state
+        self.state, self.n_epoch, self.padded = state, int(epoch_samples), bool(padded)
         mem = state.setdefault("packer_memory", {"budget": max_activation_bytes, "per_sample": {}})
         if max_activation_bytes is not None:
             mem["budget"] = int(max_activation_bytes)
@@ -199,16 +202,23 @@ class BatchPacker:
         else:
             fits = self.max_batch
         cap = min(self.max_batch, fits)
-        new = max(batch, cap - cap % self.gran)
+        cap -= cap % self.gran
 
         def predict(b):
             return fixed_all + b / self.world * c
+
+        def epoch_s(b):
+            steps = -(-self.n_epoch // b)
+            return steps * predict(b) if self.padded else steps * fixed_all + self.n_epoch / self.world * c
+
+        new = min(range(batch, max(batch, cap) + 1, self.gran), key=lambda b: (epoch_s(b), b))
 
         entry = {"step": step, "depth": depth, "batch_from": batch, "batch_to": new, "max_batch": self.max_batch,
                  "bytes_per_sample": per, "budget_bytes": budget, "batch_memory_fits": fits,
                  "step_s_now": t_step, "fixed_s": fixed, "allreduce_s": t_ar, "compute_s_per_sample": c,
                  "samples_per_s_now": batch / t_step, "predicted_step_s": predict(new),
-                 "predicted_samples_per_s": new / predict(new),
+                 "predicted_samples_per_s": new / predict(new), "predicted_epoch_s": epoch_s(new),
+                 "epoch_s_now": epoch_s(batch),
                  "measured_step_s": t_step if new == batch else None,
                  "measured_samples_per_s": batch / t_step if new == batch else None,
                  "measured_at_depth": depth if new == batch else None}

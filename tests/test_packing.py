@@ -196,7 +196,8 @@ def test_activation_meter_counts_saved_activations_not_parameters():
 
 def _packer(**kw):
     args = dict(base_batch=8, max_batch=64, granularity=2, world_size=2, grad_accum=1, probe_steps=3,
-                max_activation_bytes=None, state={}, allreduce_s=lambda nbytes: 0.001, broadcast=lambda e: e)
+                max_activation_bytes=None, state={}, epoch_samples=6400, padded=False,
+                allreduce_s=lambda nbytes: 0.001, broadcast=lambda e: e)
     args.update(kw)
     return BatchPacker(**args)
 
@@ -225,6 +226,18 @@ def test_packer_fills_the_memory_freezing_frees_within_max_batch():
     _feed(p, 1, 16, 6, step0=12, step_s=0.015)  # the new batch runs: its measurement is recorded
     assert e["measured_step_s"] == pytest.approx(0.015) and e["measured_samples_per_s"] == pytest.approx(16 / 0.015)
     assert _feed(p, 3, 16, 6, step0=18) == 64  # 8x less memory per sample, capped by max_batch
+
+
+def test_packer_weighs_padding_against_fewer_steps():
+    # 100 samples, room for 48: 48 pads 3 steps to 144 samples; 34 (3 steps, 102) wastes less,
+    # and 50 would fit exactly but is above the bound
+    p = _packer(epoch_samples=100, padded=True, max_batch=48, max_activation_bytes=10**9)
+    _feed(p, 0, 8, 6)
+    assert p.entries[0]["batch_to"] == 34 and p.entries[0]["predicted_epoch_s"] < p.entries[0]["epoch_s_now"]
+    # with no fixed cost but the all-reduce, a batch without padding (20: 5 steps) wins
+    q = _packer(epoch_samples=100, padded=True, max_batch=48, max_activation_bytes=10**9)
+    _feed(q, 0, 8, 6, fixed_s=0.0)
+    assert q.entries[0]["batch_to"] == 20
 
 
 def test_packer_respects_granularity_and_explicit_budget():
