@@ -82,6 +82,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-activation-memory", default=None, metavar="BYTES",
                    help="time goal: activation memory per worker the batch may fill, e.g. 4GiB (default: what "
                         "the starting batch needed, measured)")
+    g.add_argument("--min-packing-gain", type=float, default=d.min_packing_gain, metavar="FRACTION",
+                   help="time goal: grow the batch only when the predicted epoch gets at least this much "
+                        "shorter (default 0.05; 0: whenever it is shorter)")
     g.add_argument("--batch-lr-scaling", choices=["sqrt", "linear", "none"], default=d.batch_lr_scaling,
                    help="time goal: LR factor when the batch grows k-fold: sqrt(k) (default, for Adam), k, or 1")
 
@@ -109,7 +112,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           reshuffle_shards_every=args.reshuffle_shards_every, mode_goal=args.mode_goal,
                           deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
                           grad_accum=args.grad_accum, max_batch=args.max_batch,
-                          max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling)
+                          max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling,
+                          min_packing_gain=args.min_packing_gain)
 
 
 def _slug(mode: str) -> str:

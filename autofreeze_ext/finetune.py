@@ -85,6 +85,7 @@ class FinetuneConfig:
     max_batch: Optional[int] = None
     max_activation_memory: Optional[str] = None
     batch_lr_scaling: str = "sqrt"
+    min_packing_gain: float = 0.05  # grow only when the predicted epoch is this much shorter
 
 
 def default_model_path() -> str:
@@ -188,6 +189,7 @@ class _PrefixClock:
 
 
 _KILL_AT_STEP = int(os.environ.get("AUTOFREEZE_TEST_KILL_AT_STEP", "0"))
+_KILL_AGENT_AT_STEP = int(os.environ.get("AUTOFREEZE_TEST_KILL_AGENT_AT_STEP", "0"))
 _KILL_RANK = int(os.environ.get("AUTOFREEZE_TEST_KILL_RANK", "0"))
 
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
@@ -516,7 +518,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         packer = BatchPacker(base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran,
                              world_size=ctx.world_size, grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
                              max_activation_bytes=max_act, state=prog, epoch_samples=len(train_task.labels),
-                             padded=isinstance(sampler, ShardedBatchSampler),
+                             padded=isinstance(sampler, ShardedBatchSampler), min_gain=cfg.min_packing_gain,
                              allreduce_s=lambda nbytes: time_allreduce(ctx, nbytes),
                              broadcast=lambda entry: _from_rank0(entry, ctx))
         meter = ActivationMeter(model)
@@ -641,6 +643,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if (_KILL_AT_STEP and step == _KILL_AT_STEP and ctx.rank == _KILL_RANK
                     and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
                 os.kill(os.getpid(), signal.SIGKILL)  # crash injection for the resume tests
+            if (_KILL_AGENT_AT_STEP and step == _KILL_AGENT_AT_STEP
+                    and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+                os.kill(os.getppid(), signal.SIGKILL)  # a node lost: its torchrun agent, then this worker
+                os.kill(os.getpid(), signal.SIGKILL)
             if packer is not None:
                 new_batch = packer.after_step(depth=ctl.frozen_depth, batch=global_batch, samples=step_samples, step_s=t3 - t0,
                                               fixed_s=t3 - t2, step=step, active_params=_active_params(model))

@@ -115,7 +115,10 @@ class BatchPacker:
       the rest of the measured step per sample; an epoch is ``ceil(n / batch)`` steps, of whole
       batches when the sampler pads (``padded``, the sharded sampler) or with a short last one;
     * the new batch is the candidate with the shortest predicted epoch (the smaller one on a
-      tie): fewer steps save fixed costs, padding wastes compute. The entry keeps the predicted
+      tie): fewer steps save fixed costs, padding wastes compute; it is taken only when that
+      epoch is at least ``min_gain`` (a fraction) shorter than at the current batch, since a
+      larger batch also means fewer updates per epoch and can change when blocks freeze. The
+      entry keeps the predicted
       step time and samples per second next to the measured ones (filled in once the new
       batch has run).
 
@@ -126,12 +129,16 @@ class BatchPacker:
 
     def __init__(self, *, base_batch: int, max_batch: int, granularity: int, world_size: int, grad_accum: int,
                  probe_steps: int, max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
-                 padded: bool, allreduce_s: Callable[[int], float], broadcast: Callable[[dict], dict]) -> None:
+                 padded: bool, allreduce_s: Callable[[int], float], broadcast: Callable[[dict], dict],
+                 min_gain: float = 0.05) -> None:
+        if not 0.0 <= min_gain < 1.0:
+            raise ValueError(f"the minimum packing gain must be in [0, 1), got {min_gain!r}")
         if max_batch < base_batch:
             raise ValueError(f"--max-batch {max_batch} is smaller than the batch size {base_batch}")
         self.base, self.max_batch, self.gran = int(base_batch), int(max_batch), int(granularity)
         self.world, self.accum, self.probe = int(world_size), int(grad_accum), max(1, int(probe_steps))
         self.state, self.n_epoch, self.padded = state, int(epoch_samples), bool(padded)
+        self.min_gain = float(min_gain)
         mem = state.setdefault("packer_memory", {"budget": max_activation_bytes, "per_sample": {}})
         if max_activation_bytes is not None:
             mem["budget"] = int(max_activation_bytes)
@@ -211,14 +218,16 @@ class BatchPacker:
             steps = -(-self.n_epoch // b)
             return steps * predict(b) if self.padded else steps * fixed_all + self.n_epoch / self.world * c
 
-        new = min(range(batch, max(batch, cap) + 1, self.gran), key=lambda b: (epoch_s(b), b))
+        best = min(range(batch, max(batch, cap) + 1, self.gran), key=lambda b: (epoch_s(b), b))
+        new = best if epoch_s(best) <= (1.0 - self.min_gain) * epoch_s(batch) else batch
 
         entry = {"step": step, "depth": depth, "batch_from": batch, "batch_to": new, "max_batch": self.max_batch,
                  "bytes_per_sample": per, "budget_bytes": budget, "batch_memory_fits": fits,
                  "step_s_now": t_step, "fixed_s": fixed, "allreduce_s": t_ar, "compute_s_per_sample": c,
                  "samples_per_s_now": batch / t_step, "predicted_step_s": predict(new),
                  "predicted_samples_per_s": new / predict(new), "predicted_epoch_s": epoch_s(new),
-                 "epoch_s_now": epoch_s(batch),
+                 "epoch_s_now": epoch_s(batch), "best_batch": best, "best_epoch_s": epoch_s(best),
+                 "min_gain": self.min_gain,
                  "measured_step_s": t_step if new == batch else None,
                  "measured_samples_per_s": batch / t_step if new == batch else None,
                  "measured_at_depth": depth if new == batch else None}

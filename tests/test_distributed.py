@@ -311,7 +311,8 @@ def test_time_goal_grows_the_global_batch_like_one_process(setup):
     """--mode-goal time under DDP: rank 0's measurement decides, the global batch grows at the
     same epoch as in one process on the same global batches, the per-rank caches keep hitting
     (samples stay on their rank), and the losses match."""
-    args = ["--mode", "autofreeze+cache", "--no-cost-model", "--mode-goal", "time", "--max-batch", "32"]
+    args = ["--mode", "autofreeze+cache", "--no-cost-model", "--mode-goal", "time", "--max-batch", "32",
+            "--min-packing-gain", "0"]
     p1, out1 = launch(setup, "time_ref", args + ["--data-shards", "2"])
     assert p1.returncode == 0, p1.stderr
     p2, out2 = launch(setup, "time_ddp", args, nproc=2)
@@ -325,6 +326,53 @@ def test_time_goal_grows_the_global_batch_like_one_process(setup):
     # per-worker budget: half the global batch's activations of the one-process run
     assert b["packer_memory"]["budget"] == pytest.approx(a["packer_memory"]["budget"] / 2, rel=0.01)
     assert b["packer"][0]["allreduce_s"] > 0 and a["packer"][0]["allreduce_s"] == 0
+
+
+def test_elastic_membership_survives_a_lost_node(setup, tmp_path):
+    """Two torchrun agents ("nodes") in one elastic job (--nnodes 1:2, c10d rendezvous): the
+    second agent and its worker die right after a checkpoint; the first agent's worker fails
+    at its next collective, the agent re-forms the job with the one node left, and the run
+    resumes from the checkpoint on one worker and finishes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ck = tmp_path / "ck"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc_per_node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-test",
+           "--rdzv-conf", "join_timeout=60,last_call_timeout=2,close_timeout=5", "--max-restarts", "2",
+           "--monitor-interval", "0.5", "-m", "autofreeze_ext.cli", "finetune", *setup["args"],
+           "--mode", "autofreeze", "--checkpoint-dir", str(ck), "--checkpoint-every", "3", "--resume",
+           "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    host = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import time
+
+    deadline = time.monotonic() + 60  # the first agent hosts the rendezvous store: wait for it
+    while time.monotonic() < deadline and host.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    lost = subprocess.Popen(cmd, cwd=tmp_path, env=dict(env, AUTOFREEZE_TEST_KILL_AGENT_AT_STEP="9"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lost_out, _ = lost.communicate(timeout=240)
+        host_out, _ = host.communicate(timeout=240)
+    finally:
+        for p in (host, lost):
+            if p.poll() is None:
+                p.kill()
+    assert lost.returncode == -9, lost_out[-3000:]
+    assert host.returncode == 0, host_out[-3000:]
+    r = report(out, "autofreeze")
+    assert [w["world_size"] for w in r["distributed"]["world_sizes"]] == [2, 1]
+    assert r["resumed_at_steps"] == [9] and r["steps"] == 48
+    depths = [d["depth"] for d in r["frozen_depth"]]
+    assert depths == sorted(depths)
 
 
 @pytest.mark.gpu

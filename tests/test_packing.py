@@ -240,6 +240,17 @@ def test_packer_weighs_padding_against_fewer_steps():
     assert q.entries[0]["batch_to"] == 20
 
 
+def test_packer_keeps_the_batch_when_the_predicted_gain_is_small():
+    # per-step costs are 1% of a step: growing 8 -> 16 saves ~1% of the epoch, below 5%
+    p = _packer(min_gain=0.05)
+    _feed(p, 0, 8, 6)
+    _feed(p, 1, 8, 6, step0=6, step_s=0.1, fixed_s=0.0)
+    e = p.entries[1]
+    assert e["best_batch"] == 16 and e["batch_to"] == 8 and 0.95 * e["epoch_s_now"] < e["best_epoch_s"]
+    with pytest.raises(ValueError, match="minimum packing gain"):
+        _packer(min_gain=1.0)
+
+
 def test_packer_respects_granularity_and_explicit_budget():
     p = _packer(granularity=6, max_activation_bytes=3000, max_batch=100)
     _feed(p, 0, 6, 6)
@@ -259,7 +270,8 @@ def job(tmp_path_factory):
                                "--train", write_tsv(d / "train.tsv", 96), "--dev", write_tsv(d / "dev.tsv", 24, seed=1),
                                "--epochs", "4", "--batch-size", "8", "--max-length", "12",
                                "--intervals-per-epoch", "3", "--evals-per-epoch", "2", "--no-progress", "--no-plot",
-                               "--threads", "1", "--mode", "autofreeze", "--mode-goal", "time", "--max-batch", "32"]}
+                               "--threads", "1", "--mode", "autofreeze", "--mode-goal", "time", "--max-batch", "32",
+                               "--min-packing-gain", "0"]}
 
 
 def _go(job, name, extra=(), kill_at=None):
