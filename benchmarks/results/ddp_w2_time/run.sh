@@ -18,3 +18,7 @@ for goal in "" "--mode-goal time --max-batch 128 --max-activation-memory 2314119
   python -m torch.distributed.run --standalone --nproc_per_node 2 -m autofreeze_ext.cli finetune --mode static:5+cache $A \
     $goal --out $OUT/static5${goal:+_time}
 done
+# The default --min-packing-gain 0.05 (added after the runs above, which grew whenever the
+# predicted epoch was shorter at all): the same static:5 job keeps its batch of 32
+python -m torch.distributed.run --standalone --nproc_per_node 2 -m autofreeze_ext.cli finetune --mode static:5+cache $A \
+  --mode-goal time --max-batch 128 --max-activation-memory 231411972 --out $OUT/static5_time_default
