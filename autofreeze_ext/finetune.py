@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ from ._backend import backend_info
 from .controller import FreezeController
 from .cache import ActivationCache, CacheError, parse_bytes
 from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
-from .packing import ActivationMeter, BatchPacker, SampleLinearSchedule, lcm
+from .packing import ActivationMeter, BatchPacker, SampleLinearSchedule
 from .prefix import FrozenPrefixRunner
 from .planner import ThroughputModel
 from .adapters import resolve_layout
@@ -305,8 +306,6 @@ class _CostPlanner:
         return self._decide(depth, t_step, step)
 
     def _decide(self, depth: int, t_step: float, step: int):
-        import torch.distributed as dist
-
         w, b = self.ctx.world_size, self.cfg.batch_size
         nbytes = 4 * self.ddp.comm[depth]["params"]
         t_ar = time_allreduce(self.ctx, nbytes)
@@ -334,9 +333,7 @@ class _CostPlanner:
                  "deadline_s": deadline, "elapsed_s": elapsed, "restart_s": restart, "options": options,
                  "measured_step_s": None if best["workers"] != w else t_step,
                  "measured_at_depth": None if best["workers"] != w else depth}
-        box = [entry]
-        dist.broadcast_object_list(box, src=0)  # rank 0's measurement decides for everyone
-        entry = box[0]
+        entry = _from_rank0(entry, self.ctx)  # rank 0's measurement decides for everyone
         self.prog["planner"].append(entry)
         if self.ctx.is_main:
             log.info("planner: depth %d, step %.3f s on %d workers (all-reduce %.3f s) -> %d workers, predicted "
@@ -434,11 +431,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         log.info("resumed from %s at step %d, frozen depth %d", ckpt_path, state["step"], ctl.frozen_depth)
     run_id = state["run_id"] if state else uuid.uuid4().hex
     if ctx.distributed and not state:
-        import torch.distributed as dist
-
-        box = [run_id]
-        dist.broadcast_object_list(box, src=0)
-        run_id = box[0]
+        run_id = _from_rank0(run_id, ctx)
     prog = state["progress"] if state else {
         "step": 0, "train_time": 0.0, "evals": [], "depth_trace": [{"step": 0, "depth": ctl.frozen_depth}],
         "epoch_times": [], "epoch_time": 0.0, "phases": {k: 0.0 for k in PHASES}, "resumed_at": [], "losses": [],
@@ -514,12 +507,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         planner = _CostPlanner(cfg, ctx, prog, ddp, total)  # a world of one: only measures
     packer = meter = None
     if packing:
-        gran = lcm(ctx.world_size, sampler.shards) if isinstance(sampler, ShardedBatchSampler) else 1
+        gran = math.lcm(ctx.world_size, sampler.shards) if isinstance(sampler, ShardedBatchSampler) else 1
         packer = BatchPacker(base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran,
                              world_size=ctx.world_size, grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
                              max_activation_bytes=max_act, state=prog, epoch_samples=len(train_task.labels),
                              padded=isinstance(sampler, ShardedBatchSampler), min_gain=cfg.min_packing_gain,
-                             allreduce_s=lambda nbytes: time_allreduce(ctx, nbytes),
+                             allreduce_s=lambda: time_allreduce(ctx, 4 * _active_params(model)),
                              broadcast=lambda entry: _from_rank0(entry, ctx))
         meter = ActivationMeter(model)
     elif cfg.mode_goal == "time" and ctx.is_main:
@@ -649,7 +642,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
             if packer is not None:
                 new_batch = packer.after_step(depth=ctl.frozen_depth, batch=global_batch, samples=step_samples, step_s=t3 - t0,
-                                              fixed_s=t3 - t2, step=step, active_params=_active_params(model))
+                                              fixed_s=t3 - t2, step=step)
                 if new_batch is not None:
                     if isinstance(sampler, ShardedBatchSampler):
                         sampler.set_global_batch(new_batch)

@@ -124,12 +124,13 @@ class BatchPacker:
 
     The new batch starts with the next epoch (the running epoch's batches are planned, and
     handed to the cache's prefetcher). With more than one rank, rank 0's measurement decides
-    (``broadcast``). ``state`` is the run's progress dict: entries go to ``state["packer"]``.
+    (``broadcast``); ``allreduce_s()`` times one all-reduce of the active gradients (a
+    collective). ``state`` is the run's progress dict: entries go to ``state["packer"]``.
     """
 
     def __init__(self, *, base_batch: int, max_batch: int, granularity: int, world_size: int, grad_accum: int,
                  probe_steps: int, max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
-                 padded: bool, allreduce_s: Callable[[int], float], broadcast: Callable[[dict], dict],
+                 padded: bool, allreduce_s: Callable[[], float], broadcast: Callable[[dict], dict],
                  min_gain: float = 0.05) -> None:
         if not 0.0 <= min_gain < 1.0:
             raise ValueError(f"the minimum packing gain must be in [0, 1), got {min_gain!r}")
@@ -165,8 +166,8 @@ class BatchPacker:
         if self.mem["budget"] is None:  # the starting configuration's memory
             self.mem["budget"] = per * self.base / (self.world * self.accum)
 
-    def after_step(self, *, depth: int, batch: int, samples: int, step_s: float, fixed_s: float, step: int,
-                   active_params: int) -> Optional[int]:
+    def after_step(self, *, depth: int, batch: int, samples: int, step_s: float, fixed_s: float,
+                   step: int) -> Optional[int]:
         """Account a finished step of ``samples`` samples (the epoch's global batch is
         ``batch``); returns a new global batch when one is decided."""
         key = (depth, batch)
@@ -195,10 +196,10 @@ class BatchPacker:
                 e["measured_samples_per_s"] = rate
         if any(e["depth"] == depth for e in self.entries):
             return None
-        return self._decide(depth, batch, t_step, fixed, step, active_params)
+        return self._decide(depth, batch, t_step, fixed, step)
 
-    def _decide(self, depth: int, batch: int, t_step: float, fixed: float, step: int, active_params: int):
-        t_ar = self.allreduce_s(4 * active_params) if self.world > 1 else 0.0
+    def _decide(self, depth: int, batch: int, t_step: float, fixed: float, step: int):
+        t_ar = self.allreduce_s() if self.world > 1 else 0.0
         fixed_all = fixed + t_ar
         per_worker = batch / self.world
         c = max(t_step - fixed_all, 1e-9) / per_worker
@@ -238,13 +239,6 @@ class BatchPacker:
                  (budget or 0) / 2**20, batch, entry["batch_to"], entry["samples_per_s_now"],
                  entry["predicted_samples_per_s"])
         return entry["batch_to"] if entry["batch_to"] != batch else None
-
-
-def lcm(*values: int) -> int:
-    out = 1
-    for v in values:
-        out = out * v // math.gcd(out, v)
-    return out
 
 
 def describe(entries: List[Dict]) -> List[List[str]]:

@@ -197,7 +197,7 @@ def test_activation_meter_counts_saved_activations_not_parameters():
 def _packer(**kw):
     args = dict(base_batch=8, max_batch=64, granularity=2, world_size=2, grad_accum=1, probe_steps=3,
                 max_activation_bytes=None, state={}, epoch_samples=6400, padded=False,
-                allreduce_s=lambda nbytes: 0.001, broadcast=lambda e: e)
+                allreduce_s=lambda: 0.001, broadcast=lambda e: e)
     args.update(kw)
     return BatchPacker(**args)
 
@@ -208,7 +208,7 @@ def _feed(p, depth, batch, n, step0=0, step_s=0.01, fixed_s=0.002):
         if p.measuring:
             p.record_memory(depth, 1000 // (2 ** depth) * (batch // 2), batch // 2)
         got = p.after_step(depth=depth, batch=batch, samples=batch, step_s=step_s, fixed_s=fixed_s,
-                           step=step0 + k + 1, active_params=1000)
+                           step=step0 + k + 1)
         out = got if got is not None else out
     return out
 
