@@ -248,10 +248,6 @@ def _from_rank0(obj, ctx: DistContext):
     return box[0]
 
 
-def _active_params(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _write_json(path: str, obj) -> None:
     import json
 
@@ -512,7 +508,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                              world_size=ctx.world_size, grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
                              max_activation_bytes=max_act, state=prog, epoch_samples=len(train_task.labels),
                              padded=isinstance(sampler, ShardedBatchSampler), min_gain=cfg.min_packing_gain,
-                             allreduce_s=lambda: time_allreduce(ctx, 4 * _active_params(model)),
+                             allreduce_s=lambda: time_allreduce(ctx, 4 * ddp.comm[ctl.frozen_depth]["params"]),
                              broadcast=lambda entry: _from_rank0(entry, ctx))
         meter = ActivationMeter(model)
     elif cfg.mode_goal == "time" and ctx.is_main:
