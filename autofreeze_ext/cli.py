@@ -184,6 +184,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        rc = _train(args, rank)
+    finally:
+        torn_down = _shutdown_distributed(sys.exc_info()[0] is None)
+    if torn_down:  # a torchrun worker that finished: leave before interpreter finalization
+        _exit_worker(rc)
+    return rc
+
+
+def _train(args, rank: int) -> int:
+    try:
         if args.cmd == "finetune":
             report = finetune(_config(args, args.mode))
             if rank != 0:
@@ -203,8 +213,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        _shutdown_distributed(sys.exc_info()[0] is None)
     return 0
 
 
@@ -237,17 +245,32 @@ def launch(nproc: int, max_restarts: int, command: List[str]) -> int:
             command = [*command, "--resume"]
 
 
-def _shutdown_distributed(clean: bool) -> None:
+def _shutdown_distributed(clean: bool) -> bool:
     """Tear the process group down before the interpreter exits (its threads otherwise may
-    abort the process at exit); after a clean run, wait for the other ranks first."""
+    abort the process at exit); after a clean run, wait for the other ranks first. True when
+    there was a process group."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        try:
-            if clean:
-                dist.barrier()
-        finally:
-            dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return True
+
+
+def _exit_worker(rc: int) -> None:
+    """End a torchrun worker whose work is done and written without interpreter finalization:
+    objects still holding the gloo process group (DDP's reducer) can be destroyed during it
+    while gloo's threads hold work items, which aborts the process ("terminate called without
+    an active exception": 3 times in about 75 torchrun launches of the test suite here;
+    pytorch/pytorch#190489) and makes torchrun report a finished run as failed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":
