@@ -94,13 +94,16 @@ def finish_norms(sums: Tensor, norm: str) -> Tensor:
 
 def reference_grad_stats(accs: List[Tensor], grads: List[Tensor], block_ids: List[int], num_blocks: int,
                          norm: str, compute_norms: bool, zero_after: bool) -> Tensor:
-    """Pure-PyTorch implementation: the fallback everywhere and the tests' oracle."""
+    """Pure-PyTorch implementation: the fallback everywhere and the tests' oracle.
+
+    Shape-agnostic like the kernels: an accumulator and its gradient only need the same
+    number of elements (a flat fp32 view may accumulate a 2-D weight's gradient)."""
     validate(accs, grads, block_ids, num_blocks, norm)
     device = accs[0].device if accs else torch.device("cpu")
     sums = torch.zeros(num_blocks, dtype=torch.float64, device=device)
     if grads:
         for a, g in zip(accs, grads):
-            a.add_(g)
+            a.view(-1).add_(g.reshape(-1))
     if compute_norms and accs:
         ord_ = 2 if norm == "l2" else 1
         per_tensor = torch.stack([torch.linalg.vector_norm(a, ord_, dtype=torch.float64) for a in accs])
