@@ -46,6 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument("--record-signals", action="store_true",
+                   help="measure every per-block freezing signal each interval into the report (full mode then "
+                        "observes; used to replay policies offline)")
     c = p.add_argument_group("activation cache (modes ending in +cache)")
     c.add_argument("--cache-dir", default=None,
                    help="folder of the cache's disk tier (default: RAM tier only); a full or read-only disk "
@@ -113,7 +116,7 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
                           grad_accum=args.grad_accum, max_batch=args.max_batch,
                           max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling,
-                          min_packing_gain=args.min_packing_gain)
+                          min_packing_gain=args.min_packing_gain, record_signals=args.record_signals)
 
 
 def _slug(mode: str) -> str:

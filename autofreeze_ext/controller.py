@@ -12,6 +12,7 @@ from torch import nn
 
 from .adapters import BlockLayout, ModuleOrList, resolve_layout
 from .policies import FreezePolicy, GradientNormTest, IntervalStats
+from .signals import Signal
 from .stats import GradientStatistics
 
 log = logging.getLogger("autofreeze_ext")
@@ -61,12 +62,17 @@ class FreezeController:
             interval), so they freeze the same blocks at the same step even when their local
             statistics differ in the last bits or the policy is not deterministic. ``None``:
             no synchronisation.
+        signals: extra per-block :class:`~autofreeze_ext.signals.Signal` objects measured
+            each interval (e.g. ``ParameterDisplacement()``, ``ProbeDrift(probe_batch)``); a
+            policy that reads a signal (its ``signals`` attribute) needs it here. Their values
+            go to the policy (``IntervalStats.signals``) and to :attr:`history`.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: Optional[FreezePolicy] = None,
                  *, blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
                  steps_per_epoch: Optional[int] = None, max_depth: Optional[int] = None, attach: bool = True,
-                 grad_scaler=None, verify_order: bool = True, process_group="auto") -> None:
+                 grad_scaler=None, verify_order: bool = True, process_group="auto",
+                 signals: Optional[List[Signal]] = None) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
@@ -89,6 +95,8 @@ class FreezeController:
         self.stats: Optional[GradientStatistics] = None
         if self.policy.uses_gradient_stats:
             self.stats = GradientStatistics(self._block_params, norm=getattr(self.policy, "norm", "l2"))
+        self.signals: List[Signal] = list(signals or [])
+        self._check_signals()
         self.global_step = 0
         self.step_seconds = 0.0  #: time spent in step() (gradient statistics and decisions)
         self.interval_steps = 0  #: optimizer steps in the running interval
@@ -110,6 +118,8 @@ class FreezeController:
         depth = self.policy.initial_depth(n)
         if depth:
             self.freeze_to(depth, reason="initial")
+        for sig in self.signals:
+            sig.bind(self)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -145,12 +155,25 @@ class FreezeController:
             raw = self.stats.accumulate(active, finish=end)
             if end:
                 norms = [None if b < self.frozen_depth else v / self.interval_steps for b, v in enumerate(raw)]
+        for sig in self.signals:
+            t0 = time.perf_counter()
+            sig.after_step(self.interval_steps)
+            sig.seconds += time.perf_counter() - t0
         if end and self._sync is not None:
             norms = self._sync.norms(norms, self.num_blocks) if self.stats is not None else None
         if end:
-            self._end_interval(norms)
+            self._end_interval(norms, self._signal_values(active))
             self.interval_steps = 0
         return self.frozen_depth
+
+    def _signal_values(self, active) -> Dict[str, List[Optional[float]]]:
+        values = {}
+        for sig in self.signals:
+            t0 = time.perf_counter()
+            v = sig.interval_end(active)
+            values[sig.name] = self._sync.norms(v, self.num_blocks) if self._sync is not None else v
+            sig.seconds += time.perf_counter() - t0
+        return values
 
     def begin_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
         """Tell the controller that epoch ``epoch`` (from 0) has ``steps`` optimizer steps, of
@@ -185,9 +208,11 @@ class FreezeController:
             if not getattr(m, "_autofreeze_eval_hook", False):
                 m.register_forward_pre_hook(_keep_eval)
                 m._autofreeze_eval_hook = True
-        if self.stats is not None:
-            for b in range(old, depth):
+        for b in range(old, depth):
+            if self.stats is not None:
                 self.stats.release(b)
+            for sig in self.signals:
+                sig.release(b)
         self.frozen_depth = depth
         self.history.append({"event": "freeze", "step": self.global_step, "epoch": self._epoch(),
                              "from": old, "to": depth, "reason": reason})
@@ -214,6 +239,7 @@ class FreezeController:
                 "frozen_depth": self.frozen_depth,
                 "num_blocks": self.num_blocks, "policy": self.policy.state_dict(),
                 "stats": self.stats.state_dict() if self.stats is not None else None,
+                "signals": {sig.name: sig.state_dict() for sig in self.signals},
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -230,6 +256,10 @@ class FreezeController:
         self.policy.load_state_dict(state["policy"])
         if self.stats is not None and state.get("stats") is not None:
             self.stats.load_state_dict(state["stats"])
+        saved = state.get("signals") or {}
+        for sig in self.signals:
+            if sig.name in saved:
+                sig.load_state_dict(saved[sig.name])
         self.history = list(state["history"])
         self._remove_order_hooks()
 
@@ -257,10 +287,11 @@ class FreezeController:
         self._last_scale = scale
         return skipped
 
-    def _end_interval(self, norms: Optional[List[Optional[float]]]) -> None:
+    def _end_interval(self, norms: Optional[List[Optional[float]]],
+                      signals: Optional[Dict[str, List[Optional[float]]]] = None) -> None:
         info = IntervalStats(step=self.global_step, epoch=self._epoch(), frozen_depth=self.frozen_depth,
                              num_blocks=self.num_blocks, max_depth=self.max_depth,
-                             interval_steps=self.interval_steps, norms=norms)
+                             interval_steps=self.interval_steps, norms=norms, signals=signals or {})
         if norms is not None and not all(math.isfinite(v) for v in norms if v is not None):
             warnings.warn(f"autofreeze: non-finite gradient statistics in the interval ending at step "
                           f"{self.global_step}; interval skipped, the next one sets a new baseline", RuntimeWarning)
@@ -273,6 +304,8 @@ class FreezeController:
         rec = getattr(self.policy, "last", None)
         entry = {"event": "interval", "step": self.global_step, "epoch": self._epoch(),
                  "frozen_before": self.frozen_depth, "decided": max(depth, self.frozen_depth), "norms": norms}
+        if signals:
+            entry["signals"] = signals
         if rec is not None and getattr(rec, "step", None) == self.global_step:
             entry["eta"] = {int(b): v for b, v in rec.eta.items()}
             entry["threshold"] = rec.threshold
@@ -283,6 +316,13 @@ class FreezeController:
                      entry["threshold"], entry["decided"])
         if depth > self.frozen_depth:
             self.freeze_to(depth, reason=self.policy.describe())
+
+    def _check_signals(self) -> None:
+        have = {sig.name for sig in self.signals}
+        missing = [name for name in getattr(self.policy, "signals", ()) if name not in have]
+        if missing:
+            raise ValueError(f"{self.policy.describe()} reads the signal(s) {missing}: pass them to the controller, "
+                             f"e.g. FreezeController(..., signals=[ParameterDisplacement(), ProbeDrift(probe_batch)])")
 
     def _check_optimizer_owns_params(self) -> None:
         owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}

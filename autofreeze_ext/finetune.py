@@ -26,7 +26,8 @@ from .planner import ThroughputModel
 from .adapters import resolve_layout
 from .data import ShardedBatchSampler
 from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env, time_allreduce
-from .policies import FreezePolicy, GradientNormTest, NeverFreeze, StaticFreeze, tiled_interval_ends
+from .policies import FreezePolicy, GradientNormTest, NeverFreeze, ObserveOnly, StaticFreeze, tiled_interval_ends
+from .signals import ParameterDisplacement, ProbeDrift
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -87,6 +88,11 @@ class FinetuneConfig:
     max_activation_memory: Optional[str] = None
     batch_lr_scaling: str = "sqrt"
     min_packing_gain: float = 0.05  # grow only when the predicted epoch is this much shorter
+    # Measure every per-block signal each interval (gradient norms, displacement over path,
+    # probe-batch drift) into the report's controller history; full fine-tuning then observes
+    # (ObserveOnly) instead of NeverFreeze. Training is unchanged (no random numbers drawn).
+    record_signals: bool = False
+    probe_samples: int = 32  # training samples in the probe batch of the drift signal
 
 
 def default_model_path() -> str:
@@ -116,6 +122,13 @@ def load_model_and_tokenizer(path: Optional[str], num_labels: int):
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: cannot load a sequence classifier and its tokenizer from it ({exc})") from exc
     return model, tok
+
+
+def probe_batch(data: dict, n: int, seed: int) -> dict:
+    """``n`` training samples picked by ``seed`` (own generator: the global RNG is untouched)."""
+    total = len(data["labels"])
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))[:min(n, total)]
+    return {k: v[idx] for k, v in data.items() if k != "labels"}
 
 
 def split_mode(mode: str):
@@ -406,7 +419,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
         # run without autograd (dynamo keeps a graph per variant)
         for blk in layout.blocks:
             blk.compile(backend=cfg.compile, dynamic=False)
-    ctl = FreezeController(model, opt, make_mode_policy(cfg.mode, cfg, num_blocks), steps_per_epoch=steps_per_epoch)
+    policy = make_mode_policy(cfg.mode, cfg, num_blocks)
+    signals = []
+    if cfg.record_signals:
+        if isinstance(policy, NeverFreeze):
+            policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
+        signals = [ParameterDisplacement(), ProbeDrift(probe_batch(train, cfg.probe_samples, cfg.seed))]
+    ctl = FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=signals)
 
     if state is not None:
         if state["mode"] != cfg.mode:
@@ -670,7 +689,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "steps": prog["step"], "steps_per_epoch": steps_per_epoch, "train_time_s": prog["train_time"],
         "epoch_times_s": prog["epoch_times"], "evals": evals, "best_accuracy": max(accs) if accs else None,
         "final_accuracy": accs[-1] if accs else None, "frozen_depth": prog["depth_trace"],
-        "controller_history": ctl.history, "phases_s": prog["phases"], "resumed_at_steps": prog["resumed_at"],
+        "controller_history": ctl.history, "phases_s": prog["phases"],
+        "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals}, "resumed_at_steps": prog["resumed_at"],
         "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
         "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
         "startups": prog["startups"], "planner": prog["planner"], "scale_request": scale_request,

@@ -33,6 +33,8 @@ class IntervalStats:
     #: per-block norm of the interval's mean gradient; None for frozen blocks or when the
     #: policy does not use gradient statistics
     norms: Optional[List[Optional[float]]] = None
+    #: other per-block signals by name (``None`` for frozen blocks), see ``autofreeze_ext.signals``
+    signals: Dict[str, List[Optional[float]]] = field(default_factory=dict)
 
 
 class FreezePolicy:
@@ -40,6 +42,8 @@ class FreezePolicy:
 
     #: ask the controller to accumulate gradient statistics (costs one fused pass per step)
     uses_gradient_stats: bool = False
+    #: names of the :mod:`~autofreeze_ext.signals` the policy reads (the controller must have them)
+    signals: Tuple[str, ...] = ()
 
     def initial_depth(self, num_blocks: int) -> int:
         """Blocks frozen before training starts."""
@@ -153,7 +157,55 @@ class _TestRecord:
     decided: int = 0
 
 
-class GradientNormTest(FreezePolicy):
+class IntervalSchedule:
+    """Evaluation intervals: ``intervals_per_epoch`` tiling each epoch (needs the controller's
+    ``steps_per_epoch``), or a fixed ``interval_steps``. Shared by the interval policies."""
+
+    def _init_schedule(self, who: str, intervals_per_epoch: int, interval_steps: Optional[int]) -> None:
+        if int(intervals_per_epoch) != intervals_per_epoch or intervals_per_epoch < 1:
+            raise ValueError(f"{who}: intervals_per_epoch must be an integer >= 1, got {intervals_per_epoch!r}")
+        if interval_steps is not None and (int(interval_steps) != interval_steps or interval_steps < 1):
+            raise ValueError(f"{who}: interval_steps must be an integer >= 1, got {interval_steps!r}")
+        self.intervals_per_epoch = int(intervals_per_epoch)
+        self.interval_steps = None if interval_steps is None else int(interval_steps)
+
+    def _every(self) -> str:
+        return f"every {self.interval_steps} steps" if self.interval_steps else f"{self.intervals_per_epoch}/epoch"
+
+    def is_interval_end(self, step: int, steps_per_epoch: Optional[int]) -> bool:
+        if self.interval_steps is not None:
+            return step % self.interval_steps == 0
+        if not steps_per_epoch:
+            raise ValueError(
+                f"{type(self).__name__} with intervals_per_epoch needs the number of optimizer steps per epoch: "
+                "pass FreezeController(..., steps_per_epoch=len(train_loader) // grad_accum_steps), "
+                f"or use {type(self).__name__}(interval_steps=N)")
+        pos = (step - 1) % steps_per_epoch + 1  # 1..steps_per_epoch
+        return pos in tiled_interval_ends(steps_per_epoch, self.intervals_per_epoch)
+
+
+class ObserveOnly(IntervalSchedule, FreezePolicy):
+    """Never freezes, but measures every interval: the gradient norms and the signals given to
+    the controller land in its history, so a full fine-tuning run can be replayed offline
+    against any policy (``benchmarks/bench_policies.py`` does). Cost: the gradient statistics'
+    fused pass per step plus each signal's own cost."""
+
+    uses_gradient_stats = True
+
+    def __init__(self, intervals_per_epoch: int = 5, interval_steps: Optional[int] = None, norm: str = "l2") -> None:
+        self._init_schedule("ObserveOnly", intervals_per_epoch, interval_steps)
+        if norm not in NORMS:
+            raise ValueError(f"ObserveOnly: norm must be one of {sorted(NORMS)}, got {norm!r}")
+        self.norm = norm
+
+    def decide(self, stats: IntervalStats) -> int:
+        return stats.frozen_depth
+
+    def describe(self) -> str:
+        return f"ObserveOnly({self._every()})"
+
+
+class GradientNormTest(IntervalSchedule, FreezePolicy):
     """AutoFreeze's gradient-norm test (Liu et al., Algorithm 1).
 
     At the end of each evaluation interval, for every active block ``l``::
@@ -187,34 +239,16 @@ class GradientNormTest(FreezePolicy):
                  interval_steps: Optional[int] = None) -> None:
         if not (0.0 < float(percentile) < 100.0):
             raise ValueError(f"GradientNormTest: percentile must be in (0, 100), got {percentile!r}")
-        if int(intervals_per_epoch) != intervals_per_epoch or intervals_per_epoch < 1:
-            raise ValueError(f"GradientNormTest: intervals_per_epoch must be an integer >= 1, got {intervals_per_epoch!r}")
-        if interval_steps is not None and (int(interval_steps) != interval_steps or interval_steps < 1):
-            raise ValueError(f"GradientNormTest: interval_steps must be an integer >= 1, got {interval_steps!r}")
+        self._init_schedule("GradientNormTest", intervals_per_epoch, interval_steps)
         if norm not in NORMS:
             raise ValueError(f"GradientNormTest: norm must be one of {sorted(NORMS)}, got {norm!r}")
         self.percentile = float(percentile)
-        self.intervals_per_epoch = int(intervals_per_epoch)
-        self.interval_steps = None if interval_steps is None else int(interval_steps)
         self.norm = norm
         self._prev: Dict[int, float] = {}
         self.last: Optional[_TestRecord] = None
 
     def describe(self):
-        every = (f"every {self.interval_steps} steps" if self.interval_steps
-                 else f"{self.intervals_per_epoch}/epoch")
-        return f"GradientNormTest(p={self.percentile:g}, {every}, {self.norm})"
-
-    def is_interval_end(self, step: int, steps_per_epoch: Optional[int]) -> bool:
-        if self.interval_steps is not None:
-            return step % self.interval_steps == 0
-        if not steps_per_epoch:
-            raise ValueError(
-                "GradientNormTest with intervals_per_epoch needs the number of optimizer steps per epoch: "
-                "pass FreezeController(..., steps_per_epoch=len(train_loader) // grad_accum_steps), "
-                "or use GradientNormTest(interval_steps=N)")
-        pos = (step - 1) % steps_per_epoch + 1  # 1..steps_per_epoch
-        return pos in tiled_interval_ends(steps_per_epoch, self.intervals_per_epoch)
+        return f"GradientNormTest(p={self.percentile:g}, {self._every()}, {self.norm})"
 
     @staticmethod
     def eta(prev: float, cur: float) -> float:

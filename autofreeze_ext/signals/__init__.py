@@ -1,0 +1,22 @@
+"""Per-block signals that a freezing policy can read at the end of an evaluation interval.
+
+Each signal watches training from the optimizer-step hook of a
+:class:`~autofreeze_ext.FreezeController` and, at an interval end, gives one number per
+active block (``None`` for frozen blocks). Policies name the signals they read; the
+controller's history keeps every value, so a run that only observes (``ObserveOnly``) can be
+replayed offline against any policy.
+
+* ``grad_norm`` (built into the controller, :class:`~autofreeze_ext.GradientStatistics`):
+  norm of the block's gradient summed over the interval, divided by its steps.
+* :class:`ParameterDisplacement` (``displacement``): how far the block's weights moved over
+  the interval divided by the length of the path they took (sampled every few steps), in
+  [0, 1]: near 1 while a block drifts steadily, near 0 once its updates cancel out.
+* :class:`ProbeDrift` (``probe_drift``): 1 - linear CKA between the block's outputs on a fixed
+  probe batch of training samples at consecutive interval ends (how much its representation
+  still changes).
+"""
+from .base import Signal
+from .displacement import ParameterDisplacement
+from .probe_drift import ProbeDrift, linear_cka
+
+__all__ = ["ParameterDisplacement", "ProbeDrift", "Signal", "linear_cka"]

@@ -1,0 +1,239 @@
+"""Freezing policies over tasks x seeds against full fine-tuning, resumable across sessions.
+
+Each run is ``autofreeze finetune`` (the CLI's own code path) in a subprocess, with its report
+kept under ``OUT/TASK/POLICY/seedS/report.json``; a run whose report exists is never repeated,
+and a run that was killed resumes from its checkpoint. Full fine-tuning runs observe every
+per-block signal (``--record-signals``) so that policies can be replayed offline on them
+(``benchmarks/replay_policies.py``).
+
+    python benchmarks/bench_policies.py --tasks sst2,agnews --policies full,autofreeze+cache \\
+        --seeds 0,1,2 --jobs 2          # two runs at a time, one core and one thread each
+    python benchmarks/bench_policies.py --summarize        # table, Pareto plot, JSON only
+
+Every run uses ``--threads 1`` pinned to one core (``--jobs`` runs side by side), so all runs of
+a sweep see the same conditions whatever else the machine does, and two run at once on 2 cores.
+Speedups are per seed against full fine-tuning on the same seed; full's time excludes its
+signal recording (the statistics phase), which plain full fine-tuning does not pay.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+DATA = os.environ.get("AUTOFREEZE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
+
+#: development tasks: (train file, train rows used, dev file)
+TASKS = {
+    "sst2": ("sst2/train.tsv", 8000, "sst2/dev.tsv"),
+    "agnews": ("agnews/train.tsv", 6000, "agnews/dev.tsv"),
+}
+
+#: policy name -> (mode, extra CLI arguments). New policies are added here.
+POLICIES: Dict[str, tuple] = {
+    "full": ("full", ["--record-signals"]),
+    "autofreeze": ("autofreeze", []),
+    "autofreeze+cache": ("autofreeze+cache", []),
+}
+
+
+def run_dir(out: str, task: str, policy: str, seed: int) -> str:
+    return os.path.join(out, task, policy.replace(":", "-").replace("+", "_"), f"seed{seed}")
+
+
+def command(task: str, policy: str, seed: int, d: str, args) -> List[str]:
+    train, n, dev = TASKS[task]
+    mode, extra = POLICIES[policy]
+    ck = os.path.join(d, "ck")
+    cmd = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", mode,
+           "--train", os.path.join(DATA, train), "--dev", os.path.join(DATA, dev), "--train-samples", str(n),
+           "--seed", str(seed), "--epochs", str(args.epochs), "--threads", "1", "--no-progress", "--no-plot",
+           "--out", d, "--checkpoint-dir", ck, "--checkpoint-every", "100", *extra]
+    if os.path.exists(os.path.join(ck, "checkpoint.pt")):
+        cmd.append("--resume")
+    return cmd
+
+
+def report_path(d: str) -> str:
+    return os.path.join(d, "report.json")
+
+
+def launch(task, policy, seed, core, args) -> subprocess.Popen:
+    d = run_dir(args.out, task, policy, seed)
+    os.makedirs(d, exist_ok=True)
+    log = open(os.path.join(d, "log.txt"), "a")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    pre = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    return subprocess.Popen(command(task, policy, seed, d, args), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=pre, cwd=d)
+
+
+def finish(task, policy, seed, proc, args) -> None:
+    d = run_dir(args.out, task, policy, seed)
+    mode = POLICIES[policy][0]
+    produced = os.path.join(d, f"finetune_{mode.replace(':', '-').replace('+', '_')}.json")
+    if proc.returncode != 0 or not os.path.exists(produced):
+        print(f"  {task}/{policy}/seed{seed}: failed (exit {proc.returncode}); see {d}/log.txt", flush=True)
+        return
+    os.replace(produced, report_path(d))
+    shutil.rmtree(os.path.join(d, "ck"), ignore_errors=True)
+    r = json.load(open(report_path(d)))
+    print(f"  {task}/{policy}/seed{seed}: done, {r['train_time_s']:.0f} s, best {100 * r['best_accuracy']:.2f}",
+          flush=True)
+
+
+def sweep(args) -> None:
+    todo = [(t, p, s) for s in args.seeds for t in args.tasks for p in args.policies
+            if not os.path.exists(report_path(run_dir(args.out, t, p, s)))]
+    print(f"{len(todo)} run(s) to do", flush=True)
+    cores = list(sorted(os.sched_getaffinity(0)))
+    running: Dict[int, tuple] = {}
+    t_end = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
+    while todo or running:
+        while todo and len(running) < args.jobs and time.time() < t_end:
+            core = next(c for c in cores if c not in running) if args.jobs <= len(cores) else None
+            t, p, s = todo.pop(0)
+            print(f"  start {t}/{p}/seed{s} on core {core}", flush=True)
+            running[core] = (t, p, s, launch(t, p, s, core, args))
+        if not running:
+            break
+        time.sleep(5)
+        for core, (t, p, s, proc) in list(running.items()):
+            if proc.poll() is not None:
+                finish(t, p, s, proc, args)
+                del running[core]
+
+
+def load(out: str) -> Dict[tuple, dict]:
+    runs = {}
+    for task in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        for pol in POLICIES:
+            for seed in range(100):
+                path = report_path(run_dir(out, task, pol, seed))
+                if os.path.exists(path):
+                    runs[(task, pol, seed)] = json.load(open(path))
+    return runs
+
+
+def full_time(r: dict) -> float:
+    """Full fine-tuning's time without its signal recording."""
+    return r["train_time_s"] - r["phases_s"].get("statistics", 0.0)
+
+
+def per_seed(r: dict, full: dict) -> dict:
+    ev = r["evals"]
+    target = full["final_accuracy"]
+    hit = next((e for e in ev if e["accuracy"] >= target), None)
+    first = next((h for h in r["controller_history"] if h["event"] == "freeze"), None)
+    spent = r["train_time_s"] if r["mode"] != "full" else full_time(r)
+    return {"speedup": full_time(full) / spent,
+            "d_best": 100 * (r["best_accuracy"] - full["best_accuracy"]),
+            "d_final": 100 * (r["final_accuracy"] - full["final_accuracy"]),
+            "to_full_final": hit["train_time_s"] / full_time(full) if hit else None,
+            "depth_end": r["frozen_depth"][-1]["depth"],
+            "first_freeze_epoch": first["epoch"] if first else None,
+            "signal_share": sum(r.get("signal_seconds", {}).values()) / r["train_time_s"]}
+
+
+def ms(xs: List[Optional[float]], fmt: str = "{:.2f}") -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "never"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return (fmt + " ± " + fmt).format(statistics.mean(xs), sd)
+
+
+def summarize(out: str) -> dict:
+    from _common import print_table
+
+    runs = load(out)
+    rows, table = [], {}
+    for task in sorted({k[0] for k in runs}):
+        for pol in POLICIES:
+            seeds = sorted(s for (t, p, s) in runs if t == task and p == pol and (t, "full", s) in runs)
+            if not seeds:
+                continue
+            ps = [per_seed(runs[(task, pol, s)], runs[(task, "full", s)]) for s in seeds]
+            table[f"{task}/{pol}"] = {"seeds": seeds, "runs": ps}
+            col = lambda k: [p[k] for p in ps]  # noqa: E731
+            rows.append([task, pol, len(seeds), ms(col("speedup")) + "x", ms(col("d_best")), ms(col("d_final")),
+                         ms(col("to_full_final")), ms(col("depth_end"), "{:.1f}"),
+                         ms(col("first_freeze_epoch")), f"{100 * max(col('signal_share')):.2f}%"])
+    print_table(["task", "policy", "seeds", "speedup", "Δ best", "Δ final", "time to full's final (x full)",
+                 "frozen at end", "first freeze (epoch)", "signal overhead (max)"], rows)
+    return table
+
+
+def pareto_plot(table: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({k.split("/")[0] for k in table})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.5), squeeze=False)
+    markers = "osD^v<>Px*"
+    pols = list(POLICIES)
+    for ax, task in zip(axes[0], tasks):
+        for key, v in table.items():
+            t, pol = key.split("/", 1)
+            if t != task:
+                continue
+            ax.scatter([p["speedup"] for p in v["runs"]], [p["d_best"] for p in v["runs"]],
+                       marker=markers[pols.index(pol) % len(markers)], label=pol)
+        ax.axhline(-0.5, ls="--", c="grey", lw=0.8)
+        ax.axvline(2.0, ls="--", c="grey", lw=0.8)
+        ax.set_xlabel("speedup vs full (same seed)")
+        ax.set_ylabel("Δ best dev metric (points)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="sst2,agnews")
+    ap.add_argument("--policies", default="full,autofreeze+cache")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
+    ap.add_argument("--max-hours", type=float, default=None, help="start no new run after this long")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "policies"))
+    ap.add_argument("--summarize", action="store_true", help="only summarize the reports on disk")
+    args = ap.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.policies = [p for p in args.policies.split(",") if p]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    for t in args.tasks:
+        if t not in TASKS:
+            ap.error(f"unknown task {t!r}; known: {', '.join(TASKS)}")
+    for p in args.policies:
+        if p not in POLICIES:
+            ap.error(f"unknown policy {p!r}; known: {', '.join(POLICIES)}")
+    if not args.summarize:
+        if "full" not in args.policies:
+            print("note: speedups need full fine-tuning on the same seeds (add 'full')")
+        sweep(args)
+    table = summarize(args.out)
+    if table:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(table, f, indent=1)
+        pareto_plot(table, os.path.join(args.out, "pareto.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
