@@ -110,7 +110,7 @@ class FreezeController:
         if verify_order:
             for i, blk in enumerate(self.layout.blocks):
                 self._order_hooks.append(blk.register_forward_pre_hook(self._make_order_hook(i)))
-        self._step_hook = optimizer.register_step_post_hook(lambda opt, a, k: self.step()) if attach else None
+        self._step_hook = optimizer.register_step_post_hook(self._after_optimizer_step) if attach else None
         if grad_scaler is not None and attach:
             warnings.warn("grad_scaler= is only needed with attach=False: the optimizer hook already skips "
                           "steps that GradScaler skipped", stacklevel=2)
@@ -278,6 +278,16 @@ class FreezeController:
             epoch, first, steps = self._epoch_clock
             return epoch + (self.global_step - first) / steps
         return self.global_step / self.steps_per_epoch if self.steps_per_epoch else math.nan
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        # GradScaler does not call step() for an update it skips, except on optimizers that skip
+        # it themselves (fused Adam/AdamW: _step_supports_amp_scaling); it then hands them a
+        # found_inf tensor, non-zero when this update was skipped.
+        found_inf = getattr(optimizer, "found_inf", None)
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and isinstance(found_inf, torch.Tensor) \
+                and bool(found_inf.item()):
+            return
+        self.step()
 
     def _skip_for_scaler(self) -> bool:
         if self.grad_scaler is None or self._step_hook is not None or not self.grad_scaler.is_enabled():

@@ -7,8 +7,11 @@ Usage::
     trainer.train()
 
 The callback builds a :class:`~autofreeze_ext.FreezeController` on the Trainer's model and
-optimizer when training begins, feeds it after every optimizer step (so gradient accumulation
-counts one step per update, as in a plain loop), and saves/restores its state next to the
+optimizer when training begins and hooks the inner optimizer's ``step()``: the controller reads
+the gradients right after each optimizer update, before ``Trainer`` zeroes them (so every policy
+sees real gradients), counts one step per update under gradient accumulation, and never counts
+an update that ``GradScaler`` skipped (fp16: the inner ``step()`` is not called then). It saves
+and restores its state next to the
 Trainer's checkpoints (``autofreeze_controller.pt`` in each ``checkpoint-*`` folder), so
 ``trainer.train(resume_from_checkpoint=ckpt)`` resumes with the same frozen depth once
 ``callback.prepare_resume(model, ckpt)`` has re-frozen the prefix (the Trainer builds its
@@ -74,8 +77,10 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                 steps_per_epoch = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
             except TypeError:  # iterable dataset without a length
                 steps_per_epoch = None
+        # attach=True: the controller runs in the inner optimizer's step post-hook, where the
+        # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
         self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
-                                           attach=False, **self.controller_kwargs)
+                                           attach=True, **self.controller_kwargs)
         if self._pending_state is not None:
             self.controller.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -102,11 +107,6 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         self._pending_state = state
         return depth
 
-    def on_step_end(self, args, state, control, **kw):
-        # once per optimizer update (after gradient accumulation)
-        if self.controller is not None:
-            self.controller.step()
-
     def on_save(self, args, state, control, **kw):
         if self.controller is None:
             return
@@ -118,5 +118,6 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
 
     def on_train_end(self, args, state, control, **kw):
         if self.controller is not None:
+            self.controller.detach()  # the optimizer may outlive this training run
             log.info("AutoFreezeCallback: %d of %d blocks frozen at the end", self.controller.frozen_depth,
                      self.controller.num_blocks)

@@ -1,3 +1,4 @@
+import functools
 """FreezeController: decisions, the freeze mechanics, memory, resume, adapters, bad input."""
 import copy
 import gc
@@ -166,10 +167,13 @@ def test_accumulated_statistics_equal_manual_sum():
     assert ctl.history[-1]["norms"][1] == pytest.approx(expect, rel=1e-5)
 
 
-def test_grad_scaler_statistics_are_unscaled_and_skipped_steps_ignored():
+@pytest.mark.parametrize("fused", [False, True])
+def test_grad_scaler_statistics_are_unscaled_and_skipped_steps_ignored(fused):
+    # fused Adam skips an overflowing update itself: GradScaler calls its step() with found_inf
     def run(use_scaler):
         torch.manual_seed(0)
-        model, opt, ctl = blocknet_ctl(GradientNormTest(interval_steps=2))
+        model, opt, ctl = blocknet_ctl(GradientNormTest(interval_steps=2),
+                                       opt_cls=functools.partial(torch.optim.Adam, fused=fused))
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=use_scaler)
         x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
         for _ in range(2):

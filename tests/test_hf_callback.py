@@ -5,7 +5,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from autofreeze_ext import ScheduledFreeze  # noqa: E402
+from autofreeze_ext import GradientNormTest, ScheduledFreeze  # noqa: E402
 from autofreeze_ext.hf import STATE_FILE, AutoFreezeCallback  # noqa: E402
 
 from models import tiny_bert  # noqa: E402
@@ -24,10 +24,10 @@ class DS(torch.utils.data.Dataset):
                 "labels": int(self.ids[i, 0] > 50)}
 
 
-def make_trainer(tmp_path, model, cb, epochs=2):
+def make_trainer(tmp_path, model, cb, epochs=2, accum=2):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=epochs,
-        gradient_accumulation_steps=2, learning_rate=1e-3, save_strategy="steps", save_steps=3,
+        gradient_accumulation_steps=accum, learning_rate=1e-3, save_strategy="steps", save_steps=3,
         logging_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     return transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb])
 
@@ -61,3 +61,50 @@ def test_callback_freezes_inside_trainer_and_resumes(tmp_path):
     assert cb2.controller.global_step == 6 and cb2.controller.frozen_depth == 2
     assert [h for h in cb2.controller.history if h["event"] == "freeze"] == \
         [h for h in ctl.history if h["event"] == "freeze"]
+
+
+def _intervals(ctl):
+    return [h for h in ctl.history if h["event"] == "interval"]
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_default_policy_sees_gradients_and_freezes(tmp_path, accum):
+    """The default gradient test inside Trainer: it reads the update's gradients (Trainer zeroes
+    them before on_step_end), so the norms are real and blocks freeze."""
+    model = tiny_bert(num_layers=4)
+    cb = AutoFreezeCallback()  # GradientNormTest, 5 intervals per epoch
+    trainer = make_trainer(tmp_path, model, cb, epochs=4, accum=accum)
+    trainer.train()
+    ctl = cb.controller
+    assert isinstance(ctl.policy, GradientNormTest)
+    updates = 4 * 48 // (8 * accum)
+    assert ctl.global_step == updates == trainer.state.global_step
+    ivs = _intervals(ctl)
+    assert ivs, "no interval ended"
+    for h in ivs:  # every active block's gradient norm is a real, non-zero number
+        active = [v for v in h["norms"] if v is not None]
+        assert active and all(v > 0 for v in active), h
+    assert ctl.frozen_depth >= 1
+    frozen = {id(p) for p in model.bert.encoder.layer[0].parameters()}
+    assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+def test_updates_skipped_by_grad_scaler_are_not_counted(tmp_path):
+    """fp16 with a GradScaler: an update with an inf gradient is skipped by the scaler (the inner
+    optimizer's step() is not called), so the controller does not count it. Accelerate has no
+    CPU GradScaler, so the test gives the Trainer's accelerator torch's CPU one."""
+    model = tiny_bert(num_layers=4)
+    cb = AutoFreezeCallback(GradientNormTest(interval_steps=2))
+    trainer = make_trainer(tmp_path, model, cb, epochs=2, accum=1)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    calls = {"n": 0}
+
+    def poison(grad):  # the 4th backward pass gets an inf gradient: that update is skipped
+        calls["n"] += 1
+        return torch.full_like(grad, float("inf")) if calls["n"] == 4 else grad
+
+    model.classifier.weight.register_hook(poison)
+    trainer.train()
+    assert trainer.state.global_step == 12  # Trainer counts the skipped update too
+    assert cb.controller.global_step == 11
+    assert all(all(v is None or v == v and v < float("inf") for v in h["norms"]) for h in _intervals(cb.controller))
