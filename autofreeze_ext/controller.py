@@ -171,7 +171,9 @@ class FreezeController:
         for sig in self.signals:
             t0 = time.perf_counter()
             v = sig.interval_end(active)
-            values[sig.name] = self._sync.norms(v, self.num_blocks) if self._sync is not None else v
+            if self._sync is not None:
+                v = self._sync.norms(v, self.num_blocks) if sig.per_block else self._sync.norms([v], 1)[0]
+            values[sig.name] = v
             sig.seconds += time.perf_counter() - t0
         return values
 

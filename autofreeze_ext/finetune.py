@@ -27,7 +27,7 @@ from .adapters import resolve_layout
 from .data import ShardedBatchSampler
 from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env, time_allreduce
 from .policies import FreezePolicy, GradientNormTest, NeverFreeze, ObserveOnly, StaticFreeze, tiled_interval_ends
-from .signals import ParameterDisplacement, ProbeDrift
+from .signals import ParameterDisplacement, ProbeDrift, ProbeLoss
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -92,7 +92,7 @@ class FinetuneConfig:
     # probe-batch drift) into the report's controller history; full fine-tuning then observes
     # (ObserveOnly) instead of NeverFreeze. Training is unchanged (no random numbers drawn).
     record_signals: bool = False
-    probe_samples: int = 32  # training samples in the probe batch of the drift signal
+    probe_samples: int = 64  # training samples in the probe batch of the drift and loss signals
 
 
 def default_model_path() -> str:
@@ -124,11 +124,11 @@ def load_model_and_tokenizer(path: Optional[str], num_labels: int):
     return model, tok
 
 
-def probe_batch(data: dict, n: int, seed: int) -> dict:
+def probe_batch(data: dict, n: int, seed: int, labels: bool = False) -> dict:
     """``n`` training samples picked by ``seed`` (own generator: the global RNG is untouched)."""
     total = len(data["labels"])
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))[:min(n, total)]
-    return {k: v[idx] for k, v in data.items() if k != "labels"}
+    return {k: v[idx] for k, v in data.items() if labels or k != "labels"}
 
 
 def split_mode(mode: str):
@@ -424,7 +424,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.record_signals:
         if isinstance(policy, NeverFreeze):
             policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
-        signals = [ParameterDisplacement(), ProbeDrift(probe_batch(train, cfg.probe_samples, cfg.seed))]
+        probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True)
+        signals = [ParameterDisplacement(), ProbeDrift(probe), ProbeLoss(probe)]
     ctl = FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=signals)
 
     if state is not None:

@@ -14,9 +14,12 @@ replayed offline against any policy.
 * :class:`ProbeDrift` (``probe_drift``): 1 - linear CKA between the block's outputs on a fixed
   probe batch of training samples at consecutive interval ends (how much its representation
   still changes).
+* :class:`ProbeLoss` (``probe_loss``, one value for the model): the loss on a fixed probe batch
+  of training samples over the loss of the best constant guess (1.0 until the model learns).
 """
 from .base import Signal
 from .displacement import ParameterDisplacement
 from .probe_drift import ProbeDrift, linear_cka
+from .probe_loss import ProbeLoss, prior_loss
 
-__all__ = ["ParameterDisplacement", "ProbeDrift", "Signal", "linear_cka"]
+__all__ = ["ParameterDisplacement", "ProbeDrift", "ProbeLoss", "Signal", "linear_cka", "prior_loss"]

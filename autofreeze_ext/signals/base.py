@@ -14,6 +14,8 @@ class Signal:
     """
 
     name: str = "signal"
+    #: ``True``: :meth:`interval_end` gives one value per block; ``False``: one float for the model
+    per_block: bool = True
 
     def __init__(self) -> None:
         self.seconds = 0.0

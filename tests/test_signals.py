@@ -1,0 +1,105 @@
+"""Per-block signals: displacement over path, probe drift (CKA), probe loss; the controller's record."""
+import math
+
+import pytest
+import torch
+
+from autofreeze_ext import FreezeController
+from autofreeze_ext.policies import ObserveOnly
+from autofreeze_ext.signals import ParameterDisplacement, ProbeDrift, ProbeLoss, linear_cka, prior_loss
+
+from models import bert_batch, tiny_bert
+
+
+class _Ctl:  # the two attributes ParameterDisplacement reads
+    def __init__(self, params):
+        self._block_params = [[p] for p in params]
+        self.frozen_depth = 0
+
+
+def test_displacement_is_one_on_a_straight_path_and_small_when_updates_cancel():
+    w = [torch.zeros(10), torch.zeros(10)]
+    sig = ParameterDisplacement(every=1)
+    sig.bind(_Ctl(w))
+    for step in range(1, 21):
+        w[0] += 0.1                                 # steady drift
+        w[1] += 0.1 if step % 2 else -0.1           # oscillation around a point
+        sig.after_step(step)
+    straight, cancel = sig.interval_end([0, 1])
+    assert straight == pytest.approx(1.0, abs=1e-5)
+    assert cancel < 0.01
+    sig.release(1)
+    w[0] += 1.0
+    sig.after_step(1)
+    assert sig.interval_end([0]) == [pytest.approx(1.0, abs=1e-5), None]
+
+
+def test_linear_cka_is_invariant_to_rotation_and_scale_and_drops_for_unrelated_outputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(x, torch.randn(200, 16, generator=g)) < 0.3
+
+
+def test_prior_loss_is_the_best_constant_guess():
+    assert prior_loss(torch.tensor([0, 1, 0, 1])) == pytest.approx(math.log(2))
+    assert prior_loss(torch.tensor([2, 2, 2, 2])) == pytest.approx(0.0)
+    assert prior_loss(torch.tensor([1.0, 3.0])) == pytest.approx(1.0)  # variance, regression
+
+
+def _train(model, opt, batch, steps):
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_controller_records_every_signal_and_probe_loss_falls_as_the_model_learns():
+    model = tiny_bert()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = bert_batch(n=16)
+    drift, loss = ProbeDrift(batch), ProbeLoss(batch)
+    ctl = FreezeController(model, opt, ObserveOnly(interval_steps=5),
+                           signals=[ParameterDisplacement(every=2), drift, loss])
+    start = loss.loss() / loss.prior
+    _train(model, opt, batch, 40)
+    rec = [e for e in ctl.history if e["event"] == "interval"]
+    assert len(rec) == 8 and ctl.frozen_depth == 0
+    first, last = rec[0]["signals"], rec[-1]["signals"]
+    assert set(first) == {"displacement", "probe_drift", "probe_loss"}
+    assert all(0.0 <= v <= 1.0 + 1e-6 for v in first["displacement"])
+    assert first["probe_drift"] == [None] * 4 and all(v > 0 for v in rec[1]["signals"]["probe_drift"])
+    assert 0.8 < start < 1.3                        # near the constant guess before training ...
+    assert last["probe_loss"] < 0.5 * start < first["probe_loss"]  # ... well below it once it fits
+    assert model.training                           # the probe's eval mode is undone
+    assert all(sig.seconds > 0 for sig in ctl.signals)
+
+
+def test_probe_forward_leaves_training_unchanged():
+    def run(signals):
+        model = tiny_bert()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batch = bert_batch(n=8)
+        FreezeController(model, opt, ObserveOnly(interval_steps=3), signals=signals)
+        torch.manual_seed(1)
+        _train(model, opt, batch, 9)
+        return [p.detach().clone() for p in model.parameters()]
+
+    batch = bert_batch(n=8, seed=3)
+    for a, b in zip(run([]), run([ProbeDrift(batch), ProbeLoss(batch)])):
+        assert torch.equal(a, b)
+
+
+def test_policy_reading_a_missing_signal_is_a_clear_error():
+    class NeedsDrift(ObserveOnly):
+        signals = ("probe_drift",)
+
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="probe_drift"):
+        FreezeController(model, torch.optim.SGD(model.parameters(), lr=0.1), NeedsDrift(interval_steps=2))
+
+
+def test_probe_loss_needs_labels():
+    with pytest.raises(ValueError, match="labels"):
+        ProbeLoss({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
