@@ -6,7 +6,7 @@ Nothing here may fail at import: without ``autofreeze_ext._C`` (not built, wrong
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 _C: Any = None
 _C_ERROR: Optional[str] = None
@@ -36,7 +36,9 @@ def backend_info() -> Dict[str, Any]:
     Returns a dict with ``compiled`` (bool), ``compiled_error`` (why it is missing, or None),
     ``cuda_available`` (torch sees a GPU), ``grad_stats`` (``{"cpu": ..., "cuda": ...}``, each
     one of ``"cpp"``/``"cuda"``/``"reference"``/``"unavailable"``) and, once the I/O engine is
-    loaded, the cache I/O engine (``cache_io``: liburing compiled in, CRC32C implementation).
+    loaded, the cache I/O engine (``cache_io``: liburing compiled in, CRC32C implementation),
+    and ``missing``: one line per backend left out here, saying what runs instead and how to
+    get it (empty when nothing is missing). ``autofreeze info`` prints the same.
     """
     import torch
 
@@ -61,5 +63,27 @@ def backend_info() -> Dict[str, Any]:
             "crc32c": (("sse4.2" if _C.crc32c_hardware() else "table") if compiled() else None),
             "note": "per-cache backend, O_DIRECT and pinning: ActivationCache.info()",
         },
+        "missing": missing_backends(cuda_ok),
     }
+
+
+REBUILD = "then reinstall (pip install . again; pip install -v . shows what the build found)"
+
+
+def missing_backends(cuda_ok: bool) -> List[str]:
+    """One line per backend left out: what runs instead and how to get it."""
+    if not compiled() and os.environ.get("AUTOFREEZE_FORCE_REFERENCE") == "1":
+        return ["compiled core: switched off by AUTOFREEZE_FORCE_REFERENCE=1; every op runs its PyTorch reference "
+                "and the activation cache keeps to RAM; unset the variable to use it"]
+    if not compiled():
+        return [f"compiled core: not loaded ({_C_ERROR}); every op runs its PyTorch reference and the activation "
+                f"cache keeps to RAM; to get it: a C++17 compiler and CMake (apt-get install g++ cmake), {REBUILD}"]
+    out = []
+    if not getattr(_C, "with_uring", False):
+        out.append("io_uring: liburing was not found at build time; the cache's disk tier reads with a pread thread "
+                   f"pool; to get it: apt-get install liburing-dev (dnf install liburing-devel), {REBUILD}")
+    if cuda_ok and not compiled_with_cuda():
+        out.append("CUDA kernels: the core was built without nvcc (or with AUTOFREEZE_NO_CUDA=1); GPU runs use the "
+                   f"PyTorch reference for grad_stats; to get them: put the CUDA toolkit's nvcc on PATH, {REBUILD}")
+    return out
 

@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ._backend import _C
+from ._pystore import PyRecordStore
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -109,23 +110,21 @@ class ActivationCache:
                       "puts_disk": 0, "puts_rejected": 0, "read_s": 0.0, "write_s": 0.0, "prefetched": 0}
         self.disk_note = "no disk tier"
         if path is not None:
+            env_backend = os.environ.get("AUTOFREEZE_IO_BACKEND")
+            store = _C.RecordStore if _C is not None else PyRecordStore
+            try:
+                os.makedirs(path, exist_ok=True)
+                self._store = store(
+                    path, backend=env_backend or io_backend, direct=direct, queue_depth=int(queue_depth),
+                    segment_bytes=parse_bytes(segment_bytes), write_queue_bytes=parse_bytes(write_queue_bytes),
+                    disk_budget=self.disk_budget or 0, fingerprint=self.fingerprint,
+                    pin=self.device.type == "cuda")
+            except (OSError, RuntimeError) as exc:
+                raise CacheError(f"cannot use {path} as an activation cache: {exc}") from exc
             if _C is None:
-                self.disk_note = "compiled core missing: RAM tier only"
-                self._warn_once("nocore", f"autofreeze_ext._C is not available: the cache at {path} keeps "
-                                          "RAM entries only (reinstall the package to build the I/O engine)")
-            else:
-                env_backend = os.environ.get("AUTOFREEZE_IO_BACKEND")
-                try:
-                    os.makedirs(path, exist_ok=True)
-                    self._store = _C.RecordStore(
-                        path, backend=env_backend or io_backend, direct=direct, queue_depth=int(queue_depth),
-                        segment_bytes=parse_bytes(segment_bytes), write_queue_bytes=parse_bytes(write_queue_bytes),
-                        disk_budget=self.disk_budget or 0, fingerprint=self.fingerprint,
-                        pin=self.device.type == "cuda")
-                except (OSError, RuntimeError) as exc:
-                    raise CacheError(f"cannot use {path} as an activation cache: {exc}") from exc
-                info = self._store.info()
-                self.disk_note = info["opened"]
+                self._warn_once("nocore", f"autofreeze_ext._C is not available: the cache at {path} uses the "
+                                          "pure-Python record store (synchronous reads, no io_uring or O_DIRECT)")
+            self.disk_note = self._store.info()["opened"]
 
     # ------------------------------------------------------------------ queries
     def info(self) -> dict:

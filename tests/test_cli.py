@@ -6,6 +6,8 @@ import pytest
 
 from autofreeze_ext import cli
 
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
+
 WORDS = "good bad great awful fine poor nice terrible film movie plot acting was is the a very not".split()
 
 
@@ -59,6 +61,15 @@ def test_finetune_writes_report_and_plot(tiny_ckpt, task, tmp_path, capsys):
     assert all(0.0 <= e["accuracy"] <= 1.0 for e in rep["evals"])
     assert [e["train_time_s"] for e in rep["evals"]] == sorted(e["train_time_s"] for e in rep["evals"])
     assert "autofreeze" in stdout
+    # what freezing bought: blocks frozen, full fine-tuning's time estimated from the unfrozen steps
+    first = next(d for d in rep["frozen_depth"] if d["depth"] > 0)
+    assert rep["depth_seconds"]["0"][1] == first["step"]
+    assert sum(n for _, n in rep["depth_seconds"].values()) == rep["steps"]
+    est = rep["estimate"]
+    assert est["steps_measured"] == first["step"] and est["steps"] == 18
+    assert est["full_s"] == pytest.approx(rep["depth_seconds"]["0"][0] / first["step"] * 18)
+    assert f"{rep['frozen_depth'][-1]['depth']} of 4 blocks frozen (first at step {first['step']}" in stdout
+    assert "estimated speedup" in stdout and "autofreeze compare --modes full,autofreeze" in stdout
 
 
 def test_compare_runs_modes_with_one_table(tiny_ckpt, task, tmp_path, capsys):
@@ -204,3 +215,17 @@ def test_compiled_blocks_with_cache(tiny_ckpt, task, tmp_path, capsys):
     rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
     assert rep["steps"] == 18 and rep["frozen_depth"][-1]["depth"] >= 1
     assert rep["cache"]["counters"]["hits_ram"] > 0
+
+
+def test_estimate_without_unfrozen_steps_says_so():
+    from autofreeze_ext.estimate import estimate_full_time, estimate_lines
+
+    rep = {"mode": "static:2", "num_blocks": 4, "steps": 10, "steps_per_epoch": 5, "train_time_s": 4.0,
+           "frozen_depth": [{"step": 0, "depth": 2}], "depth_seconds": {"2": [4.0, 10]}}
+    assert estimate_full_time(rep) is None
+    lines = estimate_lines(rep)
+    assert lines[0] == "freezing: 2 of 4 blocks frozen (first at step 0, epoch 0.00)"
+    assert "no estimate" in lines[1]
+    rep.update(mode="autofreeze", frozen_depth=[{"step": 0, "depth": 0}, {"step": 4, "depth": 1}],
+               depth_seconds={"0": [4.0, 4], "1": [3.0, 6]}, train_time_s=7.0)
+    assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)

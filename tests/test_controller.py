@@ -6,6 +6,7 @@ import math
 import warnings
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,8 @@ import autofreeze_ext as af
 from autofreeze_ext import FreezeController, GradientNormTest, NeverFreeze, ScheduledFreeze, StaticFreeze
 
 from models import BlockNet, TinyResNet, bert_batch, tiny_bert
+
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 
 
 def blocknet_ctl(policy, n_blocks=4, opt_cls=torch.optim.Adam, **kw):
@@ -401,3 +404,39 @@ def test_manual_mode_with_grad_scaler_skips_overflow_steps():
         scaler.update()
         ctl.step()
     assert ctl.global_step == 2
+
+
+@pytest.mark.skipif(not af.backend_info()["compiled"], reason="compares the compiled kernel with the reference")
+def test_compiled_and_reference_backends_take_the_same_decisions(monkeypatch):
+    from autofreeze_ext import stats as stats_mod
+    from autofreeze_ext.ops.grad_stats import reference_grad_stats
+
+    calls = []
+
+    def reference(accs, grads=None, block_ids=None, num_blocks=None, *, norm="l2", compute_norms=True,
+                  zero_after=False):
+        calls.append(1)
+        return reference_grad_stats(list(accs), list(grads or []), list(block_ids), num_blocks, norm, compute_norms,
+                                    zero_after)
+
+    def run():
+        model = tiny_bert(num_layers=4)
+        batch = bert_batch(16)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ctl = FreezeController(model, opt, GradientNormTest(percentile=50, intervals_per_epoch=4), steps_per_epoch=8)
+        torch.manual_seed(0)
+        for _ in range(32):
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return [e for e in ctl.history if e["event"] == "interval"]
+
+    compiled = run()
+    monkeypatch.setattr(stats_mod, "grad_stats", reference)
+    ref = run()
+    assert len(calls) >= 32  # the reference really ran
+    assert [e["decided"] for e in ref] == [e["decided"] for e in compiled] and compiled[-1]["decided"] >= 1
+    for a, b in zip(compiled, ref):
+        got = [v for v in a["norms"] if v is not None]
+        want = [v for v in b["norms"] if v is not None]
+        np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -118,6 +118,7 @@ def _agree_worker(rank, world, port, sync, out):
 
 
 @pytest.mark.parametrize("sync", [True, False])
+@pytest.mark.reference
 def test_ranks_agree_on_every_decision(sync, tmp_path):
     """With the controller's broadcast, ranks whose local statistics (and even policies)
     differ take identical decisions; without it they diverge (so the test can fail)."""
@@ -191,6 +192,7 @@ def reference(setup):
     return report(out, "autofreeze")
 
 
+@pytest.mark.reference
 def test_ddp_matches_single_process_and_drops_frozen_params_from_allreduce(setup, reference):
     p, out = launch(setup, "ddp", ["--mode", "autofreeze"], nproc=2)
     assert p.returncode == 0, p.stderr
@@ -208,6 +210,7 @@ def test_ddp_matches_single_process_and_drops_frozen_params_from_allreduce(setup
         assert c["bytes_per_step"] == 4 * c["params"]
 
 
+@pytest.mark.reference
 def test_ddp_with_per_rank_cache(setup, reference):
     p, out = launch(setup, "ddp_cache", ["--mode", "autofreeze+cache", "--no-cost-model",
                                          "--cache-dir", str(setup["dir"] / "cache")], nproc=2)

@@ -8,6 +8,8 @@ from autofreeze_ext.prefix import FrozenPrefixRunner
 
 from models import BlockNet, tiny_bert
 
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
+
 N, BS = 32, 8
 
 

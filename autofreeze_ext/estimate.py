@@ -1,0 +1,57 @@
+"""What freezing bought a single run, estimated without running full fine-tuning."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+
+def estimate_full_time(report: dict) -> Optional[dict]:
+    """Full fine-tuning's training time estimated from this run's own steps before the first
+    freeze: mean step time at frozen depth 0 (the controller's statistics included) times the
+    run's number of steps. ``None`` when fewer than 3 steps ran unfrozen (e.g. a static mode).
+
+    Returns ``{"full_s", "step_s", "steps_measured", "steps", "speedup"}``, speedup against the
+    run's measured training time (evaluation excluded in both).
+    """
+    seconds, steps = (report.get("depth_seconds") or {}).get("0", [0.0, 0])
+    if steps < 3 or not report.get("train_time_s"):
+        return None
+    step_s = seconds / steps
+    full = step_s * report["steps"]
+    return {"full_s": full, "step_s": step_s, "steps_measured": steps, "steps": report["steps"],
+            "speedup": full / report["train_time_s"]}
+
+
+def freezing_summary(report: dict) -> str:
+    """``"5 of 6 blocks frozen (first at step 107, epoch 0.43; the last at step 350)"``."""
+    trace = report.get("frozen_depth") or []
+    n = report.get("num_blocks")
+    final = trace[-1]["depth"] if trace else 0
+    if not final:
+        return f"0 of {n} blocks frozen"
+    spe = report.get("steps_per_epoch") or 0
+    first = next(e for e in trace if e["depth"] > 0)
+    last = next(e for e in trace if e["depth"] == final)
+    when = f"step {first['step']}" + (f", epoch {first['step'] / spe:.2f}" if spe else "")
+    tail = f"; the last at step {last['step']}" if last["step"] != first["step"] else ""
+    return f"{final} of {n} blocks frozen (first at {when}{tail})"
+
+
+def estimate_lines(report: dict) -> List[str]:
+    """What ``autofreeze finetune`` prints after its table: blocks frozen, the estimated full
+    fine-tuning time and speedup (said to be an estimate, and how it was made), and how to
+    measure it instead."""
+    lines = [f"freezing: {freezing_summary(report)}"]
+    if report.get("mode") == "full":
+        return lines
+    measure = (f"for a measured speedup: autofreeze compare --modes full,{report.get('mode')} "
+               "(same data, seed and settings)")
+    est = estimate_full_time(report)
+    if est is None:
+        lines.append("no estimate of full fine-tuning's time: fewer than 3 steps ran before the first freeze; "
+                     + measure)
+        return lines
+    lines.append(f"full fine-tuning, estimated: {est['full_s']:.0f} s = {est['step_s']:.3f} s/step (mean over the "
+                 f"{est['steps_measured']} steps before the first freeze) x {est['steps']} steps")
+    lines.append(f"estimated speedup: {est['speedup']:.2f}x (training time {report['train_time_s']:.0f} s; an "
+                 f"estimate, evaluation excluded); {measure}")
+    return lines

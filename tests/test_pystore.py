@@ -1,0 +1,74 @@
+"""The disk tier's pure-Python twin: same behaviour as the C++ store where the cache relies on it."""
+import os
+
+import pytest
+import torch
+
+from autofreeze_ext import _pystore
+from autofreeze_ext._pystore import PyRecordStore
+from autofreeze_ext.cache import ActivationCache
+
+pytestmark = pytest.mark.reference
+
+
+def put(store, i, t, depth=2):
+    return store.put(i, depth, 0, list(t.shape), t.data_ptr(), t.numel() * 4)
+
+
+def read(store, i, shape):
+    t = torch.empty(shape)
+    return store.read_into(i, t.data_ptr(), t.numel() * 4), t
+
+
+def test_round_trip_reuse_and_fingerprint(tmp_path):
+    s = PyRecordStore(str(tmp_path), fingerprint="a")
+    rows = {i: torch.randn(3, 4) for i in range(5)}
+    assert all(put(s, i, t) for i, t in rows.items())
+    assert s.depths([0, 4, 9]) == [2, 2, -1] and s.meta(3) == (2, 0, [3, 4], 48) and s.meta(9) is None
+    status, t = read(s, 3, (3, 4))
+    assert status == _pystore.OK and torch.equal(t, rows[3])
+    s.close()
+    again = PyRecordStore(str(tmp_path), fingerprint="a")
+    assert len(again) == 5 and "reused 5" in again.info()["opened"]
+    assert torch.equal(read(again, 4, (3, 4))[1], rows[4])
+    again.close()
+    other = PyRecordStore(str(tmp_path), fingerprint="b")  # another run's records are not served
+    assert len(other) == 0 and other.info()["opened"].startswith("created")
+
+
+def test_corruption_budget_evict_and_plan(tmp_path):
+    s = PyRecordStore(str(tmp_path), disk_budget=3 * 48)
+    for i in range(3):
+        assert put(s, i, torch.full((3, 4), float(i)), depth=1 + i)
+    assert not put(s, 3, torch.zeros(3, 4)) and s.stats()["rejected_budget"] == 1
+    s.flush()
+    with open(tmp_path / _pystore.DATA, "r+b") as f:  # flip a byte of record 1
+        f.seek(48 + 5)
+        b = f.read(1)
+        f.seek(48 + 5)
+        f.write(bytes([b[0] ^ 0xFF]))
+    assert read(s, 1, (3, 4))[0] == _pystore.CORRUPT
+    s.plan([[2, 0], [1, 7]])
+    v = s.next()
+    assert [(r[0], r[1], r[2]) for r in v["records"]] == [(2, 0, 3), (0, 0, 1)]
+    buf = torch.frombuffer(v["buffer"], dtype=torch.uint8)
+    _, _, _, _, shape, off, n = v["records"][0]
+    assert torch.equal(buf[off:off + n].view(torch.float32).view(shape), torch.full((3, 4), 2.0))
+    assert [r[1] for r in s.next()["records"]] == [_pystore.CORRUPT] and s.next() is None
+    assert s.evict_below(3) == 2 and s.depths([0, 1, 2]) == [-1, -1, 3]
+
+
+def test_cache_uses_it_without_the_compiled_core(tmp_path, monkeypatch):
+    from autofreeze_ext import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_C", None)
+    with pytest.warns(RuntimeWarning, match="pure-Python record store"):
+        c = ActivationCache(str(tmp_path), memory_budget=0, fingerprint={"x": 1})
+    h = torch.randn(4, 6, 8)
+    assert c.put([10, 11, 12, 13], depth=2, outputs=h) == 4 and c.counters()["puts_disk"] == 4
+    c.plan_epoch([[12, 10], [11, 13]])
+    got = c.get([12, 10])
+    assert torch.equal(got[12][1], h[2]) and got[10][0] == 2 and c.counters()["prefetched"] == 2
+    assert torch.equal(c.get([11, 13])[13][1], h[3])
+    c.close()
+    assert os.path.exists(tmp_path / _pystore.INDEX)
