@@ -15,9 +15,12 @@ import os
 import sys
 from typing import List, Optional
 
+from ._io import atomic_json
 from ._table import print_table
 from .data import DataError
 from .cache import CacheError
+from .estimate import estimate_full_time, estimate_lines
+from .policies import DEFAULT_POLICY, POLICIES
 from .finetune import COMPARE_HEADERS, MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_table, finetune
 
 
@@ -31,7 +34,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--percentile", type=float, default=d.percentile, help="AutoFreeze percentile N in (0, 100)")
     p.add_argument("--intervals-per-epoch", type=int, default=d.intervals_per_epoch)
     p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch)
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
@@ -49,6 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-signals", action="store_true",
                    help="measure every per-block freezing signal each interval into the report (full mode then "
                         "observes; used to replay policies offline)")
+    _policy_args(p, d)
     c = p.add_argument_group("activation cache (modes ending in +cache)")
     c.add_argument("--cache-dir", default=None,
                    help="folder of the cache's disk tier (default: RAM tier only); a full or read-only disk "
@@ -116,7 +119,41 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
                           grad_accum=args.grad_accum, max_batch=args.max_batch,
                           max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling,
-                          min_packing_gain=args.min_packing_gain, record_signals=args.record_signals)
+                          min_packing_gain=args.min_packing_gain, record_signals=args.record_signals,
+                          policy=args.policy, threshold=args.threshold, signal=args.signal, patience=args.patience,
+                          learned=args.learned, max_new_blocks=args.max_new_blocks,
+                          warmup_guard=not args.no_warmup_guard, target_speedup=args.target_speedup)
+
+
+def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
+    g = p.add_argument_group("freezing policy (mode autofreeze)")
+    g.add_argument("--policy", default=None, choices=sorted(POLICIES),
+                   help=f"the adaptive policy (default: {DEFAULT_POLICY}); "
+                        + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()))
+    g.add_argument("--percentile", type=float, default=d.percentile,
+                   help="gradient tests: freeze below the N-th percentile of the blocks' change rates, N in (0, 100)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="stability/budget: a block passes when its signal is below this (default: the policy's)")
+    g.add_argument("--signal", default=d.signal, choices=["probe_drift", "displacement"],
+                   help="stability/budget: the per-block signal")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="guard: intervals in a row a block must pass before it freezes")
+    g.add_argument("--learned", type=_off_or_float, default=d.learned, metavar="RATIO|off",
+                   help="guard: freeze only once the probe-batch loss has been <= RATIO of the constant guess's "
+                        "loss (the model has started learning); off: no such guard")
+    g.add_argument("--max-new-blocks", type=_off_or_int, default=d.max_new_blocks, metavar="K|off",
+                   help="guard: at most K more frozen blocks per interval")
+    g.add_argument("--no-warmup-guard", action="store_true", help="allow freezing during the LR warm-up")
+    g.add_argument("--target-speedup", type=float, default=None,
+                   help="policy budget: the training-time speedup over full fine-tuning to meet, e.g. 2.0")
+
+
+def _off_or_float(v: str) -> Optional[float]:
+    return None if v.lower() in ("off", "none") else float(v)
+
+
+def _off_or_int(v: str) -> Optional[int]:
+    return None if v.lower() in ("off", "none") else int(v)
 
 
 def _slug(mode: str) -> str:
@@ -145,10 +182,7 @@ def _print_packing(report: dict) -> None:
 def _write(args, name: str, reports: List[dict]) -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{name}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(reports[0] if len(reports) == 1 else {"runs": reports}, f, indent=1)
-    os.replace(tmp, path)  # a crash never leaves a half-written report
+    atomic_json(path, reports[0] if len(reports) == 1 else {"runs": reports})
     print(f"report: {path}")
     if not args.no_plot:
         from .plots import plot_reports
@@ -166,6 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_cmp = sub.add_parser("compare", help="run several modes with the same seed and data")
     p_cmp.add_argument("--modes", default="full,static:half,autofreeze", help=f"comma-separated: {MODES_HELP}")
     _common(p_cmp)
+    sub.add_parser("info", help="which backends this install has, and how to get the missing ones")
     p_l = sub.add_parser("launch", help="run `finetune` under torchrun and relaunch it on the number of workers "
                                         "the cost planner asks for",
                          description="autofreeze launch --nproc N [--max-restarts K] finetune --mode-goal cost "
@@ -177,6 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_l.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a worker failure")
     p_l.add_argument("command", nargs=argparse.REMAINDER, help="finetune ARGS...")
     args = ap.parse_args(argv)
+    if args.cmd == "info":
+        return info()
     if args.cmd == "launch":
         return launch(args.nproc, args.max_restarts, args.command)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs, prints and writes
@@ -204,6 +241,8 @@ def _train(args, rank: int) -> int:
             print_table(COMPARE_HEADERS, compare_table([report]))
             _print_phases([report])
             _print_packing(report)
+            report["estimate"] = estimate_full_time(report)
+            print("\n".join(estimate_lines(report)))
             _write(args, f"finetune_{_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -216,6 +255,25 @@ def _train(args, rank: int) -> int:
     except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def info() -> int:
+    """``autofreeze info``: :func:`~autofreeze_ext.backend_info` for a person."""
+    from ._backend import backend_info
+
+    b = backend_info()
+    io = b["cache_io"]
+    print(f"torch {b['torch']}, CUDA device: {'yes' if b['cuda_available'] else 'no'}")
+    print(f"compiled core: {'loaded' if b['compiled'] else 'not loaded'}"
+          + (f" (CUDA kernels compiled: {'yes' if b['compiled_with_cuda'] else 'no'})" if b["compiled"] else ""))
+    print(f"grad_stats: cpu={b['grad_stats']['cpu']}, cuda={b['grad_stats']['cuda']}")
+    print(f"activation cache I/O: {io['engine']}, io_uring compiled: {'yes' if io['uring_compiled'] else 'no'}, "
+          f"crc32c: {io['crc32c']}")
+    for line in b["missing"]:
+        print(f"missing: {line}")
+    if not b["missing"]:
+        print("nothing missing for this machine")
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 import warnings
 from typing import Callable, Dict, List, Optional
@@ -105,6 +106,8 @@ class FreezeController:
         self.history: List[Dict] = []  #: one record per interval decision and per freeze
         self._listeners: List[FreezeListener] = []
         self._last_scale: Optional[float] = None
+        self._last_step_at: Optional[float] = None  # wall clock of the previous counted step
+        self._step_times: List[float] = []  # seconds between counted steps in the running interval
         self._order_seen: List[int] = []
         self._order_hooks = []
         if verify_order:
@@ -138,6 +141,9 @@ class FreezeController:
         if self._skip_for_scaler():
             return self.frozen_depth
         t0 = time.perf_counter()
+        if self._last_step_at is not None:
+            self._step_times.append(t0 - self._last_step_at)
+        self._last_step_at = t0
         try:
             return self._step()
         finally:
@@ -164,6 +170,7 @@ class FreezeController:
         if end:
             self._end_interval(norms, self._signal_values(active))
             self.interval_steps = 0
+            self._step_times = []
         return self.frozen_depth
 
     def _signal_values(self, active) -> Dict[str, List[Optional[float]]]:
@@ -303,7 +310,8 @@ class FreezeController:
                       signals: Optional[Dict[str, List[Optional[float]]]] = None) -> None:
         info = IntervalStats(step=self.global_step, epoch=self._epoch(), frozen_depth=self.frozen_depth,
                              num_blocks=self.num_blocks, max_depth=self.max_depth,
-                             interval_steps=self.interval_steps, norms=norms, signals=signals or {})
+                             interval_steps=self.interval_steps, norms=norms, signals=signals or {},
+                             step_seconds=statistics.median(self._step_times) if self._step_times else None)
         if norms is not None and not all(math.isfinite(v) for v in norms if v is not None):
             warnings.warn(f"autofreeze: non-finite gradient statistics in the interval ending at step "
                           f"{self.global_step}; interval skipped, the next one sets a new baseline", RuntimeWarning)
@@ -321,11 +329,15 @@ class FreezeController:
         if rec is not None and getattr(rec, "step", None) == self.global_step:
             entry["eta"] = {int(b): v for b, v in rec.eta.items()}
             entry["threshold"] = rec.threshold
+            for key in ("signal", "held_by", "forced"):  # the freezing story (policies.Decision)
+                if getattr(rec, key, None) is not None:
+                    entry[key] = getattr(rec, key)
         self.history.append(entry)
         if "eta" in entry and entry["eta"]:
-            etas = " ".join(f"{b}:{v:.3f}" for b, v in sorted(entry["eta"].items()))
-            log.info("autofreeze: step %d interval: eta {%s} threshold %.3f -> depth %d", self.global_step, etas,
-                     entry["threshold"], entry["decided"])
+            etas = " ".join(f"{b}:{v:.3g}" for b, v in sorted(entry["eta"].items()))
+            why = entry.get("held_by") or entry.get("forced")
+            log.info("autofreeze: step %d interval: %s {%s} threshold %.3g -> depth %d%s", self.global_step,
+                     entry.get("signal", "eta"), etas, entry["threshold"], entry["decided"], f" ({why})" if why else "")
         if depth > self.frozen_depth:
             self.freeze_to(depth, reason=self.policy.describe())
 

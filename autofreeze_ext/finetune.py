@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._backend import backend_info
+from ._io import atomic_json, atomic_write
 from .controller import FreezeController
 from .cache import ActivationCache, CacheError, parse_bytes
 from .data import SAMPLE_DIR, IndexedDataset, PlannedBatchSampler, encode, read_tsv
@@ -26,8 +28,9 @@ from .planner import ThroughputModel
 from .adapters import resolve_layout
 from .data import ShardedBatchSampler
 from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env, time_allreduce
-from .policies import FreezePolicy, GradientNormTest, NeverFreeze, ObserveOnly, StaticFreeze, tiled_interval_ends
-from .signals import ParameterDisplacement, ProbeDrift, ProbeLoss
+from .policies import (DEFAULT_POLICY, FreezePolicy, NeverFreeze, ObserveOnly, PolicyOptions, StaticFreeze, build_policy,
+                       tiled_interval_ends)
+from .signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -93,6 +96,16 @@ class FinetuneConfig:
     # (ObserveOnly) instead of NeverFreeze. Training is unchanged (no random numbers drawn).
     record_signals: bool = False
     probe_samples: int = 64  # training samples in the probe batch of the drift and loss signals
+    # The adaptive policy of mode autofreeze (policies.POLICIES; None: policies.DEFAULT_POLICY)
+    # and its options (None: the policy's own default).
+    policy: Optional[str] = None
+    threshold: Optional[float] = None  # stability: a block passes below this signal value
+    signal: str = "probe_drift"  # stability: probe_drift | displacement
+    patience: int = 2  # guard: consecutive intervals a block must pass
+    learned: Optional[float] = 0.75  # guard: probe loss / constant guess's loss once <= this (None: off)
+    max_new_blocks: Optional[int] = 1  # guard: more blocks per interval at most (None: no cap)
+    warmup_guard: bool = True  # guard: no freeze during the LR warm-up
+    target_speedup: Optional[float] = None  # policy budget: the speedup to meet
 
 
 def default_model_path() -> str:
@@ -141,8 +154,8 @@ def split_mode(mode: str):
     return base, cached
 
 
-def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezePolicy:
-    m, _ = split_mode(mode)
+def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
+    m, cached = split_mode(mode)
     if m == "full":
         return NeverFreeze()
     if m.startswith("static:"):
@@ -153,7 +166,12 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int) -> FreezeP
         except ValueError:
             raise ValueError(f"mode {mode!r}: K must be an integer, 'half' or 'all'") from None
     if m == "autofreeze":
-        return GradientNormTest(percentile=cfg.percentile, intervals_per_epoch=cfg.intervals_per_epoch)
+        opts = PolicyOptions(intervals_per_epoch=cfg.intervals_per_epoch, percentile=cfg.percentile,
+                             threshold=cfg.threshold, signal=cfg.signal, patience=cfg.patience, learned=cfg.learned,
+                             max_new_blocks=cfg.max_new_blocks,
+                             warmup_steps=int(cfg.warmup_ratio * total_steps) if cfg.warmup_guard else 0,
+                             target_speedup=cfg.target_speedup, total_steps=total_steps or None, cached=cached)
+        return build_policy(cfg.policy or DEFAULT_POLICY, opts)
     raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")
 
 
@@ -209,20 +227,6 @@ _KILL_RANK = int(os.environ.get("AUTOFREEZE_TEST_KILL_RANK", "0"))
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
 
-def _save_checkpoint(path: str, state: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):
     fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.train), "max_length": cfg.max_length,
           "train_samples": cfg.train_samples}
@@ -259,15 +263,6 @@ def _from_rank0(obj, ctx: DistContext):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _write_json(path: str, obj) -> None:
-    import json
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 class _CostPlanner:
@@ -419,13 +414,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         # run without autograd (dynamo keeps a graph per variant)
         for blk in layout.blocks:
             blk.compile(backend=cfg.compile, dynamic=False)
-    policy = make_mode_policy(cfg.mode, cfg, num_blocks)
-    signals = []
-    if cfg.record_signals:
-        if isinstance(policy, NeverFreeze):
-            policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
-        probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True)
-        signals = [ParameterDisplacement(), ProbeDrift(probe), ProbeLoss(probe)]
+    policy = make_mode_policy(cfg.mode, cfg, num_blocks, total)
+    if cfg.record_signals and isinstance(policy, NeverFreeze):
+        policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
+    names = [*policy.signals, *(ALL_SIGNALS if cfg.record_signals else ())]
+    probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True) if set(names) & set(NEEDS_PROBE) else None
+    signals = make_signals(names, probe)
     ctl = FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=signals)
 
     if state is not None:
@@ -455,6 +449,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if state:
         prog["resumed_at"].append(prog["step"])
     prog.setdefault("losses", [])
+    prog.setdefault("depth_seconds", {})  # frozen depth at the step's start -> [seconds, steps]
     prog.setdefault("worker_seconds", 0.0)
     prog.setdefault("world_sizes", [])
     prog.setdefault("planner", [])
@@ -493,13 +488,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if not ctx.is_main:
                 return
         os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-        _save_checkpoint(ckpt_path, {
+        atomic_write(ckpt_path, functools.partial(torch.save, {
             "mode": cfg.mode, "run_id": run_id, "step": prog["step"], "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "controller": ctl.state_dict(),
             "sampler": sampler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "progress": prog,
             "packing": packing,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None})
+            "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None}),
+            binary=True)
 
     device_type = next(model.parameters()).device.type
     amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp, "bad")
@@ -560,6 +556,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if ctx.device.type != "cpu":
                 batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             t0 = time.perf_counter()
+            depth_at_start = ctl.frozen_depth
             if first_step:
                 prog["startups"].append({"step": prog["step"], "world_size": ctx.world_size,
                                          "startup_s": t0 - t_start})
@@ -612,6 +609,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
             prog["train_time"] += t3 - t0
             prog["epoch_time"] += t3 - t0
             prog["worker_seconds"] += (t3 - t0) * ctx.world_size
+            per_depth = prog["depth_seconds"].setdefault(str(depth_at_start), [0.0, 0])
+            per_depth[0] += t3 - t0
+            per_depth[1] += 1
             if ctx.world_size > 1:  # the global batch's loss (mean of the ranks' equal-sized batches)
                 import torch.distributed as dist
 
@@ -669,7 +669,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 if scale_request is not None:
                     checkpoint()
                     if ctx.is_main:
-                        _write_json(os.path.join(cfg.checkpoint_dir, "scale_request.json"), scale_request)
+                        atomic_json(os.path.join(cfg.checkpoint_dir, "scale_request.json"), scale_request)
                     log.info("planner: continuing on %d workers instead of %d (checkpoint at step %d); relaunch "
                              "with `autofreeze launch` or torchrun --nproc_per_node %d ... --resume",
                              scale_request["world_size"], ctx.world_size, step, scale_request["world_size"])
@@ -690,7 +690,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "steps": prog["step"], "steps_per_epoch": steps_per_epoch, "train_time_s": prog["train_time"],
         "epoch_times_s": prog["epoch_times"], "evals": evals, "best_accuracy": max(accs) if accs else None,
         "final_accuracy": accs[-1] if accs else None, "frozen_depth": prog["depth_trace"],
-        "controller_history": ctl.history, "phases_s": prog["phases"],
+        "controller_history": ctl.history, "policy": ctl.policy.describe(), "phases_s": prog["phases"],
         "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals}, "resumed_at_steps": prog["resumed_at"],
         "backend": backend_info(), "torch_threads": torch.get_num_threads(), "losses": prog["losses"],
         "worker_seconds": prog["worker_seconds"], "process_wall_s": time.perf_counter() - t_start,
@@ -698,6 +698,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "samples": prog["samples"], "batch_trace": prog["batch_trace"], "packer": prog.get("packer", []),
         "packer_memory": prog.get("packer_memory"),
         "planner_deadline_s": prog.get("deadline_s"), "micro_batches": prog.get("micro_batches", 0), "full_step_s": prog.get("full_step_s"),
+        "depth_seconds": prog["depth_seconds"],
         "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
                                                                       for u in prog["startups"]),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,

@@ -25,14 +25,18 @@ override ``compute_loss`` to call a :class:`~autofreeze_ext.FrozenPrefixRunner` 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
+from ._io import atomic_write
 from .controller import FreezeController
-from .policies import FreezePolicy, GradientNormTest
+from .policies import POLICIES, FreezePolicy, GradientNormTest, PolicyOptions, build_policy
+from .signals import NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -51,18 +55,30 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     """A ``transformers.TrainerCallback`` that freezes the blocks that stopped learning.
 
     Args:
-        policy: a :class:`~autofreeze_ext.FreezePolicy` (default: the paper's gradient-norm
-            test, 5 intervals per epoch, median).
+        policy: a :class:`~autofreeze_ext.FreezePolicy`, or a policy name from
+            :data:`~autofreeze_ext.policies.POLICIES` (``"stability"``, ``"gradient+guards"``,
+            ``"budget"``, ...), built when training begins with the Trainer's warm-up steps as
+            the warm-up guard and its total steps for a budget (default: the paper's
+            gradient-norm test, 5 intervals per epoch, median).
+        options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name
+            (e.g. ``PolicyOptions(target_speedup=2.0)``).
+        probe_samples: training samples in the probe batch of the probe signals a policy reads
+            (the first ones of the training set, collated by the Trainer's collator).
         **controller_kwargs: passed to :class:`~autofreeze_ext.FreezeController` (``blocks=``,
             ``embeddings=``, ``max_depth=`` ...).
 
     After training begins, :attr:`controller` is the live controller.
     """
 
-    def __init__(self, policy: Optional[FreezePolicy] = None, **controller_kwargs) -> None:
+    def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
+                 probe_samples: int = 64, **controller_kwargs) -> None:
         if _HF_ERROR:
             raise ImportError(_HF_ERROR)
+        if isinstance(policy, str) and policy.strip().lower() not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
         self.policy = policy if policy is not None else GradientNormTest()
+        self.options = options
+        self.probe_samples = probe_samples
         self.controller_kwargs = controller_kwargs
         self.controller: Optional[FreezeController] = None
         self._pending_state: Optional[dict] = None
@@ -77,14 +93,37 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                 steps_per_epoch = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
             except TypeError:  # iterable dataset without a length
                 steps_per_epoch = None
+        if isinstance(self.policy, str):
+            self.policy = build_policy(self.policy, self._options(args, state))
+        signals = make_signals(self.policy.signals, self._probe(train_dataloader, model)
+                               if set(self.policy.signals) & set(NEEDS_PROBE) else None)
         # attach=True: the controller runs in the inner optimizer's step post-hook, where the
         # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
         self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
-                                           attach=True, **self.controller_kwargs)
+                                           attach=True, signals=signals, **self.controller_kwargs)
         if self._pending_state is not None:
             self.controller.load_state_dict(self._pending_state)
             self._pending_state = None
             log.info("AutoFreezeCallback: resumed with %d frozen blocks", self.controller.frozen_depth)
+
+    def _options(self, args, state) -> PolicyOptions:
+        o = dataclasses.replace(self.options) if self.options is not None else PolicyOptions()
+        total = int(state.max_steps or 0)
+        o.warmup_steps = args.get_warmup_steps(total) if total and o.warmup_steps == 0 else o.warmup_steps
+        o.total_steps = o.total_steps or total or None
+        o.cached = False  # the Trainer runs the whole forward pass
+        return o
+
+    def _probe(self, loader, model) -> dict:
+        """The first ``probe_samples`` training samples, collated as the Trainer collates them."""
+        if loader is None or not hasattr(loader, "dataset"):
+            raise RuntimeError("AutoFreezeCallback: this policy reads probe signals and needs the Trainer's "
+                               "train dataloader (a map-style train_dataset)")
+        ds = loader.dataset
+        rows = [ds[i] for i in range(min(self.probe_samples, len(ds)))]
+        batch = loader.collate_fn(rows)
+        dev = next(model.parameters()).device
+        return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     def prepare_resume(self, model: torch.nn.Module, checkpoint: str) -> int:
         """Call before ``trainer.train(resume_from_checkpoint=checkpoint)``.
@@ -112,9 +151,8 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
-            tmp = os.path.join(folder, STATE_FILE + ".tmp")
-            torch.save(self.controller.state_dict(), tmp)
-            os.replace(tmp, os.path.join(folder, STATE_FILE))
+            atomic_write(os.path.join(folder, STATE_FILE), functools.partial(torch.save, self.controller.state_dict()),
+                         binary=True)
 
     def on_train_end(self, args, state, control, **kw):
         if self.controller is not None:

@@ -5,10 +5,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from autofreeze_ext import GradientNormTest, ScheduledFreeze  # noqa: E402
+from autofreeze_ext import GradientNormTest, ScheduledFreeze, StabilityPolicy  # noqa: E402
+from autofreeze_ext.policies import PolicyOptions  # noqa: E402
 from autofreeze_ext.hf import STATE_FILE, AutoFreezeCallback  # noqa: E402
 
 from models import tiny_bert  # noqa: E402
+
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 
 
 class DS(torch.utils.data.Dataset):
@@ -108,3 +111,38 @@ def test_updates_skipped_by_grad_scaler_are_not_counted(tmp_path):
     assert trainer.state.global_step == 12  # Trainer counts the skipped update too
     assert cb.controller.global_step == 11
     assert all(all(v is None or v == v and v < float("inf") for v in h["norms"]) for h in _intervals(cb.controller))
+
+
+def test_policy_by_name_reads_probe_signals_and_tells_its_story(tmp_path):
+    """A policy named as a string is built at train begin with the Trainer's warm-up as its
+    warm-up guard; its probe signals come from the first training samples through the Trainer's
+    collator; each interval's history says the signal, the threshold and what held a freeze."""
+    def run(learned):
+        model = tiny_bert(num_layers=4)
+        cb = AutoFreezeCallback("stability", options=PolicyOptions(threshold=0.5, patience=1, learned=learned),
+                                probe_samples=16)
+        trainer = make_trainer(tmp_path / str(learned), model, cb, epochs=4, accum=1)
+        trainer.args.warmup_steps = 6
+        trainer.train()
+        return cb.controller
+
+    ctl = run(learned=0.75)  # this tiny model does not beat the constant guess in 24 steps
+    assert isinstance(ctl.policy, StabilityPolicy) and ctl.policy.guards.warmup_steps == 6
+    ivs = _intervals(ctl)
+    assert all(isinstance(h["signals"]["probe_loss"], float) for h in ivs)
+    assert all(h["signals"]["probe_drift"][3] is not None for h in ivs[1:])
+    tested = [h for h in ivs if h.get("signal") == "probe_drift"]
+    assert len(tested) == len(ivs) - 1 and all(h["threshold"] == 0.5 for h in tested)
+    assert all(h["held_by"].startswith("warm-up") for h in tested if h["step"] < 6)
+    assert all(h["held_by"].startswith("not learning yet") for h in tested if h["step"] >= 6)
+    assert ctl.frozen_depth == 0 and min(h["signals"]["probe_loss"] for h in ivs) > 0.75
+    ctl = run(learned=None)  # without the learning guard it freezes right after the warm-up
+    freezes = [h for h in ctl.history if h["event"] == "freeze"]
+    assert freezes and freezes[0]["step"] == 6 and ctl.frozen_depth >= 2
+    steps = [h["step"] for h in freezes]
+    assert steps == sorted(set(steps))  # one block per interval
+
+
+def test_unknown_policy_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        AutoFreezeCallback("nope")

@@ -7,6 +7,8 @@ import pytest
 from autofreeze_ext.policies import (GradientNormTest, IntervalStats, NeverFreeze, ScheduledFreeze, StaticFreeze,
                                      make_policy, percentile)
 
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
+
 
 def stats(norms, frozen=0, step=10, max_depth=None):
     n = len(norms)

@@ -10,6 +10,8 @@ from autofreeze_ext.signals import ParameterDisplacement, ProbeDrift, ProbeLoss,
 
 from models import bert_batch, tiny_bert
 
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
+
 
 class _Ctl:  # the two attributes ParameterDisplacement reads
     def __init__(self, params):

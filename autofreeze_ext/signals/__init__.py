@@ -21,5 +21,6 @@ from .base import Signal
 from .displacement import ParameterDisplacement
 from .probe_drift import ProbeDrift, linear_cka
 from .probe_loss import ProbeLoss, prior_loss
+from .factory import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
-__all__ = ["ParameterDisplacement", "ProbeDrift", "ProbeLoss", "Signal", "linear_cka", "prior_loss"]
+__all__ = ["ALL_SIGNALS", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]

@@ -1,0 +1,33 @@
+"""Freezing policies: *when* to freeze how many leading blocks.
+
+A policy only decides; :class:`~autofreeze_ext.FreezeController` applies its decision. A
+policy returns the number of leading blocks that should be frozen (a prefix); the controller
+never unfreezes, so a smaller answer than the current depth changes nothing.
+
+* ``base``: the interface (:class:`FreezePolicy`, :class:`IntervalStats`, :class:`Decision`),
+  full fine-tuning, static and scheduled freezing.
+* ``gradient_test``: the paper's gradient-norm test, exactly; :class:`ObserveOnly`.
+* ``guards``: :class:`Guards` and :class:`AdaptivePolicy` (per-block test, patience, guards).
+* ``stability``: :class:`StabilityPolicy` (absolute per-block signal), :class:`GuardedGradientTest`.
+* ``budget``: :class:`SpeedBudget` (a stated speedup, freezing as late as it allows).
+* ``registry``: policies by name for the CLI and the Trainer callback.
+
+Writing a new policy::
+
+    class FreezeHalfAfter(FreezePolicy):
+        def __init__(self, step): self.step = step
+        def decide(self, s: IntervalStats) -> int:
+            return s.num_blocks // 2 if s.step >= self.step else s.frozen_depth
+"""
+from .base import (Decision, FreezePolicy, IntervalSchedule, IntervalStats, NeverFreeze, ScheduledFreeze,
+                   StaticFreeze, percentile, tiled_interval_ends)
+from .budget import SpeedBudget
+from .gradient_test import GradientNormTest, ObserveOnly
+from .guards import AdaptivePolicy, Guards
+from .registry import DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy
+from .stability import GuardedGradientTest, StabilityPolicy
+
+__all__ = ["AdaptivePolicy", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
+           "Guards", "IntervalSchedule", "IntervalStats", "NeverFreeze", "ObserveOnly", "POLICIES", "PolicyOptions",
+           "ScheduledFreeze", "SpeedBudget", "StabilityPolicy", "StaticFreeze", "build_policy", "make_policy",
+           "percentile", "tiled_interval_ends"]

@@ -1,0 +1,84 @@
+"""Policies by name, for the CLI, the Trainer callback and ``make_policy``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+from .base import FreezePolicy, NeverFreeze, StaticFreeze
+from .budget import SpeedBudget
+from .gradient_test import GradientNormTest
+from .guards import Guards
+from .stability import GuardedGradientTest, StabilityPolicy
+
+
+@dataclass
+class PolicyOptions:
+    """Every policy option the CLI exposes (None: the policy's own default)."""
+
+    intervals_per_epoch: int = 5
+    percentile: float = 50.0
+    threshold: Optional[float] = None
+    signal: str = "probe_drift"
+    patience: int = 2
+    learned: Optional[float] = 0.75
+    max_new_blocks: Optional[int] = 1
+    warmup_steps: int = 0
+    target_speedup: Optional[float] = None
+    total_steps: Optional[int] = None
+    cached: bool = True  #: the activation cache is on (the budget's model of a frozen block)
+
+    def guards(self) -> Guards:
+        return Guards(warmup_steps=self.warmup_steps, learned=self.learned, max_new_blocks=self.max_new_blocks,
+                      patience=self.patience)
+
+
+def _stability(o: PolicyOptions) -> StabilityPolicy:
+    kw = {} if o.threshold is None else {"threshold": o.threshold}
+    return StabilityPolicy(signal=o.signal, guards=o.guards(), intervals_per_epoch=o.intervals_per_epoch, **kw)
+
+
+def _budget(o: PolicyOptions) -> SpeedBudget:
+    if o.target_speedup is None or o.total_steps is None:
+        raise ValueError("policy 'budget' needs a target speedup (--target-speedup 2.0) and the run's total steps")
+    return SpeedBudget(o.target_speedup, o.total_steps, inner=_stability(o), frozen_cost=0.05 if o.cached else 0.35)
+
+
+#: name -> (builder, one line for --help)
+POLICIES: Dict[str, tuple] = {
+    "stability": (_stability, "a block freezes once its own probe-batch drift stays below --threshold "
+                              "(absolute; guards: warm-up, learning started, patience, one block per interval)"),
+    "gradient": (lambda o: GradientNormTest(o.percentile, o.intervals_per_epoch),
+                 "the paper's gradient-norm test, exactly (reproduction)"),
+    "gradient+guards": (lambda o: GuardedGradientTest(o.percentile, o.guards(), o.intervals_per_epoch),
+                        "the paper's test per block behind the guards"),
+    "budget": (_budget, "meet --target-speedup, freezing as late as it allows, in the order 'stability' suggests"),
+}
+#: the adaptive policy of ``--mode autofreeze`` when no ``--policy`` is given. It stays the paper's
+#: test until the policy sweep (BENCHMARKS.md, "Choosing the default policy") has chosen by its rule.
+DEFAULT_POLICY = "gradient"
+
+
+def build_policy(name: str, options: Optional[PolicyOptions] = None) -> FreezePolicy:
+    """The adaptive policy ``name`` (see :data:`POLICIES`) with ``options``."""
+    entry = POLICIES.get(name.strip().lower())
+    if entry is None:
+        raise ValueError(f"unknown policy {name!r}: choose one of {', '.join(POLICIES)}")
+    builder: Callable[[PolicyOptions], FreezePolicy] = entry[0]
+    return builder(options or PolicyOptions())
+
+
+def make_policy(spec: str) -> FreezePolicy:
+    """Policy from a short string: ``full``, ``static:K``, ``autofreeze`` (the default adaptive
+    policy) or a name from :data:`POLICIES`."""
+    spec = spec.strip().lower()
+    if spec in ("full", "never", "none"):
+        return NeverFreeze()
+    if spec.startswith("static:"):
+        return StaticFreeze(int(spec.split(":", 1)[1]))
+    if spec == "autofreeze":
+        return build_policy(DEFAULT_POLICY)
+    if spec == "gradnorm":
+        return GradientNormTest()
+    if spec in POLICIES:
+        return build_policy(spec)
+    raise ValueError(f"unknown policy {spec!r}: use 'full', 'static:K', 'autofreeze' or one of {', '.join(POLICIES)}")

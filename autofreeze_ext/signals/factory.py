@@ -1,0 +1,35 @@
+"""Build the signals a policy reads (and, to record a run, all of them) from a probe batch."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
+
+from torch import Tensor
+
+from .base import Signal
+from .displacement import ParameterDisplacement
+from .probe_drift import ProbeDrift
+from .probe_loss import ProbeLoss
+
+#: every signal by name; the probe ones need a probe batch of training samples (with labels)
+FACTORIES: Dict[str, Callable[[Optional[Mapping[str, Tensor]]], Signal]] = {
+    "displacement": lambda probe: ParameterDisplacement(),
+    "probe_drift": lambda probe: ProbeDrift(probe),
+    "probe_loss": lambda probe: ProbeLoss(probe),
+}
+ALL_SIGNALS = tuple(FACTORIES)
+NEEDS_PROBE = ("probe_drift", "probe_loss")
+
+
+def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None) -> List[Signal]:
+    """One signal object per distinct name (the controller's ``grad_norm`` is built in and
+    skipped). Raises ``ValueError`` for an unknown name or a probe signal without a probe."""
+    out = []
+    for name in dict.fromkeys(names):
+        if name == "grad_norm":
+            continue
+        if name not in FACTORIES:
+            raise ValueError(f"unknown signal {name!r}: available {', '.join(ALL_SIGNALS)}")
+        if name in NEEDS_PROBE and not probe:
+            raise ValueError(f"signal {name!r} needs a probe batch of training samples")
+        out.append(FACTORIES[name](probe))
+    return out
