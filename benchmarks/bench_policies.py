@@ -41,8 +41,12 @@ TASKS = {
 #: policy name -> (mode, extra CLI arguments). New policies are added here.
 POLICIES: Dict[str, tuple] = {
     "full": ("full", ["--record-signals"]),
-    "autofreeze": ("autofreeze", []),
-    "autofreeze+cache": ("autofreeze+cache", []),
+    "autofreeze": ("autofreeze", ["--policy", "gradient"]),
+    "autofreeze+cache": ("autofreeze+cache", ["--policy", "gradient"]),  # the paper's test
+    "gradient+guards+cache": ("autofreeze+cache", ["--policy", "gradient+guards"]),
+    "drift0.02+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.02"]),
+    "drift0.005+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.005"]),
+    "budget2x+cache": ("autofreeze+cache", ["--policy", "budget", "--target-speedup", "2.0"]),
 }
 
 
@@ -95,7 +99,7 @@ def sweep(args) -> None:
     todo = [(t, p, s) for s in args.seeds for t in args.tasks for p in args.policies
             if not os.path.exists(report_path(run_dir(args.out, t, p, s)))]
     print(f"{len(todo)} run(s) to do", flush=True)
-    cores = list(sorted(os.sched_getaffinity(0)))
+    cores = args.cores or list(sorted(os.sched_getaffinity(0)))
     running: Dict[int, tuple] = {}
     t_end = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
     while todo or running:
@@ -210,6 +214,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
+    ap.add_argument("--cores", type=lambda v: [int(c) for c in v.split(",")], default=None,
+                    help="cores to pin runs to, e.g. 1 (default: all this process may use); lets two sweeps share "
+                         "a machine")
     ap.add_argument("--max-hours", type=float, default=None, help="start no new run after this long")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "policies"))
     ap.add_argument("--summarize", action="store_true", help="only summarize the reports on disk")
