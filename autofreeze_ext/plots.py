@@ -1,5 +1,6 @@
-"""PNG plots of fine-tuning reports: dev accuracy vs training time, frozen depth vs step, and
-training time per phase for each mode."""
+"""PNG plots of fine-tuning reports: dev accuracy vs training time, frozen depth vs step,
+training time per phase for each mode, and the freezing story of the first adaptive run (the
+value each block was tested on per interval, the threshold, and which guard held a freeze)."""
 from __future__ import annotations
 
 from typing import List
@@ -11,7 +12,9 @@ def plot_reports(reports: List[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
+    story = next((r for r in reports if any("eta" in h and h["eta"] for h in r.get("controller_history", []))), None)
+    fig, axes = plt.subplots(1, 4 if story else 3, figsize=(21 if story else 16, 4.2))
+    ax1, ax2, ax3 = axes[:3]
     for r in reports:
         ev = r["evals"]
         ax1.plot([e["train_time_s"] for e in ev], [100 * e["accuracy"] for e in ev], marker="o", ms=3, label=r["mode"])
@@ -33,10 +36,40 @@ def plot_reports(reports: List[dict], path: str) -> str:
     ax3.set_xticks(range(len(reports)), [r["mode"] for r in reports], rotation=20, ha="right")
     ax3.set_ylabel("training time (s)")
     ax3.set_title("where the time goes")
-    for ax in (ax1, ax2, ax3):
+    if story:
+        _story(axes[3], story)
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}
+
+
+def _story(ax, report: dict) -> None:
+    """Per interval: each active block's tested value (log scale), the threshold, freezes
+    (vertical lines) and the guard that held a freeze back (coloured marks along the top)."""
+    ivs = [h for h in report["controller_history"] if h.get("event") == "interval" and h.get("eta")]
+    blocks = sorted({int(b) for h in ivs for b in h["eta"]})
+    for b in blocks:
+        pts = [(h["step"], h["eta"][b] if b in h["eta"] else h["eta"].get(str(b))) for h in ivs]
+        pts = [(x, y) for x, y in pts if y is not None and y > 0]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", ms=3, lw=1, label=f"block {b}")
+    ax.plot([h["step"] for h in ivs], [h["threshold"] for h in ivs], "k--", lw=1, label="threshold")
+    for h in report["controller_history"]:
+        if h.get("event") == "freeze":
+            ax.axvline(h["step"], color="grey", lw=0.8, alpha=0.6)
+    top = ax.get_ylim()[1] if ivs else 1.0
+    for name, color in GUARD_COLORS.items():
+        held = [h["step"] for h in ivs if name in (h.get("held_by") or h.get("forced") or "")]
+        if held:
+            ax.scatter(held, [top] * len(held), marker="v", color=color, s=18, label=f"held/forced: {name}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ivs[0].get("signal") or "eta (gradient-norm change)" if ivs else "value")
+    ax.set_title(f"why it froze: {report.get('policy', report['mode'])}"[:70], fontsize=9)

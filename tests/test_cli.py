@@ -229,3 +229,30 @@ def test_estimate_without_unfrozen_steps_says_so():
     rep.update(mode="autofreeze", frozen_depth=[{"step": 0, "depth": 0}, {"step": 4, "depth": 1}],
                depth_seconds={"0": [4.0, 4], "1": [3.0, 6]}, train_time_s=7.0)
     assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)
+
+
+def test_policy_option_runs_the_stability_policy_and_plots_its_story(tiny_ckpt, task, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "stability", "--threshold", "1",
+                         "--patience", "1", "--learned", "off", "--model", tiny_ckpt, "--train", task[0],
+                         "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
+                         "--intervals-per-epoch", "3", "--out", str(out), "--no-progress"], capsys)
+    assert rc == 0, stdout
+    rep = json.loads((out / "finetune_autofreeze_cache.json").read_text())
+    assert rep["policy"].startswith("StabilityPolicy(probe_drift<1,")
+    warmup = int(0.1 * rep["steps"])  # the LR warm-up is the warm-up guard
+    tested = [h for h in rep["controller_history"] if h.get("signal") == "probe_drift"]
+    assert tested and all(h["threshold"] == 1.0 for h in tested)
+    assert all(h["decided"] == 0 and h["held_by"].startswith("warm-up") for h in tested if h["step"] < warmup)
+    freezes = [h["step"] for h in rep["controller_history"] if h["event"] == "freeze"]
+    assert freezes and freezes[0] >= warmup and len(freezes) == len(set(freezes))  # one block per interval
+    assert set(rep["signal_seconds"]) == {"probe_drift"}  # --learned off: no probe-loss forward
+    assert (out / "finetune_autofreeze_cache.png").stat().st_size > 1000
+
+
+def test_policy_option_errors(tiny_ckpt, task, tmp_path, capsys):
+    rc, _, err = run(["finetune", "--policy", "budget", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
+                      "--no-progress", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "--target-speedup" in err
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", "--policy", "nope"])
