@@ -105,7 +105,7 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
         raise ValueError("--resume needs --checkpoint-dir")
 
     def sub(folder):  # one subfolder per mode when comparing
-        return os.path.join(folder, _slug(mode)) if folder and per_mode_dirs else folder
+        return os.path.join(folder, mode_slug(mode)) if folder and per_mode_dirs else folder
     return FinetuneConfig(train=args.train, dev=args.dev, model=args.model, mode=mode, epochs=args.epochs,
                           batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, seed=args.seed,
                           percentile=args.percentile, intervals_per_epoch=args.intervals_per_epoch,
@@ -122,7 +122,8 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           min_packing_gain=args.min_packing_gain, record_signals=args.record_signals,
                           policy=args.policy, threshold=args.threshold, signal=args.signal, patience=args.patience,
                           learned=args.learned, max_new_blocks=args.max_new_blocks,
-                          warmup_guard=not args.no_warmup_guard, target_speedup=args.target_speedup)
+                          warmup_guard=not args.no_warmup_guard, target_speedup=args.target_speedup,
+                          anneal_steps=args.anneal_steps, freeze_word_embeddings=args.freeze_word_embeddings)
 
 
 def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
@@ -146,6 +147,11 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
     g.add_argument("--no-warmup-guard", action="store_true", help="allow freezing during the LR warm-up")
     g.add_argument("--target-speedup", type=float, default=None,
                    help="policy budget: the training-time speedup over full fine-tuning to meet, e.g. 2.0")
+    g.add_argument("--anneal-steps", type=int, default=0, metavar="N",
+                   help="soft transition (any mode that freezes during training): a freeze's updates fade to zero "
+                        "over N optimizer steps before the blocks freeze (default 0: at once)")
+    g.add_argument("--freeze-word-embeddings", action="store_true",
+                   help="freeze the word embeddings from step 0 (about half of MiniLM's parameters)")
 
 
 def _off_or_float(v: str) -> Optional[float]:
@@ -156,8 +162,8 @@ def _off_or_int(v: str) -> Optional[int]:
     return None if v.lower() in ("off", "none") else int(v)
 
 
-def _slug(mode: str) -> str:
-    return mode.replace(":", "-").replace("+", "_")
+def mode_slug(mode: str) -> str:
+    return mode.replace(":", "-").replace("+", "_").replace("@", "at")
 
 
 def _print_phases(reports: List[dict]) -> None:
@@ -243,7 +249,7 @@ def _train(args, rank: int) -> int:
             _print_packing(report)
             report["estimate"] = estimate_full_time(report)
             print("\n".join(estimate_lines(report)))
-            _write(args, f"finetune_{_slug(args.mode)}", [report])
+            _write(args, f"finetune_{mode_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             reports = [finetune(_config(args, m, per_mode_dirs=True)) for m in modes]

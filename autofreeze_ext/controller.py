@@ -14,6 +14,7 @@ from torch import nn
 from .adapters import BlockLayout, ModuleOrList, resolve_layout
 from .policies import FreezePolicy, GradientNormTest, IntervalStats
 from .signals import Signal
+from .soft_freeze import SoftFreeze
 from .stats import GradientStatistics
 
 log = logging.getLogger("autofreeze_ext")
@@ -67,13 +68,17 @@ class FreezeController:
             each interval (e.g. ``ParameterDisplacement()``, ``ProbeDrift(probe_batch)``); a
             policy that reads a signal (its ``signals`` attribute) needs it here. Their values
             go to the policy (``IntervalStats.signals``) and to :attr:`history`.
+        anneal_steps: soft transition (needs ``attach=True``): when the policy decides to
+            freeze, the blocks' updates first fade to zero over this many optimizer steps
+            (:class:`~autofreeze_ext.soft_freeze.SoftFreeze`), then they freeze; decisions
+            taken meanwhile wait. 0 (default): freeze at once.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: Optional[FreezePolicy] = None,
                  *, blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
                  steps_per_epoch: Optional[int] = None, max_depth: Optional[int] = None, attach: bool = True,
                  grad_scaler=None, verify_order: bool = True, process_group="auto",
-                 signals: Optional[List[Signal]] = None) -> None:
+                 signals: Optional[List[Signal]] = None, anneal_steps: int = 0) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
@@ -114,6 +119,13 @@ class FreezeController:
             for i, blk in enumerate(self.layout.blocks):
                 self._order_hooks.append(blk.register_forward_pre_hook(self._make_order_hook(i)))
         self._step_hook = optimizer.register_step_post_hook(self._after_optimizer_step) if attach else None
+        self.soft: Optional[SoftFreeze] = None
+        self._pre_hook = None
+        if anneal_steps:
+            if not attach:
+                raise ValueError("anneal_steps needs attach=True (the controller scales updates around opt.step())")
+            self.soft = SoftFreeze(anneal_steps)
+            self._pre_hook = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.soft.before_step())
         if grad_scaler is not None and attach:
             warnings.warn("grad_scaler= is only needed with attach=False: the optimizer hook already skips "
                           "steps that GradScaler skipped", stacklevel=2)
@@ -152,6 +164,10 @@ class FreezeController:
     def _step(self) -> int:
         self.global_step += 1
         self.interval_steps += 1
+        if self.soft is not None and self.soft.active:
+            target = self.soft.after_step()
+            if target is not None:
+                self.freeze_to(target, reason=f"annealed over {self.soft.steps} steps")
         if self._order_hooks:
             self._verify_order()
         end = self.policy.is_interval_end(self._policy_step(), self.steps_per_epoch)
@@ -239,6 +255,9 @@ class FreezeController:
         if self._step_hook is not None:
             self._step_hook.remove()
             self._step_hook = None
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
         self._remove_order_hooks()
 
     def state_dict(self) -> dict:
@@ -249,6 +268,7 @@ class FreezeController:
                 "num_blocks": self.num_blocks, "policy": self.policy.state_dict(),
                 "stats": self.stats.state_dict() if self.stats is not None else None,
                 "signals": {sig.name: sig.state_dict() for sig in self.signals},
+                "soft": self.soft.state_dict() if self.soft is not None else None,
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -270,6 +290,10 @@ class FreezeController:
             if sig.name in saved:
                 sig.load_state_dict(saved[sig.name])
         self.history = list(state["history"])
+        soft = state.get("soft")
+        if self.soft is not None and soft and soft.get("target") is not None:
+            t = int(soft["target"])
+            self.soft.start([p for b in range(self.frozen_depth, t) for p in self._block_params[b]], t, soft["done"])
         self._remove_order_hooks()
 
     # ------------------------------------------------------------------ internals
@@ -339,7 +363,15 @@ class FreezeController:
             log.info("autofreeze: step %d interval: %s {%s} threshold %.3g -> depth %d%s", self.global_step,
                      entry.get("signal", "eta"), etas, entry["threshold"], entry["decided"], f" ({why})" if why else "")
         if depth > self.frozen_depth:
+            self._freeze_or_anneal(depth)
+
+    def _freeze_or_anneal(self, depth: int) -> None:
+        if self.soft is None:
             self.freeze_to(depth, reason=self.policy.describe())
+        elif not self.soft.active:
+            self.soft.start([p for b in range(self.frozen_depth, depth) for p in self._block_params[b]], depth)
+            self.history.append({"event": "anneal", "step": self.global_step, "epoch": self._epoch(),
+                                 "from": self.frozen_depth, "to": depth, "steps": self.soft.steps})
 
     def _check_signals(self) -> None:
         have = {sig.name for sig in self.signals}

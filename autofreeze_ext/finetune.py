@@ -28,13 +28,14 @@ from .planner import ThroughputModel
 from .adapters import resolve_layout
 from .data import ShardedBatchSampler
 from .distributed import DistContext, FreezingDDP, all_reduce_sum, init_from_env, time_allreduce
-from .policies import (DEFAULT_POLICY, FreezePolicy, NeverFreeze, ObserveOnly, PolicyOptions, StaticFreeze, build_policy,
+from .policies import (DEFAULT_POLICY, FreezePolicy, NeverFreeze, ObserveOnly, PolicyOptions, ScheduledFreeze,
+                       StaticFreeze, build_policy,
                        tiled_interval_ends)
 from .signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
-MODES_HELP = "full | static:K | autofreeze | autofreeze+cache"
+MODES_HELP = "full | static:K | static:K@STEP | autofreeze | autofreeze+cache"
 
 
 class ModelError(ValueError):
@@ -106,6 +107,8 @@ class FinetuneConfig:
     max_new_blocks: Optional[int] = 1  # guard: more blocks per interval at most (None: no cap)
     warmup_guard: bool = True  # guard: no freeze during the LR warm-up
     target_speedup: Optional[float] = None  # policy budget: the speedup to meet
+    anneal_steps: int = 0  # soft transition: a freeze's updates fade to zero over this many steps first
+    freeze_word_embeddings: bool = False  # the word embeddings (half of MiniLM) frozen from step 0
 
 
 def default_model_path() -> str:
@@ -159,12 +162,16 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_step
     if m == "full":
         return NeverFreeze()
     if m.startswith("static:"):
-        k = m.split(":", 1)[1]
+        k, _, at = m.split(":", 1)[1].partition("@")
         k = {"half": num_blocks // 2, "all": num_blocks}.get(k, k)
         try:
-            return StaticFreeze(int(k))
+            k, at = int(k), int(at) if at else 0
+            if not 0 <= k <= num_blocks or at < 0:
+                raise ValueError
         except ValueError:
-            raise ValueError(f"mode {mode!r}: K must be an integer, 'half' or 'all'") from None
+            raise ValueError(f"mode {mode!r}: K must be an integer in [0, {num_blocks}], 'half' or 'all', and "
+                             "STEP (static:K@STEP: K blocks freeze once STEP optimizer steps are done) >= 0") from None
+        return ScheduledFreeze([(at, k)]) if at else StaticFreeze(k)
     if m == "autofreeze":
         opts = PolicyOptions(intervals_per_epoch=cfg.intervals_per_epoch, percentile=cfg.percentile,
                              threshold=cfg.threshold, signal=cfg.signal, patience=cfg.patience, learned=cfg.learned,
@@ -378,6 +385,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     model_path = cfg.model or default_model_path()
     model, tok = load_model_and_tokenizer(model_path, num_labels)
     model.to(ctx.device)
+    if cfg.freeze_word_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     if ctx.distributed:  # same initial weights on every rank, different dropout masks
         torch.manual_seed(cfg.seed * 7919 + ctx.rank)
     train = encode(train_task, tok, cfg.max_length)
@@ -420,7 +429,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     names = [*policy.signals, *(ALL_SIGNALS if cfg.record_signals else ())]
     probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True) if set(names) & set(NEEDS_PROBE) else None
     signals = make_signals(names, probe)
-    ctl = FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=signals)
+    ctl = FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=signals,
+                           anneal_steps=cfg.anneal_steps)
 
     if state is not None:
         if state["mode"] != cfg.mode:

@@ -30,6 +30,8 @@ from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from autofreeze_ext.cli import mode_slug  # noqa: E402
+
 DATA = os.environ.get("AUTOFREEZE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 
 #: development tasks: (train file, train rows used, dev file)
@@ -47,7 +49,28 @@ POLICIES: Dict[str, tuple] = {
     "drift0.02+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.02"]),
     "drift0.005+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.005"]),
     "budget2x+cache": ("autofreeze+cache", ["--policy", "budget", "--target-speedup", "2.0"]),
+    "drift0.02+anneal+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.02",
+                                                    "--anneal-steps", "25"]),
+    "drift0.02+frozen-emb+cache": ("autofreeze+cache", ["--policy", "stability", "--threshold", "0.02",
+                                                        "--freeze-word-embeddings"]),
+    "frozen-emb": ("full", ["--freeze-word-embeddings"]),
+    # budget-matched static schedule: all blocks train until step s, then only the top block, with
+    # the same mean number of active blocks as MATCHED's run on the same task and seed
+    "matched-static+cache": (None, []),
 }
+MATCHED = "drift0.02+cache"
+
+
+def matched_mode(out: str, task: str, seed: int) -> Optional[str]:
+    """``static:(n-1)@s+cache`` with the mean active blocks of MATCHED's run, or None before it ran."""
+    path = report_path(run_dir(out, task, MATCHED, seed))
+    if not os.path.exists(path):
+        return None
+    r = json.load(open(path))
+    n, total, trace = r["num_blocks"], r["steps"], r["frozen_depth"]
+    active = sum((n - a["depth"]) * (b["step"] - a["step"]) for a, b in zip(trace, trace[1:])) / total
+    s = round(total * (active - 1) / (n - 1))
+    return f"static:{n - 1}@{max(1, min(total, s))}+cache"
 
 
 def run_dir(out: str, task: str, policy: str, seed: int) -> str:
@@ -57,6 +80,8 @@ def run_dir(out: str, task: str, policy: str, seed: int) -> str:
 def command(task: str, policy: str, seed: int, d: str, args) -> List[str]:
     train, n, dev = TASKS[task]
     mode, extra = POLICIES[policy]
+    if mode is None:
+        mode = matched_mode(args.out, task, seed)
     ck = os.path.join(d, "ck")
     cmd = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", mode,
            "--train", os.path.join(DATA, train), "--dev", os.path.join(DATA, dev), "--train-samples", str(n),
@@ -83,8 +108,8 @@ def launch(task, policy, seed, core, args) -> subprocess.Popen:
 
 def finish(task, policy, seed, proc, args) -> None:
     d = run_dir(args.out, task, policy, seed)
-    mode = POLICIES[policy][0]
-    produced = os.path.join(d, f"finetune_{mode.replace(':', '-').replace('+', '_')}.json")
+    mode = POLICIES[policy][0] or matched_mode(args.out, task, seed)
+    produced = os.path.join(d, f"finetune_{mode_slug(mode)}.json")
     if proc.returncode != 0 or not os.path.exists(produced):
         print(f"  {task}/{policy}/seed{seed}: failed (exit {proc.returncode}); see {d}/log.txt", flush=True)
         return
@@ -104,11 +129,17 @@ def sweep(args) -> None:
     t_end = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
     while todo or running:
         while todo and len(running) < args.jobs and time.time() < t_end:
+            ready = [k for k, (t, p, s) in enumerate(todo)
+                     if POLICIES[p][0] is not None or matched_mode(args.out, t, s) is not None]
+            if not ready:  # only matched schedules whose reference run has not finished yet
+                break
             core = next(c for c in cores if c not in running) if args.jobs <= len(cores) else None
-            t, p, s = todo.pop(0)
+            t, p, s = todo.pop(ready[0])
             print(f"  start {t}/{p}/seed{s} on core {core}", flush=True)
             running[core] = (t, p, s, launch(t, p, s, core, args))
         if not running:
+            if todo:
+                print(f"  {len(todo)} matched run(s) wait for {MATCHED} runs that are not in this sweep", flush=True)
             break
         time.sleep(5)
         for core, (t, p, s, proc) in list(running.items()):

@@ -139,7 +139,8 @@ def test_cache_mode_reports_hits_and_phases(tiny_ckpt, task, tmp_path, capsys):
         assert set(r["phases_s"]) == {"prefix_forward", "suffix_forward", "backward", "optimizer", "statistics",
                                       "cache_io"}
         assert sum(r["phases_s"].values()) == pytest.approx(r["train_time_s"], rel=1e-6)
-    assert cached["phases_s"]["prefix_forward"] < plain["phases_s"]["prefix_forward"]
+    # (that epochs 2-3 skip the prefix is the hit count above: every sample read, none recomputed;
+    # comparing prefix-forward *times* here flaked under load, and timings belong in benchmarks)
     assert "prefix forward" in stdout
 
 
@@ -256,3 +257,19 @@ def test_policy_option_errors(tiny_ckpt, task, tmp_path, capsys):
     assert rc == 2 and "--target-speedup" in err
     with pytest.raises(SystemExit):
         cli.main(["finetune", "--policy", "nope"])
+
+
+def test_scheduled_static_mode_soft_freeze_and_frozen_word_embeddings(tiny_ckpt, task, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, err = run(["finetune", "--mode", "static:3@6+cache", "--anneal-steps", "2",
+                           "--freeze-word-embeddings", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
+                           "--epochs", "2", "--batch-size", "8", "--max-length", "12", "--out", str(out),
+                           "--no-progress", "--no-plot"], capsys)
+    assert rc == 0, err
+    rep = json.loads((out / "finetune_static-3at6_cache.json").read_text())
+    events = [(h["event"], h["step"]) for h in rep["controller_history"] if h["event"] in ("anneal", "freeze")]
+    assert events == [("anneal", 6), ("freeze", 8)]  # decided at step 6, faded over 2 steps
+    assert rep["frozen_depth"][-1]["depth"] == 3 and rep["policy"].startswith("ScheduledFreeze")
+    rc, _, err = run(["finetune", "--mode", "static:9@2", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
+                      "--no-progress", "--out", str(out)], capsys)
+    assert rc == 2 and "static:K@STEP" in err

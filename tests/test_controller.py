@@ -440,3 +440,38 @@ def test_compiled_and_reference_backends_take_the_same_decisions(monkeypatch):
         got = [v for v in a["norms"] if v is not None]
         want = [v for v in b["norms"] if v is not None]
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_soft_freeze_fades_the_update_then_freezes():
+    """anneal_steps=4: the decision at step 2 scales block 0's updates by 3/4, 1/2, 1/4, 0 on
+    steps 3-6, then freezes it; plain SGD makes the scaled update exactly checkable."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    m_soft, opt_soft, ctl = blocknet_ctl(ScheduledFreeze([(2, 1)]), opt_cls=torch.optim.SGD, anneal_steps=4)
+    m_hard = copy.deepcopy(m_soft)
+    opt_hard = torch.optim.SGD(m_hard.parameters(), lr=1e-2)
+    for _ in range(2):
+        train_step(m_soft, opt_soft, x, y)
+        train_step(m_hard, opt_hard, x, y)
+    assert ctl.frozen_depth == 0 and ctl.soft.active
+    assert [h["event"] for h in ctl.history if h["event"] != "interval"] == ["anneal"]
+    blk_soft, blk_hard = m_soft.blocks[0][0].weight, m_hard.blocks[0][0].weight
+    before = blk_soft.detach().clone()
+    train_step(m_soft, opt_soft, x, y)
+    train_step(m_hard, opt_hard, x, y)  # same weights, same batch: the same raw update
+    torch.testing.assert_close(blk_soft - before, 0.75 * (blk_hard - before))
+    for _ in range(2):
+        train_step(m_soft, opt_soft, x, y)
+    assert ctl.frozen_depth == 0
+    w5 = blk_soft.detach().clone()
+    train_step(m_soft, opt_soft, x, y)  # step 6: scale 0, then frozen
+    assert torch.equal(blk_soft, w5) and ctl.frozen_depth == 1
+    freeze = [h for h in ctl.history if h["event"] == "freeze"]
+    assert freeze[0]["step"] == 6 and freeze[0]["reason"] == "annealed over 4 steps"
+    state = ctl.state_dict()
+    assert state["soft"] == {"target": None, "done": 4}
+
+
+def test_soft_freeze_needs_the_optimizer_hook():
+    with pytest.raises(ValueError, match="attach=True"):
+        blocknet_ctl(ScheduledFreeze([(2, 1)]), attach=False, anneal_steps=3)

@@ -105,3 +105,27 @@ def test_policy_reading_a_missing_signal_is_a_clear_error():
 def test_probe_loss_needs_labels():
     with pytest.raises(ValueError, match="labels"):
         ProbeLoss({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
+
+
+def test_probe_signals_from_make_signals_share_one_forward_per_interval():
+    from autofreeze_ext.signals import make_signals
+
+    def run(signals):
+        model = tiny_bert()
+        calls = []
+        model.register_forward_hook(lambda *a: calls.append(1))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        batch = bert_batch(n=16)
+        ctl = FreezeController(model, opt, ObserveOnly(interval_steps=5), signals=signals(batch))
+        torch.manual_seed(1)
+        _train(model, opt, batch, 20)
+        return [e["signals"] for e in ctl.history if e["event"] == "interval"], len(calls) - 20
+
+    shared, n_shared = run(lambda b: make_signals(["probe_drift", "probe_loss"], b))
+    apart, n_apart = run(lambda b: [ProbeDrift(b), ProbeLoss(b)])
+    assert n_shared == 4 and n_apart == 8  # 4 intervals: one probe forward each instead of two
+    assert shared == apart  # the same values either way
+    with pytest.raises(ValueError, match="needs a probe batch"):
+        make_signals(["probe_drift"])
+    with pytest.raises(ValueError, match="unknown signal"):
+        make_signals(["nope"], bert_batch(n=2))

@@ -19,8 +19,9 @@ replayed offline against any policy.
 """
 from .base import Signal
 from .displacement import ParameterDisplacement
+from .probe import ProbeForward
 from .probe_drift import ProbeDrift, linear_cka
 from .probe_loss import ProbeLoss, prior_loss
 from .factory import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
-__all__ = ["ALL_SIGNALS", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]
+__all__ = ["ALL_SIGNALS", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .base import Signal
 from .displacement import ParameterDisplacement
+from .probe import ProbeForward
 from .probe_drift import ProbeDrift
 from .probe_loss import ProbeLoss
 
@@ -24,6 +25,7 @@ def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = N
     """One signal object per distinct name (the controller's ``grad_norm`` is built in and
     skipped). Raises ``ValueError`` for an unknown name or a probe signal without a probe."""
     out = []
+    shared = ProbeForward(probe) if probe else None  # one probe forward per interval for all of them
     for name in dict.fromkeys(names):
         if name == "grad_norm":
             continue
@@ -31,5 +33,5 @@ def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = N
             raise ValueError(f"unknown signal {name!r}: available {', '.join(ALL_SIGNALS)}")
         if name in NEEDS_PROBE and not probe:
             raise ValueError(f"signal {name!r} needs a probe batch of training samples")
-        out.append(FACTORIES[name](probe))
+        out.append(FACTORIES[name](shared))
     return out

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .base import Signal
+from .probe import ProbeForward, as_forward
 
 
 def prior_loss(labels: Tensor) -> float:
@@ -27,7 +28,8 @@ class ProbeLoss(Signal):
     frequencies, e.g. a model still predicting the majority class; 0.0: perfect).
 
     Measured at each interval end with one no-grad forward of the probe batch in eval mode
-    (no dropout, no random numbers drawn, so training is unchanged). It is the "has the model
+    (no dropout, no random numbers drawn, so training is unchanged), the same forward as
+    :class:`ProbeDrift`'s when both are built on one :class:`ProbeForward`. It is the "has the model
     started learning?" guard of :class:`~autofreeze_ext.StabilityPolicy`: it carves its
     samples from the training data, never from the dev set. ``interval_end`` returns one float,
     not one value per block.
@@ -40,29 +42,20 @@ class ProbeLoss(Signal):
     name = "probe_loss"
     per_block = False
 
-    def __init__(self, probe: Mapping[str, Tensor]) -> None:
+    def __init__(self, probe: Union[Mapping[str, Tensor], ProbeForward]) -> None:
         super().__init__()
-        if not probe or "labels" not in probe:
+        self.forward = as_forward(probe)
+        if "labels" not in self.forward.probe:
             raise ValueError("ProbeLoss needs a probe batch with 'labels' (a dict of model inputs)")
-        self.probe = dict(probe)
-        self.prior = prior_loss(self.probe["labels"])
+        self.prior = prior_loss(self.forward.probe["labels"])
         self._ctl = None
 
     def bind(self, controller) -> None:
         self._ctl = controller
 
-    @torch.no_grad()
     def loss(self) -> float:
-        model = self._ctl.model
-        dev = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            out = model(**{k: v.to(dev) for k, v in self.probe.items()})
-        finally:
-            model.train(was_training)
-        loss = out.loss if hasattr(out, "loss") else out[0]
-        return float(loss)
+        """The model's loss on the probe batch now (shares the interval's probe forward)."""
+        return self.forward.run(self._ctl, [])[1]
 
     def interval_end(self, active: Sequence[int]) -> Optional[float]:  # type: ignore[override]
         loss = self.loss()

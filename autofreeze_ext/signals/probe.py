@@ -1,0 +1,68 @@
+"""The probe batch's forward pass, shared by the probe signals (one per interval end)."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+
+class ProbeForward:
+    """Runs the model once per interval end on a fixed probe batch of training samples: no
+    gradients, eval mode (no dropout, no random numbers drawn, so training is unchanged).
+    Collects the outputs of the requested blocks (padding tokens dropped) and, when the probe
+    has ``labels``, the model's loss. :class:`ProbeDrift` and :class:`ProbeLoss` built on the
+    same object share that one forward pass."""
+
+    def __init__(self, probe: Mapping[str, Tensor]) -> None:
+        if not probe:
+            raise ValueError("the probe signals need a probe batch: a dict of model inputs")
+        self.probe = dict(probe)
+        self._key: Optional[int] = None
+        self._outs: Dict[int, Tensor] = {}
+        self._loss: Optional[float] = None
+
+    def run(self, ctl, blocks: Sequence[int]) -> Tuple[Dict[int, Tensor], Optional[float]]:
+        """``(block -> [tokens, hidden] output, loss or None)`` at the controller's current step."""
+        if self._key == ctl.global_step and set(blocks) <= set(self._outs):
+            return self._outs, self._loss
+        self._outs, self._loss = self._forward(ctl, blocks)
+        self._key = ctl.global_step
+        return self._outs, self._loss
+
+    @torch.no_grad()
+    def _forward(self, ctl, blocks: Sequence[int]) -> Tuple[Dict[int, Tensor], Optional[float]]:
+        model = ctl.model
+        dev = next(model.parameters()).device
+        inputs = {k: v.to(dev) for k, v in self.probe.items()}
+        mask = inputs.get("attention_mask")
+        keep = mask.reshape(-1).bool() if mask is not None else None
+        outs: Dict[int, Tensor] = {}
+
+        def hook_for(b):
+            def hook(module, args, output):
+                h = output[0] if isinstance(output, (tuple, list)) else output
+                h = h.reshape(-1, h.shape[-1]) if h.dim() > 2 else h
+                if keep is not None and h.shape[0] == keep.shape[0]:
+                    h = h[keep]
+                outs[b] = h.float().cpu()
+            return hook
+
+        handles = [ctl.layout.blocks[b].register_forward_hook(hook_for(b)) for b in blocks]
+        was_training = model.training
+        model.eval()
+        try:
+            out = model(**inputs)
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        loss = None
+        if "labels" in inputs:
+            loss = out.loss if hasattr(out, "loss") else out[0]
+            loss = float(loss)
+        return outs, loss
+
+
+def as_forward(probe: Union[Mapping[str, Tensor], ProbeForward]) -> ProbeForward:
+    return probe if isinstance(probe, ProbeForward) else ProbeForward(probe)
