@@ -76,11 +76,15 @@ def hf_layout(model: nn.Module) -> Optional[BlockLayout]:
                 raise UnsupportedModelError(
                     f"{type(model).__name__} shares parameters between its layers (ALBERT-style); "
                     "freezing a prefix of shared layers is not defined")
-            trunk = [emb, *layers]
+            # ELECTRA projects the embeddings to the hidden size before the first layer: that
+            # projection belongs to the stem (frozen with it), not to the head
+            proj = getattr(c, "embeddings_project", None)
+            stem = [emb, *([proj] if isinstance(proj, nn.Module) else [])]
+            trunk = [*stem, *layers]
             head = [m for m in _head_of(c, trunk)]
             if c is not model:
                 head += _head_of(model, [c])
-            return BlockLayout(blocks=list(layers), embeddings=[emb], head=head, kind=f"huggingface:{type(c).__name__}")
+            return BlockLayout(blocks=list(layers), embeddings=stem, head=head, kind=f"huggingface:{type(c).__name__}")
     return None
 
 

@@ -21,7 +21,7 @@ from .data import DataError
 from .cache import CacheError
 from .estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
-from .finetune import COMPARE_HEADERS, MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_table, finetune
+from .training import COMPARE_HEADERS, MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_table, finetune
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -196,7 +196,8 @@ def _write(args, name: str, reports: List[dict]) -> None:
         print(f"plot:   {plot_reports(reports, os.path.join(args.out, f'{name}.png'))}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, parts=None) -> int:
+    """The ``autofreeze`` command; ``parts``: extra training-loop parts (tests install fault injection)."""
     ap = argparse.ArgumentParser(prog="autofreeze", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -230,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        rc = _train(args, rank)
+        rc = _train(args, rank, parts)
     finally:
         torn_down = _shutdown_distributed(sys.exc_info()[0] is None)
     if torn_down:  # a torchrun worker that finished: leave before interpreter finalization
@@ -238,10 +239,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return rc
 
 
-def _train(args, rank: int) -> int:
+def _train(args, rank: int, parts=None) -> int:
     try:
         if args.cmd == "finetune":
-            report = finetune(_config(args, args.mode))
+            report = finetune(_config(args, args.mode), parts)
             if rank != 0:
                 return 0
             print_table(COMPARE_HEADERS, compare_table([report]))
@@ -252,7 +253,7 @@ def _train(args, rank: int) -> int:
             _write(args, f"finetune_{mode_slug(args.mode)}", [report])
         else:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-            reports = [finetune(_config(args, m, per_mode_dirs=True)) for m in modes]
+            reports = [finetune(_config(args, m, per_mode_dirs=True), parts) for m in modes]
             if rank != 0:
                 return 0
             print_table(COMPARE_HEADERS, compare_table(reports))

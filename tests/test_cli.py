@@ -8,6 +8,7 @@ from autofreeze_ext import cli
 
 pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 
+CRASH_CLI = str(__import__("pathlib").Path(__file__).parent / "crash_cli.py")  # the CLI with a KillAt part
 WORDS = "good bad great awful fine poor nice terrible film movie plot acting was is the a very not".split()
 
 
@@ -172,9 +173,9 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
             "--no-cost-model", "--cache-memory", "0", "--threads", "1"]
 
     def go(name, extra, kill_at=None):
-        env = dict(os.environ, AUTOFREEZE_TEST_KILL_AT_STEP=str(kill_at or 0))
-        return subprocess.run(args + ["--out", str(tmp_path / name), "--cache-dir", str(tmp_path / f"c_{name}")]
-                              + extra, cwd=tmp_path, env=env, capture_output=True, text=True)
+        cmd = args if not kill_at else [sys.executable, CRASH_CLI, "--kill-at", str(kill_at), "--", *args[3:]]
+        return subprocess.run(cmd + ["--out", str(tmp_path / name), "--cache-dir", str(tmp_path / f"c_{name}")]
+                               + extra, cwd=tmp_path, capture_output=True, text=True)
 
     ref = go("ref", [])
     assert ref.returncode == 0, ref.stderr

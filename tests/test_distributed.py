@@ -169,12 +169,17 @@ def setup(tmp_path_factory):
                                "--no-progress", "--no-plot", "--threads", "1"]}
 
 
-def launch(setup, name, args, nproc=None, env=None, max_restarts=0):
+CRASH_CLI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_cli.py")  # the CLI + a KillAt part
+
+
+def launch(setup, name, args, nproc=None, env=None, max_restarts=0, kill=()):
+    """The CLI (under torchrun with ``nproc``); ``kill``: crash_cli.py options before ``--``."""
     out = setup["dir"] / name
-    cmd = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", *setup["args"], *args, "--out", str(out)]
+    entry = [CRASH_CLI, *kill, "--"] if kill else ["-m", "autofreeze_ext.cli"]
+    cmd = [sys.executable, *entry, "finetune", *setup["args"], *args, "--out", str(out)]
     if nproc:
-        cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                    "--max-restarts", str(max_restarts), "-m", "autofreeze_ext.cli"]
+        cmd[1:1 + len(entry)] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                                 "--max-restarts", str(max_restarts), *entry]
     p = subprocess.run(cmd, cwd=setup["dir"], env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
                        capture_output=True, text=True, timeout=300)
     return p, out
@@ -229,8 +234,7 @@ def test_killed_worker_is_restarted_from_the_checkpoint(setup):
           "--resume"]
     full, out_full = launch(setup, "nokill", ["--mode", "autofreeze"], nproc=2)
     assert full.returncode == 0, full.stderr
-    p, out = launch(setup, "kill", ck, nproc=2, max_restarts=1,
-                    env={"AUTOFREEZE_TEST_KILL_AT_STEP": "13", "AUTOFREEZE_TEST_KILL_RANK": "1"})
+    p, out = launch(setup, "kill", ck, nproc=2, max_restarts=1, kill=["--kill-at", "13", "--kill-rank", "1"])
     assert p.returncode == 0, p.stderr
     assert "SIGKILL" in p.stderr or "Signal 9" in p.stderr or "exitcode: -9" in p.stderr
     a, b = report(out_full, "autofreeze"), report(out, "autofreeze")
@@ -345,10 +349,14 @@ def test_elastic_membership_survives_a_lost_node(setup, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc_per_node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-test",
-           "--rdzv-conf", "join_timeout=60,last_call_timeout=2,close_timeout=5", "--max-restarts", "2",
+           # last_call 15 s: under load the second agent must still join the first round (an agent
+           # that arrives after it forms waits for a re-rendezvous that timed out on this machine)
+           "--rdzv-conf", "join_timeout=120,last_call_timeout=15,close_timeout=5", "--max-restarts", "2",
            "--monitor-interval", "0.5", "-m", "autofreeze_ext.cli", "finetune", *setup["args"],
            "--mode", "autofreeze", "--checkpoint-dir", str(ck), "--checkpoint-every", "3", "--resume",
            "--out", str(out)]
+    lost_cmd = [*cmd[:cmd.index("-m", 3)], CRASH_CLI, "--kill-at", "9", "--kill-agent", "--",
+                *cmd[cmd.index("-m", 3) + 2:]]  # the same agent whose worker kills it at step 9
     env = dict(os.environ, OMP_NUM_THREADS="1")
     host = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import time
@@ -360,7 +368,7 @@ def test_elastic_membership_survives_a_lost_node(setup, tmp_path):
             break
         except OSError:
             time.sleep(0.2)
-    lost = subprocess.Popen(cmd, cwd=tmp_path, env=dict(env, AUTOFREEZE_TEST_KILL_AGENT_AT_STEP="9"),
+    lost = subprocess.Popen(lost_cmd, cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lost_out, _ = lost.communicate(timeout=240)
@@ -369,7 +377,7 @@ def test_elastic_membership_survives_a_lost_node(setup, tmp_path):
         for p in (host, lost):
             if p.poll() is None:
                 p.kill()
-    assert lost.returncode == -9, lost_out[-3000:]
+    assert lost.returncode == -9, "lost agent:\n" + lost_out[:2500] + "\nhost agent:\n" + host_out[:2500]
     assert host.returncode == 0, host_out[-3000:]
     r = report(out, "autofreeze")
     assert [w["world_size"] for w in r["distributed"]["world_sizes"]] == [2, 1]

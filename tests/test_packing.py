@@ -275,8 +275,12 @@ def job(tmp_path_factory):
 
 
 def _go(job, name, extra=(), kill_at=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", AUTOFREEZE_TEST_KILL_AT_STEP=str(kill_at or 0))
-    p = subprocess.run(job["args"] + ["--out", str(job["dir"] / name), *extra], cwd=job["dir"], env=env,
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = job["args"]
+    if kill_at:  # the CLI with a fault-injection part
+        crash = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_cli.py")
+        args = [sys.executable, crash, "--kill-at", str(kill_at), "--", *args[3:]]
+    p = subprocess.run(args + ["--out", str(job["dir"] / name), *extra], cwd=job["dir"], env=env,
                        capture_output=True, text=True, timeout=300)
     return p, job["dir"] / name / "finetune_autofreeze.json"
 

@@ -134,3 +134,42 @@ def test_ram_read_estimate_is_measured():
     c = ActivationCache(None, memory_budget="1GiB")
     s, tier = c.read_seconds_per_sample(64 * 384 * 4)
     assert tier == "ram" and 0 < s < 0.1
+
+
+@pytest.mark.parametrize("family", ["electra", "distilbert", "xlm-roberta"])
+def test_other_families_freeze_their_stem_and_cache_like_recomputation(tmp_path, family):
+    """ELECTRA's embeddings_project (embedding size 16 -> hidden 32) is part of the frozen stem:
+    it stops training with the embeddings, and the cached suffix gives recomputation's logits."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "electra":
+        model = tf.ElectraForSequenceClassification(tf.ElectraConfig(
+            vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32, num_labels=2))
+    elif family == "distilbert":
+        model = tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
+            vocab_size=100, dim=32, n_layers=4, n_heads=2, hidden_dim=64, max_position_embeddings=32, num_labels=2))
+    else:
+        model = tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=40, num_labels=2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = FreezeController(model, opt, StaticFreeze(2))
+    stem = ctl.layout.embeddings
+    if family == "electra":
+        assert model.electra.embeddings_project in stem and model.electra.embeddings_project not in ctl.layout.head
+    assert not any(p.requires_grad for m in stem for p in m.parameters())
+    data = bert_data()
+    batch = {k: v[:BS] for k, v in data.items() if k != "labels"}
+    cache = ActivationCache(str(tmp_path / "c"), memory_budget=0, fingerprint={"f": family})
+    runner = FrozenPrefixRunner(model, ctl, cache, cost_model=False)
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch).logits
+        first = runner(list(range(BS)), **batch).logits   # fills the cache
+        again = runner(list(range(BS)), **batch).logits   # reads it
+    assert cache.counters()["hits_disk"] == BS
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(again, want)
+    cache.close()

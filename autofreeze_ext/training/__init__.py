@@ -1,0 +1,59 @@
+"""The fine-tuning driver behind ``autofreeze finetune``: a small loop core with pluggable parts.
+
+* ``config``: :class:`FinetuneConfig` and its checks; ``modes``: mode strings and their policy.
+* ``build``: from a configuration to a :class:`~autofreeze_ext.training.build.Run` (data,
+  model, optimizer, controller, cache, runner, DDP); ``checkpoint``: the versioned file.
+* ``step``: one optimizer step; ``loop``: epochs of steps and the parts around them.
+* ``parts``: the run record, progress bar, evaluator, epoch ends, batch packer, cost goal,
+  checkpointer, fault injection; ``report``: the JSON report and the compare table.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, List, Optional
+
+from .build import Run, attach_cache_and_runner, build_run, new_run_id
+from .checkpoint import restore
+from .config import PHASES, FinetuneConfig, validate
+from .evaluate import evaluate
+from .loop import run_loop
+from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
+from .modes import MODES_HELP, make_mode_policy, split_mode
+from .parts import Checkpointer, CostGoal, EpochEnd, Evaluator, Packer, Part, Progress, ProgressBar
+from .report import COMPARE_HEADERS, compare_table, make_report
+
+
+def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dict:
+    """Train with ``cfg.mode`` and return the report (times exclude evaluation).
+
+    With ``cfg.checkpoint_dir`` a checkpoint (model, optimizer, scheduler, controller, sampler
+    position, RNG, every part's state and the cache's identity) is written atomically every
+    ``cfg.checkpoint_every`` steps and at each epoch end; ``cfg.resume`` continues from it.
+    ``parts``: extra :class:`~autofreeze_ext.training.parts.Part` objects, called after the
+    built-in ones (e.g. :class:`~autofreeze_ext.training.parts.KillAt` in the resume tests).
+    """
+    run = build_run(cfg, time.perf_counter())
+    progress, packer, cost_goal = Progress(), Packer(), CostGoal()
+    core: List[Part] = [progress, *([ProgressBar()] if cfg.progress and run.ctx.is_main else []), Evaluator(),
+                        EpochEnd(progress), packer, cost_goal]
+    if run.state is not None:
+        for p in core:
+            if p.name and run.state["parts"].get(p.name) is not None:
+                p.load_state_dict(run.state["parts"][p.name])
+        restore(run, run.state)
+    run.run_id = new_run_id(run)
+    attach_cache_and_runner(run)
+    try:
+        run_loop(run, [*core, Checkpointer(core), *(parts or ())])
+        return make_report(run, packer, cost_goal)
+    finally:
+        run.clock.remove()
+        if run.cache is not None:
+            run.cache.close()
+        if run.runner is not None:
+            run.runner.close()
+
+
+__all__ = ["COMPARE_HEADERS", "FinetuneConfig", "MODES_HELP", "ModelError", "PHASES", "Run", "compare_table",
+           "default_model_path", "evaluate", "finetune", "load_model_and_tokenizer", "make_mode_policy",
+           "make_report", "probe_batch", "split_mode", "validate"]

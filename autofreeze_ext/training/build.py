@@ -1,0 +1,196 @@
+"""From a configuration to a run: data, model, optimizer, controller, cache, runner, DDP."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..adapters import resolve_layout
+from ..cache import ActivationCache, CacheError
+from ..controller import FreezeController
+from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler, encode, read_tsv
+from ..distributed import DistContext, FreezingDDP, init_from_env
+from ..packing import SampleLinearSchedule
+from ..policies import NeverFreeze, ObserveOnly
+from ..prefix import FrozenPrefixRunner
+from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
+from .checkpoint import load_checkpoint
+from .config import FinetuneConfig, packing, validate
+from .model import default_model_path, load_model_and_tokenizer, probe_batch
+from .modes import make_mode_policy, split_mode
+from .prefix_clock import PrefixClock
+
+log = logging.getLogger("autofreeze_ext")
+
+
+@dataclass
+class Run:
+    """Everything a run is made of; the loop and its parts read and update it."""
+
+    cfg: FinetuneConfig
+    ctx: DistContext
+    t_start: float
+    train_task: Any
+    dev_task: Any
+    train: dict
+    dev: dict
+    model: torch.nn.Module
+    model_path: str
+    sampler: Any
+    loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: Any
+    packing: bool
+    ctl: FreezeController
+    ckpt_path: Optional[str]
+    state: Optional[dict]  #: the checkpoint resumed from (None: a fresh run)
+    total_steps: int
+    steps_per_epoch: int
+    cached: bool
+    run_id: str = ""
+    timers: dict = field(default_factory=lambda: defaultdict(float))
+    cache: Optional[ActivationCache] = None
+    runner: Optional[FrozenPrefixRunner] = None
+    ddp: Optional[FreezingDDP] = None
+    autocast: Any = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    clock: Optional[PrefixClock] = None
+    prog: dict = field(default_factory=dict)  #: the run's record (Progress part); checkpointed
+    stop: Optional[str] = None  #: why the loop stops early (a part sets it)
+    checkpoint_due: bool = False  #: a part asks for a checkpoint at this step
+
+    @property
+    def num_blocks(self) -> int:
+        return self.ctl.num_blocks
+
+    @property
+    def world(self) -> int:
+        """Ranks whose batches make one global batch (1 outside torch.distributed)."""
+        return self.ctx.world_size if self.ctx.distributed else 1
+
+
+def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
+    """Load data and model, build optimizer, schedule, controller, cache and runner; restore
+    the checkpoint when resuming."""
+    validate(cfg)
+    ctx = init_from_env(cfg.device)
+    train_task, dev_task = read_tsv(cfg.train, limit=cfg.train_samples), read_tsv(cfg.dev)
+    torch.manual_seed(cfg.seed)
+    model_path = cfg.model or default_model_path()
+    model, tok = load_model_and_tokenizer(model_path, max(train_task.num_labels, dev_task.num_labels))
+    model.to(ctx.device)
+    if cfg.freeze_word_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    if ctx.distributed:  # same initial weights on every rank, different dropout masks
+        torch.manual_seed(cfg.seed * 7919 + ctx.rank)
+    train, dev = encode(train_task, tok, cfg.max_length), encode(dev_task, tok, cfg.max_length)
+    ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None
+    state = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path and os.path.exists(ckpt_path) else None
+    sampler = _sampler(cfg, ctx, len(train_task.labels), state)
+    # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
+    # created, and a resumed run creates one mid-epoch (dropout would then differ)
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    total = len(sampler) * cfg.epochs
+    opt, sched = _optimizer(cfg, model, total, len(train_task.labels))
+    if cfg.compile:
+        # each block on its own: the active suffix runs compiled, frozen blocks get stubbed or
+        # run without autograd (dynamo keeps a graph per variant)
+        for blk in resolve_layout(model).blocks:
+            blk.compile(backend=cfg.compile, dynamic=False)
+    ctl = _controller(cfg, model, opt, train, len(sampler), total)
+    run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
+              model=model, model_path=model_path, sampler=sampler, loader=loader, opt=opt, sched=sched,
+              packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
+              steps_per_epoch=len(sampler), cached=split_mode(cfg.mode)[1])
+    _amp(run)
+    return run
+
+
+def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict]):
+    if ctx.distributed or cfg.data_shards or (state is not None and "shards" in state["sampler"]):
+        return ShardedBatchSampler(n, cfg.batch_size, world_size=ctx.world_size,
+                                   rank=ctx.rank if ctx.distributed else None, shards=cfg.data_shards,
+                                   seed=cfg.seed, reshuffle_shards_every=cfg.reshuffle_shards_every)
+    return PlannedBatchSampler(n, cfg.batch_size, shuffle=True, seed=cfg.seed)
+
+
+def _optimizer(cfg: FinetuneConfig, model, total: int, epoch_samples: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    if packing(cfg):  # the batch may grow: schedule by samples, LR scaled with the batch
+        return opt, SampleLinearSchedule(opt, cfg.epochs * epoch_samples, cfg.warmup_ratio, cfg.batch_size,
+                                         cfg.batch_lr_scaling)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+
+
+def _controller(cfg: FinetuneConfig, model, opt, train: dict, steps_per_epoch: int, total: int) -> FreezeController:
+    policy = make_mode_policy(cfg.mode, cfg, resolve_layout(model).num_blocks, total)
+    if cfg.record_signals and isinstance(policy, NeverFreeze):
+        policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
+    names = [*policy.signals, *(ALL_SIGNALS if cfg.record_signals else ())]
+    probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True) if set(names) & set(NEEDS_PROBE) else None
+    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=make_signals(names, probe),
+                            anneal_steps=cfg.anneal_steps)
+
+
+def _amp(run: Run) -> None:
+    device_type = next(run.model.parameters()).device.type
+    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.cfg.amp]
+    run.autocast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+    run.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+
+
+def attach_cache_and_runner(run: Run) -> None:
+    """The activation cache (``+cache`` modes), DDP over the active suffix (under torchrun) and
+    the runner that routes the forward pass through them; the prefix clock."""
+    cfg, ctx = run.cfg, run.ctx
+    if run.cached:
+        if cfg.checkpoint_dir and not cfg.cache_dir:
+            log.info("the activation cache is in RAM only: a resumed run recomputes it (pass --cache-dir)")
+        run.cache = _make_cache(cfg, run.run_id, run.model_path, ctx)
+    if ctx.distributed:
+        # DDP over the active suffix only, rebuilt after each freeze; the prefix runs outside it
+        run.ddp = FreezingDDP(run.model, run.ctl, ctx.device, sync_buffers=False)
+        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache_cost_model,
+                                        timers=run.timers, suffix=run.ddp)
+    elif run.cached:
+        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache_cost_model,
+                                        timers=run.timers)
+    run.clock = PrefixClock(run.ctl, run.timers)
+
+
+def new_run_id(run: Run) -> str:
+    from .comm import from_rank0
+
+    return run.state["run_id"] if run.state else from_rank0(uuid.uuid4().hex, run.ctx)
+
+
+def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):
+    fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.train), "max_length": cfg.max_length,
+          "train_samples": cfg.train_samples}
+    path = None
+    if cfg.cache_dir:
+        path = os.path.join(cfg.cache_dir, "activations")
+        if ctx.distributed:  # one cache per rank: it holds the samples of the rank's shard
+            path = os.path.join(path, f"rank{ctx.rank}")
+    try:
+        return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp,
+                               device=ctx.device)
+    except CacheError as exc:
+        warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
+        log.warning("%s; the disk tier is off, caching in RAM only", exc)
+        return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp, device=ctx.device)

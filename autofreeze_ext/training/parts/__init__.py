@@ -1,0 +1,18 @@
+"""Parts that hook into the training loop through one small interface (:class:`Part`).
+
+The loop (``training.loop``) only runs steps; everything else it does is a part: the run's
+record and time accounting, the progress bar, evaluation, epoch ends, the batch packer, the
+cost goal's worker planner, checkpoints (which hold every part's state) and, in tests, fault
+injection."""
+from .base import Part
+from .checkpointer import Checkpointer
+from .cost_goal import CostGoal
+from .epoch_end import EpochEnd
+from .evaluator import Evaluator
+from .faults import KillAt
+from .packer import Packer
+from .progress import Progress
+from .progress_bar import ProgressBar
+
+__all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "Packer", "Part", "Progress",
+           "ProgressBar"]

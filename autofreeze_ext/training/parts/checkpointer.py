@@ -1,0 +1,51 @@
+"""Checkpoints every ``checkpoint_every`` steps, at epoch ends and when a part asks."""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import torch
+
+from ..checkpoint import save_checkpoint
+from .base import Part
+
+
+class Checkpointer(Part):
+    """Writes the checkpoint (atomically; rank 0 writes, every rank's RNG stream is gathered):
+    model, optimizer, schedule, controller, sampler position, AMP scaler, the cache's identity
+    and the state of every part given (``parts``, by name). Runs after the parts that may
+    change what the next step does (packer, planner), so their decisions are in it."""
+
+    def __init__(self, parts: List[Part]) -> None:
+        self.parts = parts
+
+    def after_step(self, run, res) -> None:
+        every = max(1, run.cfg.checkpoint_every)
+        epoch_end = run.sampler.position == run.steps_per_epoch
+        if run.checkpoint_due or run.prog["step"] % every == 0 or epoch_end:
+            self.save(run)
+            run.checkpoint_due = False
+
+    def save(self, run) -> None:
+        if not run.ckpt_path:
+            return
+        if run.cache is not None:
+            run.cache.flush()
+        rngs = [torch.get_rng_state()]
+        if run.ctx.distributed:  # every rank's dropout stream; rank 0 writes
+            import torch.distributed as dist
+
+            rngs = [None] * run.ctx.world_size
+            dist.all_gather_object(rngs, torch.get_rng_state())
+            if not run.ctx.is_main:
+                return
+        os.makedirs(run.cfg.checkpoint_dir, exist_ok=True)
+        cache = run.cache
+        save_checkpoint(run.ckpt_path, {
+            "mode": run.cfg.mode, "run_id": run.run_id, "step": run.prog["step"], "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+            "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0],
+            "rng_per_rank": rngs, "packing": run.packing,
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None,
+            "parts": {p.name: p.state_dict() for p in self.parts if p.name}})

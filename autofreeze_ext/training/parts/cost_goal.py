@@ -1,0 +1,143 @@
+"""The cost goal (``--mode-goal cost``): shed workers at a freeze when fewer finish in time."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional
+
+from ..._io import atomic_json
+from ...distributed import DistContext, time_allreduce
+from ...planner import ThroughputModel
+from ..comm import from_rank0
+from ..config import FinetuneConfig
+from .base import Part
+
+log = logging.getLogger("autofreeze_ext")
+
+
+class CostPlanner:
+    """Live ``--mode-goal cost``: after each freeze, time ``probe_steps`` steps at the new depth
+    and one all-reduce of the active gradients, split the step into compute per sample and
+    communication, and predict the rest of the run on each smaller number of workers (a
+    divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
+    allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs, with
+    :class:`~autofreeze_ext.planner.ThroughputModel` (the all-reduce scaled by the ring factor
+    ``(W'-1)/W'``). The cheapest ``W'`` in
+    worker-seconds that still finishes before the deadline wins; rank 0 decides and
+    broadcasts. The deadline defaults to full fine-tuning's time on the starting workers,
+    projected from the step time before the first freeze. Predictions are kept in the report
+    (``planner``) with the step time measured after the relaunch."""
+
+    def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: dict, state: dict, ddp, total_steps: int) -> None:
+        self.cfg, self.ctx, self.prog, self.state, self.ddp, self.total = cfg, ctx, prog, state, ddp, total_steps
+        self.depth = None
+        self.times: List[float] = []
+
+    def after_step(self, depth: int, step_s: float, step: int):
+        if depth != self.depth:
+            self.depth, self.times = depth, []
+            return None
+        self.times.append(step_s)
+        if len(self.times) < self.cfg.probe_steps + 1:  # the first step at a depth is left out
+            return None
+        if len(self.times) > self.cfg.probe_steps + 1:
+            return None
+        t_step = sorted(self.times[1:])[len(self.times[1:]) // 2]
+        pending = self.state["planner"][-1] if self.state["planner"] else None
+        if pending is not None and pending.get("measured_step_s") is None and pending["chosen"] == self.ctx.world_size:
+            # the prediction's check, after the relaunch (comparable when still at its depth)
+            pending["measured_step_s"], pending["measured_at_depth"] = t_step, depth
+            if depth == pending["depth"]:
+                return None
+        if self.ddp is None or self.ctx.world_size < 2:  # one worker: nothing to shed
+            return None
+        if "full_step_s" not in self.state and depth == 0:
+            self.state["full_step_s"] = t_step
+            self.state["deadline_s"] = self.cfg.deadline_s or self.total * t_step
+            return None
+        if depth == 0 or any(p["depth"] == depth for p in self.state["planner"]):
+            return None
+        return self._decide(depth, t_step, step)
+
+    def _decide(self, depth: int, t_step: float, step: int):
+        w, b = self.ctx.world_size, self.cfg.batch_size
+        nbytes = 4 * self.ddp.comm[depth]["params"]
+        t_ar = time_allreduce(self.ctx, nbytes)
+        compute = max(t_step - t_ar, 1e-9) * w / b
+        restart = self.cfg.restart_s
+        if restart is None:
+            restart = self.prog["startups"][-1]["startup_s"] if self.prog["startups"] else 0.0
+        left = self.total - step
+        elapsed = self.prog["train_time"]
+        deadline = self.state.get("deadline_s") or self.cfg.deadline_s or float("inf")
+        # the planner's model from this one measurement: bandwidth-bound ring all-reduce (alpha 0)
+        model = ThroughputModel({depth: compute}, {depth: nbytes}, alpha=0.0,
+                                beta=t_ar / (nbytes * 2 * (w - 1) / w))
+        options = []
+        for w2 in [k for k in range(w, 0, -1) if b % k == 0 and k >= self.cfg.min_workers]:
+            step2 = model.step_s(depth, w2, b)
+            rest = left * step2 + (restart if w2 != w else 0.0)
+            options.append({"workers": w2, "step_s": step2, "remaining_s": rest, "worker_s": w2 * rest,
+                            "meets_deadline": elapsed + rest <= deadline})
+        ok = [o for o in options if o["meets_deadline"]] or [min(options, key=lambda o: o["remaining_s"])]
+        best = min(ok, key=lambda o: (o["worker_s"], -o["workers"]))
+        entry = {"step": step, "depth": depth, "world_size": w, "chosen": best["workers"],
+                 "step_s_now": t_step, "allreduce_s": t_ar, "compute_s_per_sample": compute,
+                 "predicted_step_s": best["step_s"], "predicted_remaining_s": best["remaining_s"],
+                 "deadline_s": deadline, "elapsed_s": elapsed, "restart_s": restart, "options": options,
+                 "measured_step_s": None if best["workers"] != w else t_step,
+                 "measured_at_depth": None if best["workers"] != w else depth}
+        entry = from_rank0(entry, self.ctx)  # rank 0's measurement decides for everyone
+        self.state["planner"].append(entry)
+        if self.ctx.is_main:
+            log.info("planner: depth %d, step %.3f s on %d workers (all-reduce %.3f s) -> %d workers, predicted "
+                     "%.3f s/step, %.0f s to go (deadline %.0f s, elapsed %.0f s)", depth, t_step, w, t_ar,
+                     entry["chosen"], entry["predicted_step_s"], entry["predicted_remaining_s"], deadline, elapsed)
+        if entry["chosen"] == w:
+            return None
+        return {"world_size": entry["chosen"], "step": step, "from_world_size": w}
+
+
+class CostGoal(Part):
+    """Runs :class:`CostPlanner` after each step when the cost goal is on with several workers,
+    or, after a relaunch on one worker, only to measure the step time its prediction promised.
+    When it asks for another number of workers: checkpoint, ``scale_request.json``, stop."""
+
+    name = "cost_goal"
+
+    def __init__(self) -> None:
+        self.state: dict = {"planner": []}
+        self.planner: Optional[CostPlanner] = None
+        self.request: Optional[dict] = None
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = {"planner": [], **state}
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def start(self, run) -> None:
+        cfg, ctx = run.cfg, run.ctx
+        if cfg.mode_goal == "cost" and ctx.distributed and not run.ckpt_path:
+            raise ValueError("--mode-goal cost sheds workers through a checkpoint: pass --checkpoint-dir")
+        active = cfg.mode_goal == "cost" and ctx.world_size > 1
+        pending = self.state["planner"] and self.state["planner"][-1].get("measured_step_s") is None
+        if active or pending:  # a world of one only measures
+            self.planner = CostPlanner(cfg, ctx, run.prog, self.state, run.ddp, run.total_steps)
+
+    def after_step(self, run, res) -> None:
+        if self.planner is None:
+            return
+        req = self.planner.after_step(run.ctl.frozen_depth, res.seconds, run.prog["step"])
+        if req is None:
+            return
+        self.request = req
+        run.checkpoint_due = True  # the Checkpointer runs after this part
+        run.stop = "scale"
+        log.info("planner: continuing on %d workers instead of %d (checkpoint at step %d); relaunch with "
+                 "`autofreeze launch` or torchrun --nproc_per_node %d ... --resume", req["world_size"],
+                 run.ctx.world_size, run.prog["step"], req["world_size"])
+
+    def end(self, run) -> None:
+        if self.request is not None and run.ctx.is_main:  # after the checkpoint it resumes from
+            atomic_json(os.path.join(run.cfg.checkpoint_dir, "scale_request.json"), self.request)

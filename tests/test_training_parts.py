@@ -1,0 +1,130 @@
+"""The training loop's parts, one by one, on a stand-in run (no subprocess, no model)."""
+import os
+import types
+
+import pytest
+import torch
+
+from autofreeze_ext.training import checkpoint as ckpt_mod
+from autofreeze_ext.training.config import FinetuneConfig, validate
+from autofreeze_ext.training.parts import Checkpointer, CostGoal, EpochEnd, KillAt, Packer, Progress
+from autofreeze_ext.training.parts.progress import new_record
+from autofreeze_ext.training.step import StepResult, micro_batches
+
+pytestmark = pytest.mark.reference
+
+
+def fake_run(**kw):
+    ctl = types.SimpleNamespace(frozen_depth=0, num_blocks=4)
+    run = types.SimpleNamespace(
+        cfg=FinetuneConfig(batch_size=8, checkpoint_every=3), ctx=types.SimpleNamespace(world_size=1, rank=0,
+                                                                                       distributed=False,
+                                                                                       is_main=True),
+        ctl=ctl, t_start=0.0, world=1, cache=None, sampler=types.SimpleNamespace(position=0), steps_per_epoch=4,
+        prog={}, stop=None, checkpoint_due=False, ckpt_path=None, num_blocks=4)
+    run.__dict__.update(kw)
+    return run
+
+
+def res(t0=1.0, depth=0, loss=0.5):
+    return StepResult(indices=list(range(8)), loss=loss, t0=t0, t1=t0 + 0.2, t2=t0 + 0.5, t3=t0 + 0.6,
+                      prefix_s=0.05, io_s=0.01, stats_s=0.02, samples=8, micro_batches=1, depth_at_start=depth)
+
+
+def test_progress_accounts_every_phase_and_the_depth_trace():
+    run, p = fake_run(), Progress()
+    p.start(run)
+    p.after_step(run, res())
+    run.ctl.frozen_depth = 2
+    p.after_step(run, res(t0=2.0))
+    prog = run.prog
+    assert prog["step"] == 2 and prog["samples"] == 16 and prog["losses"] == [0.5, 0.5]
+    assert sum(prog["phases"].values()) == pytest.approx(prog["train_time"]) == pytest.approx(1.2)
+    assert prog["phases"]["backward"] == pytest.approx(0.6) and prog["phases"]["statistics"] == pytest.approx(0.04)
+    assert prog["depth_trace"] == [{"step": 0, "depth": 0}, {"step": 2, "depth": 2}]
+    assert prog["depth_seconds"] == {"0": [pytest.approx(1.2), 2]}
+    assert prog["startups"] == [{"step": 0, "world_size": 1, "startup_s": 1.0}]
+    # resumed: the record comes back from the checkpoint and the restart is noted
+    q = Progress()
+    q.load_state_dict(dict(prog))
+    run2 = fake_run()
+    q.start(run2)
+    assert run2.prog["resumed_at"] == [2] and len(run2.prog["world_sizes"]) == 2
+
+
+def test_epoch_end_closes_the_epoch_only_at_its_last_step():
+    run, p = fake_run(), Progress()
+    p.start(run)
+    end = EpochEnd(p)
+    run.sampler.position = 3
+    end.after_step(run, res())
+    assert run.prog["epoch"] == 0
+    run.prog["epoch_time"] = 5.0
+    run.sampler.position = 4
+    end.after_step(run, res())
+    assert run.prog["epoch"] == 1 and run.prog["epoch_times"] == [5.0] and run.prog["epoch_time"] == 0.0
+
+
+def test_checkpointer_is_due_by_steps_epoch_end_or_request_and_holds_part_state(tmp_path):
+    saved = []
+    run, p = fake_run(), Progress()
+    p.start(run)
+    c = Checkpointer([p, Packer()])
+    c.save = lambda run: saved.append(run.prog["step"])
+    for step, pos, due in [(1, 1, False), (2, 2, True), (3, 3, False), (4, 4, False)]:
+        run.prog["step"], run.sampler.position, run.checkpoint_due = step, pos, due
+        c.after_step(run, res())
+    assert saved == [2, 3, 4] and run.checkpoint_due is False  # requested, every 3, epoch end
+
+
+def test_checkpoint_file_round_trip_and_v1_migration(tmp_path):
+    path = str(tmp_path / "c.pt")
+    ckpt_mod.save_checkpoint(path, {"mode": "autofreeze", "parts": {"progress": {"step": 3}}})
+    assert ckpt_mod.load_checkpoint(path)["version"] == ckpt_mod.VERSION
+    v1 = {"mode": "autofreeze", "sampler": {}, "step": 7,
+          "progress": {"step": 7, "epoch": 1, "samples": 56, "packer": [{"step": 5}], "planner": [{"depth": 1}],
+                       "full_step_s": 0.3, "batch_trace": [{"step": 0, "epoch": 0, "global_batch": 8}]}}
+    torch.save(v1, path)
+    st = ckpt_mod.load_checkpoint(path)
+    assert st["version"] == 2 and st["parts"]["progress"]["step"] == 7
+    assert set(new_record(0, 8)) <= set(st["parts"]["progress"])  # every key a part reads
+    assert st["parts"]["packer"] == {"packer": [{"step": 5}]}
+    assert st["parts"]["cost_goal"] == {"full_step_s": 0.3, "planner": [{"depth": 1}]}
+    torch.save({"version": 99}, path)
+    with pytest.raises(ValueError, match="newer"):
+        ckpt_mod.load_checkpoint(path)
+
+
+def test_kill_at_only_on_its_step_rank_and_first_launch(monkeypatch):
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
+    run = fake_run()
+    run.prog = {"step": 5}
+    KillAt(4).after_step(run, res())
+    KillAt(5, rank=1).after_step(run, res())
+    assert killed == []
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    KillAt(5).after_step(run, res())
+    assert killed == []
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    KillAt(5).after_step(run, res())
+    assert len(killed) == 1
+
+
+def test_cost_goal_needs_a_checkpoint_dir_under_torchrun_and_packer_idles_without_packing():
+    run = fake_run(cfg=FinetuneConfig(mode_goal="cost"), packing=False, total_steps=10, ddp=None)
+    run.ctx.distributed, run.ctx.world_size = True, 2
+    with pytest.raises(ValueError, match="checkpoint-dir"):
+        CostGoal().start(run)
+    pk = Packer()
+    pk.start(fake_run(packing=False))
+    assert pk.packer is None and pk.meter_for_next_step() is None
+
+
+def test_config_checks_and_micro_batches():
+    for bad, match in [(dict(mode_goal="speed"), "mode_goal"), (dict(max_batch=64), "belong to"),
+                       (dict(mode_goal="time", max_batch=8, batch_size=32), "smaller"), (dict(amp="fp8"), "amp")]:
+        with pytest.raises(ValueError, match=match):
+            validate(FinetuneConfig(**bad))
+    parts = micro_batches(list(range(5)), {"x": torch.arange(5)}, 2)
+    assert [p[0] for p in parts] == [[0, 1], [2, 3, 4]] and parts[1][1]["x"].tolist() == [2, 3, 4]
