@@ -317,6 +317,19 @@ def test_time_goal_grows_the_batch_after_a_freeze_and_resumes_identically(job):
     assert b["batch_trace"] == trace and b["frozen_depth"] == r["frozen_depth"]
     assert b["losses"] == r["losses"]
     assert [e["batch_to"] for e in b["packer"]] == [e["batch_to"] for e in r["packer"]]
+    # a checkpoint on the very step the packer decided, then a kill: the decision is in it
+    # (the checkpointer runs after the packer; it used to run before and lose the decision)
+    decided = grew[0]["step"]
+    ck2 = ["--checkpoint-dir", str(job["dir"] / "ck2"), "--checkpoint-every", str(decided)]
+    crashed, _ = _go(job, "run2", ck2, kill_at=decided + 1)
+    assert crashed.returncode == -signal.SIGKILL
+    resumed, path3 = _go(job, "run2", ck2 + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    c = json.loads(path3.read_text())
+    assert c["resumed_at_steps"] == [decided]
+    assert c["batch_trace"] == trace and c["losses"] == r["losses"]
+    decisions = lambda rep: [(e["step"], e["depth"], e["batch_from"], e["batch_to"]) for e in rep["packer"]]  # noqa
+    assert decisions(c) == decisions(r)  # taken once, at the same step (not re-measured after the resume)
 
 
 @pytest.mark.parametrize("extra,match", [
