@@ -168,6 +168,7 @@ def test_other_families_freeze_their_stem_and_cache_like_recomputation(tmp_path,
     with torch.no_grad():
         want = model(**batch).logits
         first = runner(list(range(BS)), **batch).logits   # fills the cache
+        cache.flush()                                     # (the disk writer is asynchronous)
         again = runner(list(range(BS)), **batch).logits   # reads it
     assert cache.counters()["hits_disk"] == BS
     torch.testing.assert_close(first, want)

@@ -17,6 +17,10 @@
 #include "crc32c.h"
 #include "pinned.h"
 
+#ifdef AUTOFREEZE_TEST_OLD_KERNEL_HEADERS  // tests: compile as against kernel headers < 6.1
+#undef STATX_DIOALIGN
+#endif
+
 namespace autofreeze {
 namespace {
 
@@ -146,11 +150,15 @@ void RecordStore::probe_direct() {
   struct statx sx;
   uint32_t off_align = 0, mem_align = 0;
   bool reported = false;
+#ifdef STATX_DIOALIGN  // kernel headers >= 6.1; older ones: probe O_DIRECT by trying it
   if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
     reported = true;
     off_align = sx.stx_dio_offset_align;
     mem_align = sx.stx_dio_mem_align;
   }
+#else
+  (void)sx;
+#endif
   ::close(fd);
   align_ = std::max<uint32_t>(4096, std::max(off_align, mem_align));
   if (opt_.direct == "off") {
@@ -568,8 +576,11 @@ void RecordStore::close() {
   wq_cv_.notify_all();
   wq_space_cv_.notify_all();
   if (writer_.joinable()) writer_.join();
-  free_slots();
+  // The I/O backend goes first: its threads are joined and in-flight io_uring reads drained
+  // (and the slots unregistered) before the slots they read into are unpinned and unmapped.
+  if (io_) io_->unregister_buffers();
   io_.reset();
+  free_slots();
 }
 
 int RecordStore::read_into(int64_t id, char* dst, uint64_t capacity, Entry* meta) {
