@@ -167,9 +167,11 @@ class FreezingDDP:
     ``sync_buffers=False`` skips DDP's per-step buffer broadcast (fine for models without
     running statistics, such as BERT). ``ddp_kwargs`` go to every :class:`~torch.nn.parallel.DistributedDataParallel` built.
 
-    :attr:`comm` maps each frozen depth to ``{"steps", "bytes", "params"}``: forward calls at
-    that depth, bytes DDP handed to all-reduce while at it (counted in a communication hook,
-    so what was sent, not an estimate), and the number of parameters all-reduced.
+    :attr:`comm` maps each frozen depth to ``{"steps", "bytes", "params"}``: synchronising
+    forward calls at that depth (one per optimizer step: the micro-batches of gradient
+    accumulation that run under :meth:`no_sync` are not counted), bytes DDP handed to
+    all-reduce while at it (counted in a communication hook, so what was sent, not an
+    estimate), and the number of parameters all-reduced.
     """
 
     def __init__(self, model: nn.Module, controller: FreezeController, device: Optional[torch.device] = None,
@@ -190,6 +192,7 @@ class FreezingDDP:
         self.module: Optional[nn.Module] = None
         self._depth = -1
         self._counter = _CommCounter()
+        self._accumulating = False  # inside no_sync(): a micro-batch that does not all-reduce
         self._build()
 
     def _build(self) -> None:
@@ -226,11 +229,21 @@ class FreezingDDP:
         import contextlib
 
         self._refresh()
-        return self.module.no_sync() if self.module is not None else contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def accumulating():
+            self._accumulating = True
+            try:
+                with self.module.no_sync() if self.module is not None else contextlib.nullcontext():
+                    yield
+            finally:
+                self._accumulating = False
+        return accumulating()
 
     def __call__(self, *args, **kwargs):
         self._refresh()
-        self.comm[self._depth]["steps"] += 1
+        if not self._accumulating:
+            self.comm[self._depth]["steps"] += 1
         return (self.module or self.model)(*args, **kwargs)
 
     def comm_report(self) -> Dict[int, dict]:
