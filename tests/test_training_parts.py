@@ -128,3 +128,26 @@ def test_config_checks_and_micro_batches():
             validate(FinetuneConfig(**bad))
     parts = micro_batches(list(range(5)), {"x": torch.arange(5)}, 2)
     assert [p[0] for p in parts] == [[0, 1], [2, 3, 4]] and parts[1][1]["x"].tolist() == [2, 3, 4]
+
+
+def test_checkpoint_keeps_and_restores_the_cuda_rng_stream(tmp_path, monkeypatch):
+    """GPU runs: the device's RNG state (dropout on the GPU) goes into the checkpoint and comes
+    back on resume (checked here with torch.cuda's RNG calls stood in for)."""
+    from autofreeze_ext.training.parts.checkpointer import rng_states
+
+    fake = torch.tensor([7, 7, 7], dtype=torch.uint8)
+    got = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: fake.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: got.setdefault("state", state))
+    run = fake_run()
+    run.ctx.device = torch.device("cuda", 0)
+    states = rng_states(run)
+    assert torch.equal(states["cuda"], fake)
+    st = {"mode": "autofreeze", "packing": False, "model": {}, "controller": {}, "optimizer": {}, "scheduler": {},
+          "sampler": {}, "step": 3, "rng_per_rank": [torch.get_rng_state()], "cuda_rng_per_rank": [fake]}
+    ok = types.SimpleNamespace(load_state_dict=lambda *a: None)
+    run2 = fake_run(model=ok, ctl=types.SimpleNamespace(load_state_dict=lambda s: None, frozen_depth=0), opt=ok,
+                    sched=ok, sampler=ok, scaler=None, packing=False)
+    run2.ctx.device = torch.device("cuda", 0)
+    ckpt_mod.restore(run2, st)
+    assert torch.equal(got["state"], fake)

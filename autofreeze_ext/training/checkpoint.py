@@ -59,8 +59,11 @@ def restore(run, state: dict) -> None:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     rngs = state.get("rng_per_rank") or [state["rng"]]
+    cuda = state.get("cuda_rng_per_rank") or [None] * len(rngs)
     if len(rngs) == ctx.world_size:
         torch.set_rng_state(rngs[ctx.rank])
+        if cuda[ctx.rank] is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda[ctx.rank], ctx.device)
     else:  # restarted on a different number of workers: fresh dropout streams
-        torch.manual_seed(cfg.seed * 7919 + ctx.rank + 104729 * state["step"])
+        torch.manual_seed(cfg.seed * 7919 + ctx.rank + 104729 * state["step"])  # (seeds every CUDA device too)
     log.info("resumed from %s at step %d, frozen depth %d", run.ckpt_path, state["step"], run.ctl.frozen_depth)

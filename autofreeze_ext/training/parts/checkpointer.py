@@ -10,6 +10,14 @@ from ..checkpoint import save_checkpoint
 from .base import Part
 
 
+def rng_states(run) -> dict:
+    """This rank's random-number streams: the CPU generator and, on a GPU run, its device's."""
+    cuda = None
+    if run.ctx.device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(run.ctx.device)
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
 class Checkpointer(Part):
     """Writes the checkpoint (atomically; rank 0 writes, every rank's RNG stream is gathered):
     model, optimizer, schedule, controller, sampler position, AMP scaler, the cache's identity
@@ -31,12 +39,12 @@ class Checkpointer(Part):
             return
         if run.cache is not None:
             run.cache.flush()
-        rngs = [torch.get_rng_state()]
-        if run.ctx.distributed:  # every rank's dropout stream; rank 0 writes
+        rngs = [rng_states(run)]
+        if run.ctx.distributed:  # every rank's dropout streams; rank 0 writes
             import torch.distributed as dist
 
             rngs = [None] * run.ctx.world_size
-            dist.all_gather_object(rngs, torch.get_rng_state())
+            dist.all_gather_object(rngs, rng_states(run))
             if not run.ctx.is_main:
                 return
         os.makedirs(run.cfg.checkpoint_dir, exist_ok=True)
@@ -44,8 +52,9 @@ class Checkpointer(Part):
         save_checkpoint(run.ckpt_path, {
             "mode": run.cfg.mode, "run_id": run.run_id, "step": run.prog["step"], "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-            "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0],
-            "rng_per_rank": rngs, "packing": run.packing,
+            "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0]["cpu"],
+            "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],
+            "packing": run.packing,
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None,
             "parts": {p.name: p.state_dict() for p in self.parts if p.name}})
