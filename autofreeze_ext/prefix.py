@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from .cache import ActivationCache
 from .controller import FreezeController
+from .timing import now
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -71,6 +71,7 @@ class FrozenPrefixRunner:
         self.layout = controller.layout
         self.stub_embeddings = self.layout.kind.startswith("huggingface")
         self.timers = timers if timers is not None else defaultdict(float)
+        self._device = next(model.parameters()).device  # timings synchronise a CUDA device first
         self.decisions: List[dict] = []
         self._decided: Dict[int, bool] = {}
         self._tuple_out: Optional[bool] = None
@@ -86,9 +87,9 @@ class FrozenPrefixRunner:
             if self.split and depth > 0 and self._tuple_out is not None:
                 return self.run_suffix(batch, self.advance(batch, 0, None, depth), depth)
             return self.suffix(**batch)
-        t0 = time.perf_counter()
+        t0 = now(self._device)
         hits = self.cache.get(idx)
-        self.timers["cache_io"] += time.perf_counter() - t0
+        self.timers["cache_io"] += now(self._device) - t0
         groups: Dict[int, List[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
             # Until a real block has run, the stubs do not know the blocks' output format:
@@ -103,16 +104,16 @@ class FrozenPrefixRunner:
                 continue
             sub = _select(batch, positions, len(idx))
             start = torch.stack([hits[idx[p]][1] for p in positions]) if d > 0 else None
-            t0 = time.perf_counter()
+            t0 = now(self._device)
             h = self.advance(sub, d, start, depth)
-            dt = time.perf_counter() - t0
+            dt = now(self._device) - t0
             if depth not in self._decided:
                 # the prefix's cost per sample, scaled up when only blocks d+1..L ran
                 self._decide(depth, h, dt / len(positions) * depth / (depth - d))
             if self._decided.get(depth, False):
-                t0 = time.perf_counter()
+                t0 = now(self._device)
                 self.cache.put([idx[p] for p in positions], depth, h)
-                self.timers["cache_io"] += time.perf_counter() - t0
+                self.timers["cache_io"] += now(self._device) - t0
             for k, p in enumerate(positions):
                 rows[p] = h[k]
         hidden = torch.stack(rows)

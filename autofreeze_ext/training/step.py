@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
+
+from ..timing import now
 
 
 @dataclass
@@ -49,7 +50,8 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
     ctx, ctl = run.ctx, run.ctl
     if ctx.device.type != "cpu":
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-    t0 = time.perf_counter()
+    dev = ctx.device
+    t0 = now(dev)
     depth, stats0 = ctl.frozen_depth, ctl.step_seconds
     io0, pre0 = run.timers["cache_io"], run.timers["prefix_forward"]
     micro = micro_batches(indices, batch, run.cfg.grad_accum)
@@ -62,14 +64,14 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
             if meter is not None and k == 0:
                 memory = (ctl.frozen_depth, meter.bytes, len(idx_k))
             part = out.loss * (len(idx_k) / len(indices)) if len(micro) > 1 else out.loss  # the batch's mean
-            tb = time.perf_counter()
+            tb = now(dev)
             (run.scaler.scale(part) if run.scaler is not None else part).backward()
-            bwd_s += time.perf_counter() - tb
+            bwd_s += now(dev) - tb
         loss = loss + part.detach()
-    t2 = time.perf_counter()
+    t2 = now(dev)
     samples = len(indices) * run.world
     _optimizer_step(run, samples)
-    t3 = time.perf_counter()
+    t3 = now(dev)
     return StepResult(indices=indices, loss=_global_loss(run, loss), t0=t0, t1=t2 - bwd_s, t2=t2, t3=t3,
                       prefix_s=run.timers["prefix_forward"] - pre0, io_s=run.timers["cache_io"] - io0,
                       stats_s=ctl.step_seconds - stats0, samples=samples, micro_batches=len(micro),

@@ -1,0 +1,28 @@
+"""The clock decisions read waits for queued CUDA work (tested with synchronize stood in for)."""
+import pytest
+import torch
+
+from autofreeze_ext import timing
+
+pytestmark = pytest.mark.reference
+
+
+def test_now_synchronises_a_cuda_device_and_nothing_else(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    timing.now(torch.device("cpu"))
+    timing.now(None)
+    assert calls == []
+    t = timing.now(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)] and isinstance(t, float)
+
+
+def test_step_and_prefix_timers_read_that_clock():
+    import inspect
+
+    from autofreeze_ext import prefix
+    from autofreeze_ext.training import prefix_clock, step
+
+    for mod in (step, prefix, prefix_clock):
+        src = inspect.getsource(mod)
+        assert "time.perf_counter()" not in src and "now(" in src, mod.__name__
