@@ -195,28 +195,33 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
         assert "reused" in b["cache"]["info"]["disk"]
 
 
+def _cached_run(tiny_ckpt, task, out, capsys, *extra):
+    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--model", tiny_ckpt, "--train", task[0],
+                      "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
+                      "--intervals-per-epoch", "3", "--no-cost-model", "--out", str(out), "--no-progress",
+                      "--no-plot", *extra], capsys)
+    assert rc == 0, err
+    return json.loads((out / "finetune_autofreeze_cache.json").read_text())
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_with_cache(amp, tiny_ckpt, task, tmp_path, capsys):
-    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--amp", amp, "--model", tiny_ckpt, "--train",
-                      task[0], "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
-                      "--intervals-per-epoch", "3", "--no-cost-model", "--out", str(tmp_path / "o"),
-                      "--no-progress", "--no-plot"], capsys)
-    assert rc == 0, err
-    rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--amp", amp)
     assert rep["config"]["amp"] == amp and rep["steps"] == 18
     assert rep["frozen_depth"][-1]["depth"] >= 1 and rep["cache"]["counters"]["hits_ram"] > 0
+    ref = _cached_run(tiny_ckpt, task, tmp_path / "fp32", capsys)
+    diff = max(abs(a - b) for a, b in zip(rep["losses"], ref["losses"]))
+    assert 0 < diff < 0.05, diff  # autocast really ran in low precision, and still trains alike
 
 
 def test_compiled_blocks_with_cache(tiny_ckpt, task, tmp_path, capsys):
     # aot_eager: dynamo graph capture and AOT autograd, without inductor's C++ compile time
-    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--compile", "aot_eager", "--model", tiny_ckpt,
-                      "--train", task[0], "--dev", task[1], "--epochs", "3", "--batch-size", "8",
-                      "--max-length", "12", "--intervals-per-epoch", "3", "--no-cost-model",
-                      "--out", str(tmp_path / "o"), "--no-progress", "--no-plot"], capsys)
-    assert rc == 0, err
-    rep = json.loads((tmp_path / "o" / "finetune_autofreeze_cache.json").read_text())
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--compile", "aot_eager")
     assert rep["steps"] == 18 and rep["frozen_depth"][-1]["depth"] >= 1
     assert rep["cache"]["counters"]["hits_ram"] > 0
+    eager = _cached_run(tiny_ckpt, task, tmp_path / "eager", capsys)
+    assert rep["frozen_depth"] == eager["frozen_depth"]  # the same decisions as eager ...
+    assert rep["losses"] == pytest.approx(eager["losses"], abs=1e-4)  # ... and the same training
 
 
 def test_estimate_without_unfrozen_steps_says_so():

@@ -217,12 +217,12 @@ def test_ddp_matches_single_process_and_drops_frozen_params_from_allreduce(setup
 
 @pytest.mark.reference
 def test_ddp_with_per_rank_cache(setup, reference):
-    p, out = launch(setup, "ddp_cache", ["--mode", "autofreeze+cache", "--no-cost-model",
+    p, out = launch(setup, "ddp_cache", ["--mode", "autofreeze+cache", "--no-cost-model", "--cache-memory", "0",
                                          "--cache-dir", str(setup["dir"] / "cache")], nproc=2)
     assert p.returncode == 0, p.stderr
     r = report(out, "autofreeze+cache")
     assert sorted(os.listdir(setup["dir"] / "cache" / "activations")) == ["rank0", "rank1"]
-    assert r["cache"]["counters"]["hits_ram"] > 0
+    assert r["cache"]["counters"]["hits_disk"] > 0 and r["cache"]["counters"]["hits_ram"] == 0  # the disk tier
     # the shard stays on its rank: every sample rank 0 trains on after the cache is filled hits
     assert r["cache"]["counters"]["failed_reads"] == 0
     np.testing.assert_allclose(r["losses"], reference["losses"], atol=LOSS_TOL, rtol=0)

@@ -217,10 +217,16 @@ def test_cuda_matches_reference(dtype, norm):
 @requires_gpu
 @pytest.mark.gpu
 def test_cuda_runs_on_current_stream():
-    s = torch.cuda.Stream()
+    """Captured into a CUDA graph on a side stream: only work queued on the capturing (current)
+    stream is recorded, so the replay updates the accumulators only if the kernel was launched
+    on torch's current stream (a launch on another stream errors or is left out)."""
     accs, grads, ids = _case([1 << 20] * 4, torch.float32, device="cuda")
-    expect = [a + g for a, g in zip(accs, grads)]
-    with torch.cuda.stream(s):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
         af.grad_stats(accs, grads, ids, 3, compute_norms=False)
-    s.synchronize()
-    assert all(torch.equal(a, e) for a, e in zip(accs, expect))
+    before = [a.clone() for a in accs]
+    g.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b + gr) for a, b, gr in zip(accs, before, grads))
