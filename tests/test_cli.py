@@ -160,7 +160,6 @@ def test_unusable_cache_dir_warns_and_caches_in_ram(tiny_ckpt, task, tmp_path, c
 
 @pytest.mark.parametrize("mode", ["autofreeze", "autofreeze+cache"])
 def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
-    import os
     import signal
     import subprocess
     import sys
@@ -195,13 +194,13 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
         assert "reused" in b["cache"]["info"]["disk"]
 
 
-def _cached_run(tiny_ckpt, task, out, capsys, *extra):
-    rc, _, err = run(["finetune", "--mode", "autofreeze+cache", "--model", tiny_ckpt, "--train", task[0],
+def _cached_run(tiny_ckpt, task, out, capsys, *extra, mode="autofreeze+cache"):
+    rc, _, err = run(["finetune", "--mode", mode, "--model", tiny_ckpt, "--train", task[0],
                       "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
                       "--intervals-per-epoch", "3", "--no-cost-model", "--out", str(out), "--no-progress",
                       "--no-plot", *extra], capsys)
     assert rc == 0, err
-    return json.loads((out / "finetune_autofreeze_cache.json").read_text())
+    return json.loads((out / f"finetune_{cli.mode_slug(mode)}.json").read_text())
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -279,3 +278,18 @@ def test_scheduled_static_mode_soft_freeze_and_frozen_word_embeddings(tiny_ckpt,
     rc, _, err = run(["finetune", "--mode", "static:9@2", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
                       "--no-progress", "--out", str(out)], capsys)
     assert rc == 2 and "static:K@STEP" in err
+
+
+def test_gradient_accumulation_keeps_the_disk_tier_prefetching(tiny_ckpt, task, tmp_path, capsys):
+    """--grad-accum 2 with the disk tier: the epoch is planned as the micro-batches the runner
+    asks for, so the prefetcher serves them (the plan used to hold whole batches and be
+    cancelled at the first micro-batch of every epoch)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "a batch outside the planned order" would raise
+        rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--grad-accum", "2", "--cache-dir",
+                          str(tmp_path / "c"), "--cache-memory", "0", mode="static:2+cache")
+    c = rep["cache"]["counters"]
+    assert rep["micro_batches"] == 2 * rep["steps"] and c["hits_disk"] == 2 * 48
+    assert c["prefetched"] == c["hits_disk"]  # every disk hit came through the prefetch ring

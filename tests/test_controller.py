@@ -135,7 +135,7 @@ def test_frozen_memory_is_released():
 def test_frozen_modules_stay_in_eval_mode():
     model = BlockNet(dropout=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ctl = FreezeController(model, opt, StaticFreeze(2), blocks=model.blocks, embeddings=[model.embed])
+    FreezeController(model, opt, StaticFreeze(2), blocks=model.blocks, embeddings=[model.embed])
     model.train()
     x = torch.randn(4, 3)
     model(x)

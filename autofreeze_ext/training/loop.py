@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from .parts import Packer, Part
-from .step import train_step
+from .step import micro_plan, train_step
 
 
 def plan_epoch(run) -> list:
@@ -30,7 +30,7 @@ def run_loop(run, parts: List[Part]) -> None:
         run.steps_per_epoch = len(planned)  # this epoch's (the batch may have grown)
         run.ctl.begin_epoch(epoch, len(planned), done=run.sampler.position)
         if run.cache is not None:
-            run.cache.plan_epoch(planned[run.sampler.position:])
+            run.cache.plan_epoch(micro_plan(planned[run.sampler.position:], cfg.grad_accum))
         for p in parts:
             p.epoch_start(run, epoch, planned)
         for indices, batch in run.loader:

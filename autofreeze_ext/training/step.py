@@ -33,14 +33,28 @@ class StepResult:
         return self.t3 - self.t0
 
 
+def _bounds(n: int, k: int) -> list:
+    return [round(i * n / k) for i in range(k + 1)]
+
+
 def micro_batches(indices, batch: dict, k: int):
     """Split a batch (and its sample indices) into ``k`` micro-batches for gradient accumulation."""
     if k <= 1:
         return [(indices, batch)]
-    n = len(indices)
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    return [(indices[a:b], {name: v[a:b] for name, v in batch.items()})
-            for a, b in zip(bounds, bounds[1:]) if b > a]
+    b = _bounds(len(indices), k)
+    return [(indices[lo:hi], {name: v[lo:hi] for name, v in batch.items()}) for lo, hi in zip(b, b[1:]) if hi > lo]
+
+
+def micro_plan(batches: list, k: int) -> list:
+    """The epoch's planned batches as the micro-batches the runner will ask the cache for, in
+    order (so the disk tier's prefetcher serves gradient accumulation too)."""
+    if k <= 1:
+        return list(batches)
+    out = []
+    for idx in batches:
+        b = _bounds(len(idx), k)
+        out += [list(idx[lo:hi]) for lo, hi in zip(b, b[1:]) if hi > lo]
+    return out
 
 
 def train_step(run, indices, batch: dict, meter=None) -> StepResult:
