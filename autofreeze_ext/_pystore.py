@@ -151,12 +151,18 @@ class PyRecordStore:
         return OK, data
 
     def read_into(self, i: int, ptr: int, capacity: int) -> int:
+        return self.read_with_meta(i, ptr, capacity)[0]
+
+    def read_with_meta(self, i: int, ptr: int, capacity: int) -> tuple:
+        """``(status, (depth, dtype, shape, nbytes) of the record read, or None)``."""
+        e = self._entries.get(int(i))
         status, data = self._read(int(i))
         if status == OK:
             if len(data) > capacity:
-                return SHORT
+                return SHORT, None
             ctypes.memmove(ptr, data, len(data))
-        return status
+            return status, (e[0], e[1], tuple(e[2]), e[4])
+        return status, None
 
     def plan(self, batches: Sequence[Sequence[int]], slots: int = 4) -> None:
         self._plan, self._pos = [list(b) for b in batches], 0

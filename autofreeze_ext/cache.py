@@ -248,13 +248,14 @@ class ActivationCache:
                 meta = self._store.meta(i)
                 if meta is None:
                     continue
-                depth, code, shape, nbytes = meta
+                _, code, shape, nbytes = meta
                 t = torch.empty(shape, dtype=_DTYPES[code])
-                status = self._store.read_into(i, t.data_ptr(), nbytes)
-                if status == 0:
-                    got[i] = (depth, t.to(self.device) if self.device.type != "cpu" else t)
-                else:
+                status, read = self._store.read_with_meta(i, t.data_ptr(), nbytes)
+                if status != 0:
                     self._failed(i, status)
+                elif (read[1], tuple(read[2]), read[3]) == (code, tuple(shape), nbytes):
+                    # the depth of the record actually read (it may have been rewritten since meta())
+                    got[i] = (read[0], t.to(self.device) if self.device.type != "cpu" else t)
             out.update(got)
             self.stats["hits_disk"] += len(got)
             self.stats["read_s"] += time.perf_counter() - t0

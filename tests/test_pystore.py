@@ -72,3 +72,27 @@ def test_cache_uses_it_without_the_compiled_core(tmp_path, monkeypatch):
     assert torch.equal(c.get([11, 13])[13][1], h[3])
     c.close()
     assert os.path.exists(tmp_path / _pystore.INDEX)
+
+
+def test_cache_labels_data_with_the_depth_of_the_record_it_read(tmp_path, monkeypatch):
+    """A rewrite between the metadata lookup and the read (the disk writer runs concurrently)
+    must not pair one depth's data with the other's label: get() uses the read's own metadata."""
+    from autofreeze_ext import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_C", None)
+    with pytest.warns(RuntimeWarning):
+        c = ActivationCache(str(tmp_path), memory_budget=0, fingerprint={"x": 2})
+    old, new = torch.zeros(1, 4, 8), torch.ones(1, 4, 8)
+    c.put([5], depth=1, outputs=old)
+    store = c._store
+    real_meta = store.meta
+
+    def meta_then_rewrite(i):
+        m = real_meta(i)  # depth 1 ...
+        store.put(i, 3, 0, [4, 8], new[0].data_ptr(), new[0].numel() * 4)  # ... rewritten at depth 3
+        return m
+
+    monkeypatch.setattr(store, "meta", meta_then_rewrite)
+    depth, t = c.get([5])[5]
+    assert depth == 3 and torch.equal(t, new[0])
+    c.close()

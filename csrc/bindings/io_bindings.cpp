@@ -76,6 +76,20 @@ void bind_io(py::module_& m) {
           },
           py::arg("id"), py::arg("ptr"), py::arg("capacity"))
       .def(
+          "read_with_meta",
+          [](RecordStore& s, int64_t id, uintptr_t ptr, uint64_t capacity) -> py::tuple {
+            // the metadata of the record this read returned: a rewrite between a meta() and a
+            // read_into() cannot pair one depth's data with the other's label
+            Entry e;
+            int status;
+            {
+              py::gil_scoped_release nogil;
+              status = s.read_into(id, reinterpret_cast<char*>(ptr), capacity, &e);
+            }
+            return py::make_tuple(status, status == 0 ? meta_tuple(e) : py::none());
+          },
+          py::arg("id"), py::arg("ptr"), py::arg("capacity"))
+      .def(
           "plan",
           [](RecordStore& s, const std::vector<std::vector<int64_t>>& batches, unsigned slots) {
             py::gil_scoped_release nogil;
