@@ -159,6 +159,17 @@ class BatchPacker:
     def per_sample_bytes(self, depth: int) -> Optional[float]:
         return self.mem["per_sample"].get(str(depth))
 
+    _PROBE = ("key", "n", "times", "fixed", "samples", "measuring")
+
+    def probe_state(self) -> dict:
+        """The measurement in progress (checkpointed, so a resumed run goes on measuring)."""
+        return {k: getattr(self, k, None) for k in self._PROBE}
+
+    def load_probe_state(self, state: dict) -> None:
+        for k in self._PROBE:
+            if k in state:
+                setattr(self, k, tuple(state[k]) if k == "key" and state[k] is not None else state[k])
+
     def record_memory(self, depth: int, nbytes: int, samples: int) -> None:
         """The meter's reading for ``samples`` samples of one micro-batch at ``depth``."""
         per = nbytes / max(1, samples)

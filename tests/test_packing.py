@@ -330,6 +330,15 @@ def test_time_goal_grows_the_batch_after_a_freeze_and_resumes_identically(job):
     assert c["batch_trace"] == trace and c["losses"] == r["losses"]
     decisions = lambda rep: [(e["step"], e["depth"], e["batch_from"], e["batch_to"]) for e in rep["packer"]]  # noqa
     assert decisions(c) == decisions(r)  # taken once, at the same step (not re-measured after the resume)
+    # a kill in the middle of the packer's measurement at a new depth: it goes on measuring
+    mid = first_freeze + 2
+    ck3 = ["--checkpoint-dir", str(job["dir"] / "ck3"), "--checkpoint-every", "1"]
+    crashed, _ = _go(job, "run3", ck3, kill_at=mid)  # after the checkpoint at step mid
+    assert crashed.returncode == -signal.SIGKILL
+    resumed, path4 = _go(job, "run3", ck3 + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    d = json.loads(path4.read_text())
+    assert d["resumed_at_steps"] == [mid] and decisions(d) == decisions(r) and d["losses"] == r["losses"]
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -114,6 +114,8 @@ class CostGoal(Part):
         self.state = {"planner": [], **state}
 
     def state_dict(self) -> dict:
+        if self.planner is not None:  # its measurement in progress too
+            self.state["probe"] = {"depth": self.planner.depth, "times": list(self.planner.times)}
         return self.state
 
     def start(self, run) -> None:
@@ -124,6 +126,8 @@ class CostGoal(Part):
         pending = self.state["planner"] and self.state["planner"][-1].get("measured_step_s") is None
         if active or pending:  # a world of one only measures
             self.planner = CostPlanner(cfg, ctx, run.prog, self.state, run.ddp, run.total_steps)
+            probe = self.state.get("probe") or {}
+            self.planner.depth, self.planner.times = probe.get("depth"), list(probe.get("times", []))
 
     def after_step(self, run, res) -> None:
         if self.planner is None:

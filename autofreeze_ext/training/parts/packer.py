@@ -32,6 +32,8 @@ class Packer(Part):
         self.state = dict(state or {})
 
     def state_dict(self) -> dict:
+        if self.packer is not None:  # its measurement in progress too
+            self.state["probe"] = self.packer.probe_state()
         return self.state
 
     def start(self, run) -> None:
@@ -50,6 +52,8 @@ class Packer(Part):
             epoch_samples=len(run.train_task.labels), padded=sharded, min_gain=cfg.min_packing_gain,
             allreduce_s=lambda: time_allreduce(ctx, 4 * run.ddp.comm[run.ctl.frozen_depth]["params"]),
             broadcast=lambda entry: from_rank0(entry, ctx))
+        if self.state.get("probe"):
+            self.packer.load_probe_state(self.state["probe"])
         self.meter = ActivationMeter(run.model)
 
     def epoch_start(self, run, epoch: int, planned: list) -> None:
