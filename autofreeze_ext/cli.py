@@ -135,7 +135,7 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
                    help="gradient tests: freeze below the N-th percentile of the blocks' change rates, N in (0, 100)")
     g.add_argument("--threshold", type=float, default=None,
                    help="stability/budget: a block passes when its signal is below this (default: the policy's)")
-    g.add_argument("--signal", default=d.signal, choices=["probe_drift", "displacement"],
+    g.add_argument("--signal", default=d.signal, choices=["probe_drift", "block_drift", "displacement"],
                    help="stability/budget: the per-block signal")
     g.add_argument("--patience", type=int, default=d.patience,
                    help="guard: intervals in a row a block must pass before it freezes")

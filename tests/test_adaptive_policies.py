@@ -118,3 +118,15 @@ def test_registry_and_bad_options():
         StabilityPolicy(signal="loss")
     with pytest.raises(ValueError, match="threshold"):
         StabilityPolicy(threshold=0)
+
+
+def test_the_last_block_keeps_training_unless_asked():
+    def stats_full(step, depth):  # the controller's default max_depth: every block
+        return IntervalStats(step=step, epoch=math.nan, frozen_depth=depth, num_blocks=N, max_depth=N,
+                             interval_steps=10, signals={"probe_drift": [0.0] * N, "probe_loss": 0.1})
+
+    for keep, want in [(1, N - 1), (0, N)]:
+        p = StabilityPolicy(threshold=0.01, guards=Guards(patience=1, max_new_blocks=None, keep_last=keep))
+        assert p.decide(stats_full(10, 0)) == want
+    with pytest.raises(ValueError, match="keep_last"):
+        Guards(keep_last=-1)

@@ -129,3 +129,28 @@ def test_probe_signals_from_make_signals_share_one_forward_per_interval():
         make_signals(["probe_drift"])
     with pytest.raises(ValueError, match="unknown signal"):
         make_signals(["nope"], bert_batch(n=2))
+
+
+def test_block_drift_measures_a_blocks_own_change_not_its_inputs():
+    """Only block 0's weights change: its output and every later block's output move
+    (probe_drift sees all of them), but blocks 1-3 compute the same function of their input,
+    so block_drift is 0 for them: freezing the blocks below cannot make a block look stable."""
+    from autofreeze_ext.signals import BlockDrift, ProbeForward
+
+    model = tiny_bert()
+    ctl = FreezeController(model, torch.optim.SGD(model.parameters(), lr=0.1), ObserveOnly(interval_steps=1000))
+    fwd = ProbeForward(bert_batch(n=16))
+    own, drift = BlockDrift(fwd), ProbeDrift(fwd)
+    own.bind(ctl)
+    drift.bind(ctl)
+    active = [0, 1, 2, 3]
+    assert own.interval_end(active) == [None] * 4 and drift.interval_end(active) == [None] * 4
+    with torch.no_grad():
+        for p in model.bert.encoder.layer[0].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ctl.global_step += 1  # the next interval end (the shared forward is cached per step)
+    o, d = own.interval_end(active), drift.interval_end(active)
+    assert o[0] > 1e-4 and all(abs(v) < 1e-9 for v in o[1:]), o
+    assert all(v > 1e-4 for v in d), d  # the cascade probe_drift cannot tell from a change
+    own.release(0)
+    assert 0 not in own._then

@@ -22,12 +22,15 @@ class Guards:
             predicting the majority class sits near 1.0.
         max_new_blocks: at most this many more blocks per interval (default 1; None: no cap).
         patience: a block must pass its test in this many consecutive intervals (default 2).
+        keep_last: the top blocks that always train (default 1, as the paper's test, which never
+            freezes the last active block; 0 lets everything but the head freeze).
     """
 
     warmup_steps: int = 0
     learned: Optional[float] = 0.75
     max_new_blocks: Optional[int] = 1
     patience: int = 2
+    keep_last: int = 1
 
     def __post_init__(self) -> None:
         if int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
@@ -37,6 +40,8 @@ class Guards:
         if self.max_new_blocks is not None and (int(self.max_new_blocks) != self.max_new_blocks
                                                 or self.max_new_blocks < 1):
             raise ValueError(f"Guards: max_new_blocks must be an integer >= 1 or None, got {self.max_new_blocks!r}")
+        if int(self.keep_last) != self.keep_last or self.keep_last < 0:
+            raise ValueError(f"Guards: keep_last must be an integer >= 0, got {self.keep_last!r}")
         if int(self.patience) != self.patience or self.patience < 1:
             raise ValueError(f"Guards: patience must be an integer >= 1, got {self.patience!r}")
 
@@ -81,8 +86,8 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
             rec.eta, rec.threshold, passed = tested
             rec.signal = self.reads[0] if self.reads else None
             self._streak = {b: self._streak.get(b, 0) + 1 if ok else 0 for b, ok in passed.items()}
-            cand = d0
-            while cand < stats.max_depth and self._streak.get(cand, 0) >= self.guards.patience:
+            cand, top = d0, min(stats.max_depth, stats.num_blocks - self.guards.keep_last)
+            while cand < top and self._streak.get(cand, 0) >= self.guards.patience:
                 cand += 1
             rec.decided, rec.held_by = self._guard(stats, cand)
         self.last = rec

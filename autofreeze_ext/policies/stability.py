@@ -12,6 +12,7 @@ from .guards import AdaptivePolicy, Guards
 #: signal name -> what its value means (smaller is more stable)
 STABILITY_SIGNALS = {
     "probe_drift": "1 - linear CKA of the block's probe-batch outputs between interval ends",
+    "block_drift": "1 - linear CKA of the block's output now and with its previous weights, same input",
     "displacement": "weight displacement over path length across the interval",
 }
 
@@ -34,7 +35,8 @@ class StabilityPolicy(AdaptivePolicy):
     Args:
         threshold: a block passes when its signal is below this (default 0.002 for
             ``probe_drift``: see BENCHMARKS.md for how it was chosen).
-        signal: ``"probe_drift"`` or ``"displacement"``.
+        signal: ``"probe_drift"``, ``"block_drift"`` (the block's own change, without the
+            cascade that freezing causes in ``probe_drift``) or ``"displacement"``.
         guards: :class:`Guards` (default: learning guard 0.75, one block per interval, patience 2).
         intervals_per_epoch, interval_steps: the evaluation intervals, as in
             :class:`GradientNormTest`.

@@ -14,14 +14,18 @@ replayed offline against any policy.
 * :class:`ProbeDrift` (``probe_drift``): 1 - linear CKA between the block's outputs on a fixed
   probe batch of training samples at consecutive interval ends (how much its representation
   still changes).
+* :class:`BlockDrift` (``block_drift``): 1 - linear CKA between the block's output now and
+  the output its previous-interval weights give on the same current input (its own change,
+  without the cascade from blocks below that freezing causes in ``probe_drift``).
 * :class:`ProbeLoss` (``probe_loss``, one value for the model): the loss on a fixed probe batch
   of training samples over the loss of the best constant guess (1.0 until the model learns).
 """
 from .base import Signal
+from .block_drift import BlockDrift
 from .displacement import ParameterDisplacement
 from .probe import ProbeForward
 from .probe_drift import ProbeDrift, linear_cka
 from .probe_loss import ProbeLoss, prior_loss
 from .factory import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
-__all__ = ["ALL_SIGNALS", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]
+__all__ = ["ALL_SIGNALS", "BlockDrift", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]

@@ -6,19 +6,22 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 from torch import Tensor
 
 from .base import Signal
+from .block_drift import BlockDrift
 from .displacement import ParameterDisplacement
 from .probe import ProbeForward
 from .probe_drift import ProbeDrift
 from .probe_loss import ProbeLoss
 
 #: every signal by name; the probe ones need a probe batch of training samples (with labels)
+#: (block_drift first: its shared probe forward also captures block inputs, which the others reuse)
 FACTORIES: Dict[str, Callable[[Optional[Mapping[str, Tensor]]], Signal]] = {
     "displacement": lambda probe: ParameterDisplacement(),
+    "block_drift": lambda probe: BlockDrift(probe),
     "probe_drift": lambda probe: ProbeDrift(probe),
     "probe_loss": lambda probe: ProbeLoss(probe),
 }
 ALL_SIGNALS = tuple(FACTORIES)
-NEEDS_PROBE = ("probe_drift", "probe_loss")
+NEEDS_PROBE = ("probe_drift", "probe_loss", "block_drift")
 
 
 def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None) -> List[Signal]:

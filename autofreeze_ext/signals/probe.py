@@ -21,17 +21,30 @@ class ProbeForward:
         self._key: Optional[int] = None
         self._outs: Dict[int, Tensor] = {}
         self._loss: Optional[float] = None
+        #: block -> (args, kwargs) it was called with in the last forward (when inputs were asked for)
+        self.inputs: Dict[int, tuple] = {}
 
-    def run(self, ctl, blocks: Sequence[int]) -> Tuple[Dict[int, Tensor], Optional[float]]:
-        """``(block -> [tokens, hidden] output, loss or None)`` at the controller's current step."""
-        if self._key == ctl.global_step and set(blocks) <= set(self._outs):
+    def run(self, ctl, blocks: Sequence[int], inputs: bool = False) -> Tuple[Dict[int, Tensor], Optional[float]]:
+        """``(block -> [tokens, hidden] output, loss or None)`` at the controller's current step;
+        with ``inputs`` also each block's call arguments (in :attr:`inputs`)."""
+        if (self._key == ctl.global_step and set(blocks) <= set(self._outs)
+                and (not inputs or set(blocks) <= set(self.inputs))):
             return self._outs, self._loss
-        self._outs, self._loss = self._forward(ctl, blocks)
+        self._outs, self._loss = self._forward(ctl, blocks, inputs)
         self._key = ctl.global_step
         return self._outs, self._loss
 
+    def tokens(self, h: Tensor) -> Tensor:
+        """A block output as ``[tokens, hidden]`` with padding tokens dropped."""
+        h = h[0] if isinstance(h, (tuple, list)) else h
+        h = h.reshape(-1, h.shape[-1]) if h.dim() > 2 else h
+        mask = self.probe.get("attention_mask")
+        keep = mask.reshape(-1).bool().to(h.device) if mask is not None else None
+        return (h[keep] if keep is not None and h.shape[0] == keep.shape[0] else h).float().cpu()
+
     @torch.no_grad()
-    def _forward(self, ctl, blocks: Sequence[int]) -> Tuple[Dict[int, Tensor], Optional[float]]:
+    def _forward(self, ctl, blocks: Sequence[int], want_inputs: bool = False
+                 ) -> Tuple[Dict[int, Tensor], Optional[float]]:
         model = ctl.model
         dev = next(model.parameters()).device
         inputs = {k: v.to(dev) for k, v in self.probe.items()}
@@ -49,6 +62,14 @@ class ProbeForward:
             return hook
 
         handles = [ctl.layout.blocks[b].register_forward_hook(hook_for(b)) for b in blocks]
+        self.inputs = {}
+        if want_inputs:
+            def keep_input(b):
+                def pre(module, args, kwargs):
+                    self.inputs[b] = (args, kwargs)
+                return pre
+            handles += [ctl.layout.blocks[b].register_forward_pre_hook(keep_input(b), with_kwargs=True)
+                        for b in blocks]
         was_training = model.training
         model.eval()
         try:
