@@ -9,4 +9,7 @@ if not m:
     sys.exit(f"{path}: no '## {section}' section")
 blocks = re.findall(r"```bash\n(.*?)```", m.group(1), re.S)[:n]
 for b in blocks:
-    print(" ".join(line.rstrip("\\").strip() for line in b.strip().splitlines()))
+    lines = b.strip().splitlines()
+    if any(not line.rstrip().endswith("\\") for line in lines[:-1]):
+        sys.exit(f"{path}: a set-up block holds several commands; CI runs one command per block")
+    print(" ".join(line.rstrip().rstrip("\\").strip() for line in lines))

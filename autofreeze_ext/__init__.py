@@ -18,9 +18,9 @@ from .data import PlannedBatchSampler, ShardedBatchSampler
 from .distributed import FreezingDDP
 from .ops import grad_stats, reference_grad_stats
 from .prefix import FrozenPrefixRunner
-from .policies import (FreezePolicy, GradientNormTest, GuardedGradientTest, Guards, IntervalStats, NeverFreeze,
-                       ObserveOnly, ScheduledFreeze, SpeedBudget, StabilityPolicy, StaticFreeze, build_policy,
-                       make_policy)
+from .policies import (POLICIES, FreezePolicy, GradientNormTest, GuardedGradientTest, Guards, IntervalStats, NeverFreeze,
+                       ObserveOnly, PolicyOptions, ScheduledFreeze, SpeedBudget, StabilityPolicy, StaticFreeze,
+                       build_policy, make_policy)
 from .stats import GradientStatistics
 
 __version__ = "0.1.0"
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCache", "BlockLayout", "CacheError", "FreezeController", "FreezingDDP", "FrozenPrefixRunner",
     "FreezePolicy", "GradientNormTest", "GradientStatistics", "GuardedGradientTest", "Guards", "IntervalStats",
-    "NeverFreeze", "ObserveOnly", "PlannedBatchSampler", "ScheduledFreeze", "SpeedBudget", "StabilityPolicy",
+    "NeverFreeze", "ObserveOnly", "POLICIES", "PlannedBatchSampler", "PolicyOptions", "ScheduledFreeze", "SpeedBudget", "StabilityPolicy",
     "build_policy", "ShardedBatchSampler", "StaticFreeze", "UnsupportedModelError", "backend_info", "grad_stats",
     "hf_layout", "make_policy", "reference_grad_stats", "resnet_layout", "resolve_layout", "__version__",
 ]

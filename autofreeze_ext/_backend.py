@@ -58,7 +58,7 @@ def backend_info() -> Dict[str, Any]:
         "grad_stats": {"cpu": "cpp" if compiled() else "reference", "cuda": cuda_kernel},
         "cpu_threads": _C.thread_backend() if compiled() else "torch",
         "cache_io": {
-            "engine": "c++" if compiled() else "unavailable (RAM tier only)",
+            "engine": "c++" if compiled() else "python (pure-Python record store)",
             "uring_compiled": bool(getattr(_C, "with_uring", False)),
             "crc32c": (("sse4.2" if _C.crc32c_hardware() else "table") if compiled() else None),
             "note": "per-cache backend, O_DIRECT and pinning: ActivationCache.info()",
@@ -74,10 +74,11 @@ def missing_backends(cuda_ok: bool) -> List[str]:
     """One line per backend left out: what runs instead and how to get it."""
     if not compiled() and os.environ.get("AUTOFREEZE_FORCE_REFERENCE") == "1":
         return ["compiled core: switched off by AUTOFREEZE_FORCE_REFERENCE=1; every op runs its PyTorch reference "
-                "and the activation cache keeps to RAM; unset the variable to use it"]
+                "and the cache's disk tier the pure-Python record store; unset the variable to use it"]
     if not compiled():
-        return [f"compiled core: not loaded ({_C_ERROR}); every op runs its PyTorch reference and the activation "
-                f"cache keeps to RAM; to get it: a C++17 compiler and CMake (apt-get install g++ cmake), {REBUILD}"]
+        return [f"compiled core: not loaded ({_C_ERROR}); every op runs its PyTorch reference and the cache's disk "
+                f"tier the pure-Python record store; to get it: a C++17 compiler and CMake (apt-get install g++ "
+                f"cmake), {REBUILD}"]
     out = []
     if not getattr(_C, "with_uring", False):
         out.append("io_uring: liburing was not found at build time; the cache's disk tier reads with a pread thread "

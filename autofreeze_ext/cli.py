@@ -154,6 +154,15 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
                    help="freeze the word embeddings from step 0 (about half of MiniLM's parameters)")
 
 
+def _warn_unused_policy_options(args) -> None:
+    """The policy options only steer mode autofreeze: say so when another mode gets them."""
+    given = [f"--{k.replace('_', '-')}" for k in ("policy", "threshold", "target_speedup")
+             if getattr(args, k) is not None]
+    if given and not args.mode.strip().lower().startswith("autofreeze"):
+        print(f"autofreeze: warning: {', '.join(given)} only apply to --mode autofreeze[+cache]; mode "
+              f"{args.mode!r} ignores them", file=sys.stderr)
+
+
 def _off_or_float(v: str) -> Optional[float]:
     return None if v.lower() in ("off", "none") else float(v)
 
@@ -242,6 +251,7 @@ def main(argv: Optional[List[str]] = None, parts=None) -> int:
 def _train(args, rank: int, parts=None) -> int:
     try:
         if args.cmd == "finetune":
+            _warn_unused_policy_options(args)
             report = finetune(_config(args, args.mode), parts)
             if rank != 0:
                 return 0

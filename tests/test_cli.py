@@ -293,3 +293,10 @@ def test_gradient_accumulation_keeps_the_disk_tier_prefetching(tiny_ckpt, task, 
     c = rep["cache"]["counters"]
     assert rep["micro_batches"] == 2 * rep["steps"] and c["hits_disk"] == 2 * 48
     assert c["prefetched"] == c["hits_disk"]  # every disk hit came through the prefetch ring
+
+
+def test_policy_options_outside_autofreeze_mode_are_called_out(tiny_ckpt, task, tmp_path, capsys):
+    rc, _, err = run(["finetune", "--mode", "static:1", "--policy", "stability", "--threshold", "0.1",
+                      "--model", tiny_ckpt, "--train", task[0], "--dev", task[1], "--epochs", "1", "--batch-size", "8",
+                      "--max-length", "12", "--out", str(tmp_path / "o"), "--no-progress", "--no-plot"], capsys)
+    assert rc == 0 and "--policy, --threshold only apply to --mode autofreeze" in err

@@ -27,9 +27,9 @@ class StabilityPolicy(AdaptivePolicy):
     gradient-norm test, nothing is ranked: a block passes when its value is below
     ``threshold``, so no block freezes while every block still changes.
 
-    Cost: the signal's (probe drift: one no-grad forward of the probe batch per interval, plus
-    one for the ``probe_loss`` learning guard; about 0.3% of training time on MiniLM at the
-    defaults). When it freezes: once the model has started learning (guard), after the warm-up,
+    Cost: the signal's (probe drift: one no-grad forward of the probe batch per interval, shared
+    with the ``probe_loss`` learning guard; BENCHMARKS.md has the measured share: 4-5% of
+    training time with two separate forwards on a loaded 2-core machine). When it freezes: once the model has started learning (guard), after the warm-up,
     when the next block has passed ``patience`` intervals in a row, one block per interval.
 
     Args:

@@ -86,4 +86,5 @@ class ProbeForward:
 
 
 def as_forward(probe: Union[Mapping[str, Tensor], ProbeForward]) -> ProbeForward:
+    """``probe`` itself if it is a :class:`ProbeForward`, else a new one over that batch."""
     return probe if isinstance(probe, ProbeForward) else ProbeForward(probe)

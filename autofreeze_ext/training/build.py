@@ -174,6 +174,7 @@ def attach_cache_and_runner(run: Run) -> None:
 
 
 def new_run_id(run: Run) -> str:
+    """The run's id (the cache's fingerprint): the checkpoint's when resuming, else rank 0's new one."""
     from .comm import from_rank0
 
     return run.state["run_id"] if run.state else from_rank0(uuid.uuid4().hex, run.ctx)

@@ -24,6 +24,7 @@ def load_checkpoint(path: str) -> dict:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` as a version-:data:`VERSION` checkpoint, atomically."""
     atomic_write(path, functools.partial(torch.save, {**state, "version": VERSION}), binary=True)
 
 

