@@ -300,3 +300,13 @@ def test_policy_options_outside_autofreeze_mode_are_called_out(tiny_ckpt, task, 
                       "--model", tiny_ckpt, "--train", task[0], "--dev", task[1], "--epochs", "1", "--batch-size", "8",
                       "--max-length", "12", "--out", str(tmp_path / "o"), "--no-progress", "--no-plot"], capsys)
     assert rc == 0 and "--policy, --threshold only apply to --mode autofreeze" in err
+
+
+def test_block_drift_policy_measures_what_its_decisions_can_reach(tiny_ckpt, task, tmp_path, capsys):
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--policy", "stability", "--signal", "block_drift",
+                      "--threshold", "1", "--learned", "off", "--patience", "1")
+    ivs = [h for h in rep["controller_history"] if h["event"] == "interval"]
+    for h in ivs:
+        measured = [b for b, v in enumerate(h["signals"]["block_drift"]) if v is not None]
+        assert len(measured) <= 2 and all(b >= h["frozen_before"] for b in measured)  # max_new_blocks 1 + 1
+    assert any(h.get("signal") == "block_drift" for h in ivs) and rep["frozen_depth"][-1]["depth"] >= 1

@@ -154,3 +154,19 @@ def test_block_drift_measures_a_blocks_own_change_not_its_inputs():
     assert all(v > 1e-4 for v in d), d  # the cascade probe_drift cannot tell from a change
     own.release(0)
     assert 0 not in own._then
+
+
+def test_block_drift_lookahead_measures_only_the_lowest_active_blocks():
+    from autofreeze_ext.signals import BlockDrift
+
+    model = tiny_bert()
+    ctl = FreezeController(model, torch.optim.SGD(model.parameters(), lr=0.1), ObserveOnly(interval_steps=1000))
+    sig = BlockDrift(bert_batch(n=8), lookahead=2)
+    sig.bind(ctl)
+    sig.interval_end([1, 2, 3])
+    assert sorted(sig._then) == [1, 2]  # copies only of what a decision can reach
+    ctl.global_step += 1
+    v = sig.interval_end([1, 2, 3])
+    assert v[0] is None and v[3] is None and v[1] is not None and v[2] is not None
+    with pytest.raises(ValueError, match="lookahead"):
+        BlockDrift(bert_batch(n=2), lookahead=0)

@@ -29,12 +29,18 @@ class BlockDrift(Signal):
     Args:
         probe: model inputs of the probe batch (or a :class:`ProbeForward` shared with the
             other probe signals).
+        lookahead: measure only the lowest ``lookahead`` active blocks (freezing takes a
+            prefix, so a decision can only reach those); ``None`` (default): every active block,
+            as a recording run wants.
     """
 
     name = "block_drift"
 
-    def __init__(self, probe: Union[Mapping[str, Tensor], ProbeForward]) -> None:
+    def __init__(self, probe: Union[Mapping[str, Tensor], ProbeForward], lookahead: Optional[int] = None) -> None:
         super().__init__()
+        if lookahead is not None and (int(lookahead) != lookahead or lookahead < 1):
+            raise ValueError(f"BlockDrift: lookahead must be an integer >= 1 or None, got {lookahead!r}")
+        self.lookahead = lookahead
         self.forward = as_forward(probe)
         self._then: Dict[int, nn.Module] = {}
         self._ctl = None
@@ -46,7 +52,8 @@ class BlockDrift(Signal):
     def interval_end(self, active: Sequence[int]) -> List[Optional[float]]:
         ctl = self._ctl
         out: List[Optional[float]] = [None] * ctl.num_blocks
-        outs, _ = self.forward.run(ctl, list(active), inputs=True)
+        active = sorted(active)[:self.lookahead] if self.lookahead else list(active)
+        outs, _ = self.forward.run(ctl, active, inputs=True)
         for b in active:
             then = self._then.get(b)
             if then is not None and b in outs and b in self.forward.inputs:

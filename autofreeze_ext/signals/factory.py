@@ -24,9 +24,12 @@ ALL_SIGNALS = tuple(FACTORIES)
 NEEDS_PROBE = ("probe_drift", "probe_loss", "block_drift")
 
 
-def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None) -> List[Signal]:
+def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None,
+                 lookahead: Optional[int] = None) -> List[Signal]:
     """One signal object per distinct name (the controller's ``grad_norm`` is built in and
-    skipped). Raises ``ValueError`` for an unknown name or a probe signal without a probe."""
+    skipped); ``lookahead`` limits ``block_drift`` to the lowest active blocks (a policy's
+    decision reaches no further). Raises ``ValueError`` for an unknown name or a probe signal
+    without a probe."""
     out = []
     shared = ProbeForward(probe) if probe else None  # one probe forward per interval for all of them
     for name in dict.fromkeys(names):
@@ -36,5 +39,5 @@ def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = N
             raise ValueError(f"unknown signal {name!r}: available {', '.join(ALL_SIGNALS)}")
         if name in NEEDS_PROBE and not probe:
             raise ValueError(f"signal {name!r} needs a probe batch of training samples")
-        out.append(FACTORIES[name](shared))
+        out.append(BlockDrift(shared, lookahead) if name == "block_drift" else FACTORIES[name](shared))
     return out

@@ -143,8 +143,10 @@ def _controller(cfg: FinetuneConfig, model, opt, train: dict, steps_per_epoch: i
         policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
     names = [*policy.signals, *(ALL_SIGNALS if cfg.record_signals else ())]
     probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True) if set(names) & set(NEEDS_PROBE) else None
-    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, signals=make_signals(names, probe),
-                            anneal_steps=cfg.anneal_steps)
+    guards = getattr(policy, "guards", None)  # a decision reaches at most max_new_blocks (+1 for patience)
+    reach = None if cfg.record_signals or guards is None or guards.max_new_blocks is None else guards.max_new_blocks + 1
+    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch,
+                            signals=make_signals(names, probe, lookahead=reach), anneal_steps=cfg.anneal_steps)
 
 
 def _amp(run: Run) -> None:
