@@ -105,6 +105,29 @@ def compute_from_report(report: dict, skip: int = 1) -> Dict[int, float]:
     return out
 
 
+def worker_choices(max_workers: int, global_batch: int, min_workers: int = 1) -> List[int]:
+    """Worker counts a goal may choose, largest first: the divisors of the global batch between
+    ``min_workers`` and ``max_workers`` (each worker then gets an equal share of a batch)."""
+    return [w for w in range(max_workers, 0, -1) if global_batch % w == 0 and w >= min_workers] or [max_workers]
+
+
+def choose_workers(model: ThroughputModel, depth: int, steps_left: int, workers_now: int, global_batch: int,
+                   elapsed_s: float, deadline_s: float, min_workers: int = 1) -> Tuple[dict, List[dict]]:
+    """The cost goal's choice at a freeze (the live planner's and, phase by phase, the offline
+    plan's model): for each count in :func:`worker_choices`, the rest of the run at ``depth``
+    (plus ``model.restart_s`` when the count changes); among those that meet the deadline the
+    fewest worker-seconds (ties: more workers), else the soonest to finish. Returns
+    ``(best, options)``."""
+    options = []
+    for w in worker_choices(workers_now, global_batch, min_workers):
+        step = model.step_s(depth, w, global_batch)
+        rest = steps_left * step + (model.restart_s if w != workers_now else 0.0)
+        options.append({"workers": w, "step_s": step, "remaining_s": rest, "worker_s": w * rest,
+                        "meets_deadline": elapsed_s + rest <= deadline_s})
+    ok = [o for o in options if o["meets_deadline"]] or [min(options, key=lambda o: o["remaining_s"])]
+    return min(ok, key=lambda o: (o["worker_s"], -o["workers"])), options
+
+
 @dataclass
 class Plan:
     goal: str
@@ -142,8 +165,7 @@ def plan(model: ThroughputModel, phases: Sequence[Tuple[int, float]], total_step
         raise ValueError(f"goal must be 'time' or 'cost', got {goal!r}")
     if deadline_s is None:  # full fine-tuning on all workers
         deadline_s = total_steps * model.step_s(0, max_workers, global_batch)
-    opts = sorted(set(choices or [w for w in (2 ** k for k in range(20)) if w <= max_workers] + [max_workers]),
-                  reverse=True)
+    opts = sorted(set(choices), reverse=True) if choices else worker_choices(max_workers, global_batch)
     opts = [w for w in opts if global_batch % w == 0] or [max_workers]
     best: Optional[Plan] = None
     # the first phase runs on the whole allocation (when blocks will freeze is not known

@@ -61,3 +61,20 @@ def test_schedule_and_per_depth_compute_from_a_report():
     assert comp[0] == pytest.approx(20 / 40)  # 20 s for 20 steps of 2 samples
     assert comp[2] == pytest.approx(6 / 20)  # held for one window only: that window
     assert comp[3] == pytest.approx(6 / 40)  # first window after the freeze (4 s) skipped
+
+
+def test_live_and_offline_cost_goals_share_the_worker_chooser():
+    from autofreeze_ext.planner import choose_workers, worker_choices
+
+    assert worker_choices(8, 96) == [8, 6, 4, 3, 2, 1] and worker_choices(8, 96, min_workers=3) == [8, 6, 4, 3]
+    m = model()
+    m.restart_s = 5.0
+    steps, batch = 1000, 256
+    deadline = steps * m.step_s(0, 64, batch)
+    # a freeze halfway: the live choice for the second half ...
+    best, options = choose_workers(m, 2, steps // 2, 64, batch, elapsed_s=steps // 2 * m.step_s(0, 64, batch),
+                                   deadline_s=deadline)
+    assert [o["workers"] for o in options] == worker_choices(64, batch)
+    # ... is the offline plan's second phase for the same two-phase schedule
+    p = plan(m, [(0, 0.5), (2, 0.5)], steps, batch, 64, "cost", deadline_s=deadline)
+    assert p.workers == [64, best["workers"]]

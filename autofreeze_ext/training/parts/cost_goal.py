@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from ..._io import atomic_json
 from ...distributed import DistContext, time_allreduce
-from ...planner import ThroughputModel
+from ...planner import ThroughputModel, choose_workers
 from ..comm import from_rank0
 from ..config import FinetuneConfig
 from .base import Part
@@ -72,15 +72,8 @@ class CostPlanner:
         deadline = self.state.get("deadline_s") or self.cfg.deadline_s or float("inf")
         # the planner's model from this one measurement: bandwidth-bound ring all-reduce (alpha 0)
         model = ThroughputModel({depth: compute}, {depth: nbytes}, alpha=0.0,
-                                beta=t_ar / (nbytes * 2 * (w - 1) / w))
-        options = []
-        for w2 in [k for k in range(w, 0, -1) if b % k == 0 and k >= self.cfg.min_workers]:
-            step2 = model.step_s(depth, w2, b)
-            rest = left * step2 + (restart if w2 != w else 0.0)
-            options.append({"workers": w2, "step_s": step2, "remaining_s": rest, "worker_s": w2 * rest,
-                            "meets_deadline": elapsed + rest <= deadline})
-        ok = [o for o in options if o["meets_deadline"]] or [min(options, key=lambda o: o["remaining_s"])]
-        best = min(ok, key=lambda o: (o["worker_s"], -o["workers"]))
+                                beta=t_ar / (nbytes * 2 * (w - 1) / w), restart_s=restart)
+        best, options = choose_workers(model, depth, left, w, b, elapsed, deadline, self.cfg.min_workers)
         entry = {"step": step, "depth": depth, "world_size": w, "chosen": best["workers"],
                  "step_s_now": t_step, "allreduce_s": t_ar, "compute_s_per_sample": compute,
                  "predicted_step_s": best["step_s"], "predicted_remaining_s": best["remaining_s"],
