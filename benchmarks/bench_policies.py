@@ -164,13 +164,21 @@ def full_time(r: dict) -> float:
     return r["train_time_s"] - r["phases_s"].get("statistics", 0.0)
 
 
+def busy(r: dict) -> bool:
+    """The machine had more runnable work than cores when the run ended (5-minute load average
+    above the cores + 1): its time is not comparable, only its accuracy (reports from before
+    the load was recorded count as quiet)."""
+    load = r.get("load_average")
+    return bool(load) and load[1] > (os.cpu_count() or 1) + 1
+
+
 def per_seed(r: dict, full: dict) -> dict:
     ev = r["evals"]
     target = full["final_accuracy"]
     hit = next((e for e in ev if e["accuracy"] >= target), None)
     first = next((h for h in r["controller_history"] if h["event"] == "freeze"), None)
     spent = r["train_time_s"] if r["mode"] != "full" else full_time(r)
-    return {"speedup": full_time(full) / spent,
+    return {"speedup": None if busy(r) or busy(full) else full_time(full) / spent,
             "d_best": 100 * (r["best_accuracy"] - full["best_accuracy"]),
             "d_final": 100 * (r["final_accuracy"] - full["final_accuracy"]),
             "to_full_final": hit["train_time_s"] / full_time(full) if hit else None,
@@ -187,10 +195,20 @@ def ms(xs: List[Optional[float]], fmt: str = "{:.2f}") -> str:
     return (fmt + " ± " + fmt).format(statistics.mean(xs), sd)
 
 
+def timing_excluded(out: str) -> set:
+    """``OUT/timing_excluded.txt``: runs (``task/policy/seedS``, one per line, ``#`` comments)
+    whose times were taken while other work shared the machine; their accuracy still counts."""
+    path = os.path.join(out, "timing_excluded.txt")
+    if not os.path.exists(path):
+        return set()
+    return {line.split("#")[0].strip() for line in open(path) if line.split("#")[0].strip()}
+
+
 def summarize(out: str) -> dict:
     from _common import print_table
 
     runs = load(out)
+    excluded = timing_excluded(out)
     rows, table = [], {}
     for task in sorted({k[0] for k in runs}):
         for pol in POLICIES:
@@ -198,9 +216,13 @@ def summarize(out: str) -> dict:
             if not seeds:
                 continue
             ps = [per_seed(runs[(task, pol, s)], runs[(task, "full", s)]) for s in seeds]
+            for s, p in zip(seeds, ps):  # timings listed as taken on a busy machine: accuracy only
+                if f"{task}/{pol}/seed{s}" in excluded or f"{task}/full/seed{s}" in excluded:
+                    p["speedup"] = None
             table[f"{task}/{pol}"] = {"seeds": seeds, "runs": ps}
             col = lambda k: [p[k] for p in ps]  # noqa: E731
-            rows.append([task, pol, len(seeds), ms(col("speedup")) + "x", ms(col("d_best")), ms(col("d_final")),
+            speed = ms(col("speedup"))
+            rows.append([task, pol, len(seeds), speed + "x" if speed != "never" else "n/a (busy machine)", ms(col("d_best")), ms(col("d_final")),
                          ms(col("to_full_final")), ms(col("depth_end"), "{:.1f}"),
                          ms(col("first_freeze_epoch")), f"{100 * max(col('signal_share')):.2f}%"])
     print_table(["task", "policy", "seeds", "speedup", "Δ best", "Δ final", "time to full's final (x full)",
@@ -223,7 +245,8 @@ def pareto_plot(table: dict, path: str) -> None:
             t, pol = key.split("/", 1)
             if t != task:
                 continue
-            ax.scatter([p["speedup"] for p in v["runs"]], [p["d_best"] for p in v["runs"]],
+            pts = [p for p in v["runs"] if p["speedup"] is not None]
+            ax.scatter([p["speedup"] for p in pts], [p["d_best"] for p in pts],
                        marker=markers[pols.index(pol) % len(markers)], label=pol)
         ax.axhline(-0.5, ls="--", c="grey", lw=0.8)
         ax.axvline(2.0, ls="--", c="grey", lw=0.8)

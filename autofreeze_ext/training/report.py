@@ -1,6 +1,7 @@
 """The run's JSON report and the compare table."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import List
@@ -30,6 +31,10 @@ def make_report(run, packer, cost_goal) -> dict:
         "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
         "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
         "depth_seconds": prog["depth_seconds"],
+        # 1/5/15-minute load averages when the run ended, and the CPUs it could use: a timing
+        # taken while other work shared the cores is flagged by the benchmarks, not compared
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
                                                                       for u in prog["startups"]),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
