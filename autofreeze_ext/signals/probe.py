@@ -48,17 +48,11 @@ class ProbeForward:
         model = ctl.model
         dev = next(model.parameters()).device
         inputs = {k: v.to(dev) for k, v in self.probe.items()}
-        mask = inputs.get("attention_mask")
-        keep = mask.reshape(-1).bool() if mask is not None else None
         outs: Dict[int, Tensor] = {}
 
         def hook_for(b):
             def hook(module, args, output):
-                h = output[0] if isinstance(output, (tuple, list)) else output
-                h = h.reshape(-1, h.shape[-1]) if h.dim() > 2 else h
-                if keep is not None and h.shape[0] == keep.shape[0]:
-                    h = h[keep]
-                outs[b] = h.float().cpu()
+                outs[b] = self.tokens(output)
             return hook
 
         handles = [ctl.layout.blocks[b].register_forward_hook(hook_for(b)) for b in blocks]
