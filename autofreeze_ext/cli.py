@@ -21,13 +21,15 @@ from .data import DataError
 from .cache import CacheError
 from .estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
-from .training import COMPARE_HEADERS, MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_table, finetune
+from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
-    p.add_argument("--train", default=d.train, help="training TSV (sentence<TAB>label); default: built-in SST-2 sample")
-    p.add_argument("--dev", default=d.dev, help="dev TSV; default: SST-2 dev set")
+    p.add_argument("--train", default=d.train,
+                   help="training data: TSV, CSV, JSON Lines or Parquet (by extension, or --format); "
+                        "default: built-in SST-2 sample")
+    p.add_argument("--dev", default=d.dev, help="dev data, same columns; default: SST-2 dev set")
     p.add_argument("--model", default=None, help="Hugging Face BERT-family checkpoint folder; default: packaged MiniLM")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -51,6 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-signals", action="store_true",
                    help="measure every per-block freezing signal each interval into the report (full mode then "
                         "observes; used to replay policies offline)")
+    _task_args(p, d)
     _policy_args(p, d)
     c = p.add_argument_group("activation cache (modes ending in +cache)")
     c.add_argument("--cache-dir", default=None,
@@ -107,6 +110,9 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
     def sub(folder):  # one subfolder per mode when comparing
         return os.path.join(folder, mode_slug(mode)) if folder and per_mode_dirs else folder
     return FinetuneConfig(train=args.train, dev=args.dev, model=args.model, mode=mode, epochs=args.epochs,
+                          data_format=args.data_format, text_column=args.text_column,
+                          text_pair_column=args.text_pair_column, label_column=args.label_column,
+                          label_kind=args.label_kind, metric=args.metric, save_model=sub(args.save_model),
                           batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, seed=args.seed,
                           percentile=args.percentile, intervals_per_epoch=args.intervals_per_epoch,
                           evals_per_epoch=args.evals_per_epoch, train_samples=args.train_samples,
@@ -124,6 +130,30 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
                           learned=args.learned, max_new_blocks=args.max_new_blocks,
                           warmup_guard=not args.no_warmup_guard, target_speedup=args.target_speedup,
                           anneal_steps=args.anneal_steps, freeze_word_embeddings=args.freeze_word_embeddings)
+
+
+def _task_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
+    from .tasks import FORMATS, METRICS
+    from .tasks.labels import KINDS
+
+    t = p.add_argument_group("task data (defaults find GLUE's usual column names)")
+    t.add_argument("--format", dest="data_format", choices=FORMATS, default=None,
+                   help="file format of --train/--dev (default: from the extension: .tsv .csv .jsonl .parquet)")
+    t.add_argument("--text-column", default=None,
+                   help="the text column (default: sentence1, question1, question, premise, sentence or text)")
+    t.add_argument("--text-pair-column", default=None,
+                   help="the second text of a pair (default: sentence2, question2, sentence or hypothesis "
+                        "beside the first; none for single texts)")
+    t.add_argument("--label-column", default=None, help="the label column (default: label, labels or score)")
+    t.add_argument("--label-kind", choices=KINDS, default=d.label_kind,
+                   help="auto (default): integer labels are class ids, other numbers regression targets, anything "
+                        "else class names (ids in sorted order); classes / regression force one")
+    t.add_argument("--metric", choices=METRICS, default=None,
+                   help="the dev metric that drives the comparison (default: accuracy for classification, "
+                        "pearson for regression); every metric of the task's kind is reported")
+    t.add_argument("--save-model", default=None, metavar="DIR",
+                   help="write the fine-tuned model and tokenizer here at the end (save_pretrained; loads with "
+                        "AutoModelForSequenceClassification.from_pretrained(DIR))")
 
 
 def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
@@ -255,7 +285,7 @@ def _train(args, rank: int, parts=None) -> int:
             report = finetune(_config(args, args.mode), parts)
             if rank != 0:
                 return 0
-            print_table(COMPARE_HEADERS, compare_table([report]))
+            print_table(compare_headers([report]), compare_table([report]))
             _print_phases([report])
             _print_packing(report)
             report["estimate"] = estimate_full_time(report)
@@ -266,7 +296,7 @@ def _train(args, rank: int, parts=None) -> int:
             reports = [finetune(_config(args, m, per_mode_dirs=True), parts) for m in modes]
             if rank != 0:
                 return 0
-            print_table(COMPARE_HEADERS, compare_table(reports))
+            print_table(compare_headers(reports), compare_table(reports))
             _print_phases(reports)
             _write(args, "compare", reports)
     except (DataError, ModelError, CacheError, ValueError) as exc:

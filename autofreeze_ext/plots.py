@@ -1,4 +1,4 @@
-"""PNG plots of fine-tuning reports: dev accuracy vs training time, frozen depth vs step,
+"""PNG plots of fine-tuning reports: dev metric vs training time, frozen depth vs step,
 training time per phase for each mode, and the freezing story of the first adaptive run (the
 value each block was tested on per interval, the threshold, and which guard held a freeze)."""
 from __future__ import annotations
@@ -15,14 +15,17 @@ def plot_reports(reports: List[dict], path: str) -> str:
     story = next((r for r in reports if any("eta" in h and h["eta"] for h in r.get("controller_history", []))), None)
     fig, axes = plt.subplots(1, 4 if story else 3, figsize=(21 if story else 16, 4.2))
     ax1, ax2, ax3 = axes[:3]
+    from .training.report import metric_of, score
+
+    metric = metric_of(reports)
     for r in reports:
         ev = r["evals"]
-        ax1.plot([e["train_time_s"] for e in ev], [100 * e["accuracy"] for e in ev], marker="o", ms=3, label=r["mode"])
+        ax1.plot([e["train_time_s"] for e in ev], [100 * score(e) for e in ev], marker="o", ms=3, label=r["mode"])
         steps = [d["step"] for d in r["frozen_depth"]]
         ax2.step(steps, [d["depth"] for d in r["frozen_depth"]], where="post", label=r["mode"])
     ax1.set_xlabel("training time (s, evaluation excluded)")
-    ax1.set_ylabel("dev accuracy (%)")
-    ax1.set_title("accuracy vs time")
+    ax1.set_ylabel(f"dev {metric} (%)" if metric in ("accuracy", "f1", "macro_f1") else f"dev {metric} (x100)")
+    ax1.set_title(f"{metric} vs time")
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("frozen blocks")
     ax2.set_title("frozen depth")

@@ -16,6 +16,14 @@ def pytest_sessionstart(session):
         assert not info["compiled"] and info["grad_stats"]["cpu"] == "reference", info
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny randomly initialised BERT checkpoint folder (4 blocks) shared by the CLI tests."""
+    from models import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_bert"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

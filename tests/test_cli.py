@@ -5,25 +5,11 @@ import random
 import pytest
 
 from autofreeze_ext import cli
+from models import WORDS
 
 pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 
 CRASH_CLI = str(__import__("pathlib").Path(__file__).parent / "crash_cli.py")  # the CLI with a KillAt part
-WORDS = "good bad great awful fine poor nice terrible film movie plot acting was is the a very not".split()
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny_bert")
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
-    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
-    BertForSequenceClassification(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
 
 
 def write_tsv(path, n, seed=0, header="sentence\tlabel", label_fn=None):
@@ -90,8 +76,10 @@ def test_compare_runs_modes_with_one_table(tiny_ckpt, task, tmp_path, capsys):
 
 @pytest.mark.parametrize("make_bad, match", [
     (lambda p: str(p / "missing.tsv"), "no such file"),
-    (lambda p: write_tsv(p / "cols.tsv", 5, header="text\tclass"), "lacks the columns"),
-    (lambda p: write_tsv(p / "lab.tsv", 5, label_fn=lambda l: "positive"), "not an integer"),
+    (lambda p: write_tsv(p / "cols.tsv", 5, header="review\tlabel"), "no text column found"),
+    (lambda p: write_tsv(p / "cols.tsv", 5, header="text\tclass"), "no label column found"),
+    (lambda p: write_tsv(p / "lab.tsv", 5, label_fn=lambda l: "positive"), "does not occur in"),
+    (lambda p: write_tsv(p / "neg.tsv", 5, label_fn=lambda l: str(-l - 1)), "is negative"),
     (lambda p: write_tsv(p / "empty.tsv", 0), "no data rows"),
 ])
 def test_bad_data_errors(make_bad, match, tiny_ckpt, task, tmp_path, capsys):

@@ -19,8 +19,8 @@ from .evaluate import evaluate
 from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
-from .parts import Checkpointer, CostGoal, EpochEnd, Evaluator, Packer, Part, Progress, ProgressBar
-from .report import COMPARE_HEADERS, compare_table, make_report
+from .parts import Checkpointer, CostGoal, EpochEnd, Evaluator, ModelSaver, Packer, Part, Progress, ProgressBar
+from .report import COMPARE_HEADERS, compare_headers, compare_table, make_report, score
 
 
 def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dict:
@@ -44,7 +44,8 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     run.run_id = new_run_id(run)
     attach_cache_and_runner(run)
     try:
-        run_loop(run, [*core, Checkpointer(core), *(parts or ())])
+        saver = [ModelSaver(cfg.save_model)] if cfg.save_model else []
+        run_loop(run, [*core, Checkpointer(core), *saver, *(parts or ())])
         return make_report(run, packer, cost_goal)
     finally:
         run.clock.remove()
@@ -54,6 +55,6 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
             run.runner.close()
 
 
-__all__ = ["COMPARE_HEADERS", "FinetuneConfig", "MODES_HELP", "ModelError", "PHASES", "Run", "compare_table",
+__all__ = ["COMPARE_HEADERS", "compare_headers", "score", "FinetuneConfig", "MODES_HELP", "ModelError", "PHASES", "Run", "compare_table",
            "default_model_path", "evaluate", "finetune", "load_model_and_tokenizer", "make_mode_policy",
            "make_report", "probe_batch", "split_mode", "validate"]

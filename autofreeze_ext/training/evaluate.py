@@ -1,27 +1,41 @@
-"""Dev-set accuracy, split across ranks under torch.distributed."""
+"""Dev-set metrics, the predictions split across ranks under torch.distributed."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..distributed import DistContext, all_reduce_sum
+from ..tasks import compute
 
 
 @torch.inference_mode()
-def evaluate(model, data: dict, batch_size: int = 128, ctx: Optional[DistContext] = None) -> float:
-    """Accuracy on ``data``; under torch.distributed each rank scores a slice and the counts
-    are summed."""
+def predict(model, data: dict, batch_size: int = 128, ctx: Optional[DistContext] = None) -> list:
+    """The model's prediction for every row of ``data``: a class id (argmax) or, with one
+    output, the regression value. Under torch.distributed each rank predicts a slice and the
+    slices are summed into the whole list on every rank."""
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    correct = 0
     n = len(data["labels"])
     lo, hi = n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
     dev = next(model.parameters()).device
+    preds = [0.0] * n
     for s in range(lo, hi, batch_size):
         e = min(s + batch_size, hi)
-        batch = {k: v[s:e].to(dev) for k, v in data.items() if k != "labels"}
-        correct += (model(**batch).logits.argmax(-1).cpu() == data["labels"][s:e]).sum().item()
+        logits = model(**{k: v[s:e].to(dev) for k, v in data.items() if k != "labels"}).logits.float().cpu()
+        preds[s:e] = (logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
     model.train(was_training)
-    return all_reduce_sum([correct], ctx)[0] / n
+    return all_reduce_sum(preds, ctx)
+
+
+def evaluate_metrics(model, data: dict, batch_size: int = 128, ctx: Optional[DistContext] = None) -> Dict[str, float]:
+    """Every metric of the task's kind (classification: labels are integers; regression:
+    floats) on ``data``."""
+    regression = data["labels"].is_floating_point()
+    return compute(predict(model, data, batch_size, ctx), data["labels"].tolist(), regression)
+
+
+def evaluate(model, data: dict, batch_size: int = 128, ctx: Optional[DistContext] = None) -> float:
+    """Accuracy on ``data`` (classification)."""
+    return evaluate_metrics(model, data, batch_size, ctx)["accuracy"]

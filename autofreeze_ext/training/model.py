@@ -22,9 +22,11 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(pkg.__file__), "model")
 
 
-def load_model_and_tokenizer(path: Optional[str], num_labels: int):
+def load_model_and_tokenizer(path: Optional[str], labels):
     """A sequence classifier and its tokenizer from a local Hugging Face folder (nothing is
-    downloaded); :class:`ModelError` says what is wrong with the folder."""
+    downloaded); ``labels``: a :class:`~autofreeze_ext.tasks.LabelSpace` (its class names go
+    into the config as ``id2label``/``label2id``; regression: one output, MSE loss) or a
+    number of classes. :class:`ModelError` says what is wrong with the folder."""
     path = path or default_model_path()
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelError(f"{path}: not a model folder (expected a Hugging Face checkpoint with config.json)")
@@ -37,10 +39,21 @@ def load_model_and_tokenizer(path: Optional[str], num_labels: int):
     hf_logging.set_verbosity_error()
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, local_files_only=True)
+        # a head of another size (another task's checkpoint) is replaced by a fresh one
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, ignore_mismatched_sizes=True,
+                                                                   **_label_config(labels))
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: cannot load a sequence classifier and its tokenizer from it ({exc})") from exc
     return model, tok
+
+
+def _label_config(labels) -> dict:
+    if isinstance(labels, int):
+        return {"num_labels": labels}
+    if labels.regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": labels.num_labels, "id2label": labels.id2label, "label2id": labels.label2id,
+            "problem_type": "single_label_classification"}
 
 
 def probe_batch(data: dict, n: int, seed: int, labels: bool = False) -> dict:

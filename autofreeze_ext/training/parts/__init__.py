@@ -2,7 +2,7 @@
 
 The loop (``training.loop``) only runs steps; everything else it does is a part: the run's
 record and time accounting, the progress bar, evaluation, epoch ends, the batch packer, the
-cost goal's worker planner, checkpoints (which hold every part's state) and, in tests, fault
+cost goal's worker planner, saving the model, checkpoints (which hold every part's state) and, in tests, fault
 injection."""
 from .base import Part
 from .checkpointer import Checkpointer
@@ -10,9 +10,10 @@ from .cost_goal import CostGoal
 from .epoch_end import EpochEnd
 from .evaluator import Evaluator
 from .faults import KillAt
+from .model_saver import ModelSaver
 from .packer import Packer
 from .progress import Progress
 from .progress_bar import ProgressBar
 
-__all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "Packer", "Part", "Progress",
+__all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "ModelSaver", "Packer", "Part", "Progress",
            "ProgressBar"]

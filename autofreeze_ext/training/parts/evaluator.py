@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from ...policies import tiled_interval_ends
-from ..evaluate import evaluate
+from ..evaluate import evaluate_metrics
 from .base import Part
 
 log = logging.getLogger("autofreeze_ext")
@@ -12,7 +12,9 @@ log = logging.getLogger("autofreeze_ext")
 
 class Evaluator(Part):
     """Evaluates on the dev set at ``evals_per_epoch`` points tiling each epoch (time not
-    counted as training) and records accuracy, step, epoch, training time and frozen depth."""
+    counted as training) and records every metric of the task (``metrics``), the one that
+    drives the comparison (``score``; ``accuracy`` too for classification), step, epoch,
+    training time and frozen depth."""
 
     def epoch_start(self, run, epoch: int, planned: list) -> None:
         self.ends = tiled_interval_ends(len(planned), run.cfg.evals_per_epoch)
@@ -22,10 +24,13 @@ class Evaluator(Part):
         in_epoch = run.sampler.position
         if in_epoch not in self.ends:
             return
-        acc = evaluate(run.model, run.dev, ctx=run.ctx)
+        metrics = evaluate_metrics(run.model, run.dev, ctx=run.ctx)
         at = self.epoch + in_epoch / run.steps_per_epoch
-        run.prog["evals"].append({"step": run.prog["step"], "epoch": at, "train_time_s": run.prog["train_time"],
-                                  "accuracy": acc, "frozen_depth": run.ctl.frozen_depth})
+        entry = {"step": run.prog["step"], "epoch": at, "train_time_s": run.prog["train_time"],
+                 "score": metrics[run.metric], "metrics": metrics, "frozen_depth": run.ctl.frozen_depth}
+        if "accuracy" in metrics:
+            entry["accuracy"] = metrics["accuracy"]
+        run.prog["evals"].append(entry)
         if run.ctx.is_main:
-            log.info("%s: step %d epoch %.2f dev accuracy %.2f%% frozen %d/%d", run.cfg.mode, run.prog["step"], at,
-                     100 * acc, run.ctl.frozen_depth, run.num_blocks)
+            log.info("%s: step %d epoch %.2f dev %s %.2f%% frozen %d/%d", run.cfg.mode, run.prog["step"], at,
+                     run.metric, 100 * metrics[run.metric], run.ctl.frozen_depth, run.num_blocks)

@@ -1,0 +1,119 @@
+"""Label spaces: integer class ids, class names, or float targets (regression)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .errors import DataError
+
+KINDS = ("auto", "classes", "regression")
+
+
+@dataclass
+class LabelSpace:
+    """How a task's labels map to model targets.
+
+    ``kind`` is ``"ids"`` (integer class ids as given, ``num_labels`` = largest + 1),
+    ``"names"`` (class names, ids in sorted order) or ``"regression"`` (float targets,
+    ``num_labels`` = 1, mean squared error as in Hugging Face)."""
+
+    kind: str
+    names: List[str] = field(default_factory=list)  #: class i's name (ids: "0", "1", ...)
+
+    @property
+    def regression(self) -> bool:
+        return self.kind == "regression"
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.names)
+
+    @property
+    def id2label(self) -> Optional[Dict[int, str]]:
+        return None if self.regression else dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> Optional[Dict[str, int]]:
+        return None if self.regression else {n: i for i, n in enumerate(self.names)}
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "num_labels": self.num_labels, "id2label": self.id2label}
+
+    @classmethod
+    def infer(cls, values: Sequence, where: Callable[[int], str], kind: str = "auto") -> "LabelSpace":
+        """The label space of the training labels ``values`` (``where(i)`` names row ``i``).
+
+        ``auto``: integers are class ids, other numbers regression targets, anything else
+        class names; ``classes`` treats numbers as class ids when integral, else as names;
+        ``regression`` needs numbers."""
+        if kind not in KINDS:
+            raise DataError(f"unknown label kind {kind!r}; known: {', '.join(KINDS)}")
+        texts = [_text(v, where, i) for i, v in enumerate(values)]
+        ints = _all(texts, _as_int)
+        if ints is not None and kind != "regression":
+            for i, v in enumerate(ints):
+                if v < 0:
+                    raise DataError(f"{where(i)}: label {v} is negative (class ids count from 0)")
+            return cls("ids", [str(i) for i in range(max(ints) + 1)])
+        if kind == "regression" or (kind == "auto" and _all(texts, _as_float) is not None):
+            for i, t in enumerate(texts):
+                if _as_float(t) is None:
+                    raise DataError(f"{where(i)}: label {t!r} is not a number (the task is a regression)")
+            return cls("regression")
+        return cls("names", sorted(set(texts)))
+
+    def encode(self, values: Sequence, where: Callable[[int], str], train_path: str = "the training data") -> list:
+        """Model targets of ``values``: class ids (int) or floats; a value the space does not
+        hold (a class unseen in training) is a :class:`DataError` naming file, line and value."""
+        out = []
+        for i, v in enumerate(values):
+            t = _text(v, where, i)
+            if self.regression:
+                x = _as_float(t)
+                if x is None:
+                    raise DataError(f"{where(i)}: label {t!r} is not a number (the task is a regression)")
+                out.append(x)
+                continue
+            key = str(_as_int(t)) if self.kind == "ids" and _as_int(t) is not None else t
+            if key not in self.label2id:
+                raise DataError(f"{where(i)}: label {t!r} does not occur in {train_path} "
+                                f"(its classes: {', '.join(self.names[:20])})")
+            out.append(self.label2id[key])
+        return out
+
+
+def _text(v, where, i: int) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        raise DataError(f"{where(i)}: the label is missing")
+    if isinstance(v, bool):
+        return str(int(v))
+    t = repr(v) if isinstance(v, float) else str(v).strip()  # a typed float column stays a float
+    if t == "":
+        raise DataError(f"{where(i)}: the label is empty")
+    return t
+
+
+def _as_int(t: str) -> Optional[int]:
+    try:
+        return int(t)
+    except ValueError:
+        return None
+
+
+def _as_float(t: str) -> Optional[float]:
+    try:
+        x = float(t)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _all(texts: List[str], conv) -> Optional[list]:
+    out = []
+    for t in texts:
+        x = conv(t)
+        if x is None:
+            return None
+        out.append(x)
+    return out
