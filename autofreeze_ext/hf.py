@@ -17,11 +17,9 @@ Trainer's checkpoints (``autofreeze_controller.pt`` in each ``checkpoint-*`` fol
 ``callback.prepare_resume(model, ckpt)`` has re-frozen the prefix (the Trainer builds its
 optimizer from the parameters that require grad, before any callback runs).
 
-What caching needs beyond this callback: the activation cache needs each sample's index and
-control of the forward pass, which ``Trainer`` does not expose. Keep the index column
-(``TrainingArguments(remove_unused_columns=False)``, a dataset that yields ``sample_index``) and
-override ``compute_loss`` to call a :class:`~autofreeze_ext.FrozenPrefixRunner` built from
-``callback.controller``; or use the ``autofreeze`` CLI / a plain loop, which do both.
+For the activation cache as well (it needs each sample's index and the forward pass), use
+:class:`autofreeze_ext.hf_trainer.AutoFreezeTrainer`, a ``Trainer`` subclass that installs this
+callback.
 """
 from __future__ import annotations
 

@@ -1,0 +1,135 @@
+"""``AutoFreezeTrainer``: a Hugging Face ``Trainer`` that freezes *and* caches the frozen prefix.
+
+Usage (one process; the same arguments as ``Trainer`` plus the freezing and cache options)::
+
+    from autofreeze_ext.hf_trainer import AutoFreezeTrainer
+    trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=ds, policy="gradient+guards",
+                                cache_dir="/scratch/af_cache")
+    trainer.train()
+
+What it adds to :class:`~autofreeze_ext.hf.AutoFreezeCallback` (which it installs): each training
+row carries its index (``sample_index``, kept through the Trainer's column filter), and the
+training forward pass goes through a :class:`~autofreeze_ext.FrozenPrefixRunner` over an
+:class:`~autofreeze_ext.ActivationCache`, so once blocks freeze, later epochs read their output
+instead of recomputing it. Evaluation and prediction run the whole model unchanged. Gradient
+accumulation works (the runner serves each micro-batch); ``resume_from_checkpoint`` works as with
+the callback (``trainer.autofreeze.prepare_resume(model, ckpt)`` first; the cache refills).
+Under ``torchrun``/``accelerate`` with several processes it refuses to start: use the
+``autofreeze`` CLI there (its DDP path keeps each rank's samples and cache together).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .cache import ActivationCache
+from .hf import AutoFreezeCallback
+from .policies import FreezePolicy, PolicyOptions
+from .prefix import FrozenPrefixRunner
+
+try:
+    from transformers import Trainer
+except ImportError:  # transformers is optional
+    Trainer = object  # type: ignore[misc,assignment]
+
+INDEX = "sample_index"
+
+
+class IndexedRows(torch.utils.data.Dataset):
+    """A map-style dataset of dicts whose rows also carry their index under ``sample_index``."""
+
+    def __init__(self, rows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[i], INDEX: i}
+
+
+class _ThroughRunner:
+    """Stands in for the model inside ``Trainer.compute_loss``: calling it runs the runner."""
+
+    def __init__(self, runner: FrozenPrefixRunner, indices, model) -> None:
+        self.runner, self.indices, self.model = runner, indices, model
+
+    def __call__(self, **inputs):
+        return self.runner(self.indices, **inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
+    """A ``transformers.Trainer`` with AutoFreeze's freezing and activation cache.
+
+    Args:
+        policy, options: the freezing policy (as :class:`~autofreeze_ext.hf.AutoFreezeCallback`).
+        cache: cache the frozen prefix's outputs (default True; False: freezing only).
+        cache_dir: folder of the cache's disk tier (default: RAM tier only).
+        cache_memory, cache_disk: budgets, e.g. ``"2GiB"``.
+        cost_model: cache only at depths where reading beats recomputing (default True).
+        *args, **kwargs: ``Trainer``'s; ``train_dataset`` must be map-style, of dicts.
+
+    :attr:`autofreeze` is the installed callback (its ``controller`` once training began),
+    :attr:`cache` the activation cache (``None`` before training or without caching).
+    """
+
+    def __init__(self, *args, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
+                 cache: bool = True, cache_dir: Optional[str] = None, cache_memory: str = "2GiB",
+                 cache_disk: Optional[str] = None, cost_model: bool = True, **kwargs) -> None:
+        if Trainer is object:
+            raise ImportError("transformers is not installed: pip install \".[hf]\"")
+        self.autofreeze = AutoFreezeCallback(policy, options)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze]
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1 and cache:
+            raise RuntimeError("AutoFreezeTrainer caches in one process; with several processes use the "
+                               "autofreeze CLI (its DDP path keeps each rank's samples and cache together), or "
+                               "cache=False for freezing only")
+        if self.train_dataset is not None and cache:
+            self.train_dataset = IndexedRows(self.train_dataset)
+        self.use_cache, self.cost_model = cache, cost_model
+        self.cache_options = {"path": cache_dir, "memory_budget": cache_memory, "disk_budget": cache_disk}
+        self.cache: Optional[ActivationCache] = None
+        self._runner: Optional[FrozenPrefixRunner] = None
+        self.cache_counters: dict = {}  #: the cache's counters when training ended
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if INDEX not in self._signature_columns:
+            self._signature_columns.append(INDEX)
+
+    def _runner_for(self, model) -> Optional[FrozenPrefixRunner]:
+        ctl = self.autofreeze.controller
+        if not self.use_cache or ctl is None:
+            return None
+        if self._runner is None or self._runner.controller is not ctl:
+            device = next(self.model.parameters()).device
+            self.cache = ActivationCache(device=device, fingerprint={"trainer_run": id(ctl)}, **self.cache_options)
+            self._runner = FrozenPrefixRunner(self.model, ctl, self.cache, cost_model=self.cost_model)
+        return self._runner
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
+        indices = inputs.pop(INDEX, None)
+        runner = self._runner_for(model) if model.training and indices is not None else None
+        target = _ThroughRunner(runner, indices, model) if runner is not None else model
+        return super().compute_loss(target, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._close_cache()
+
+    def _close_cache(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        if self.cache is not None:
+            self.cache_counters = self.cache.counters()
+            self.cache.close()
