@@ -121,7 +121,8 @@ def finish(task, policy, seed, proc, args) -> None:
     os.replace(produced, report_path(d))
     shutil.rmtree(os.path.join(d, "ck"), ignore_errors=True)
     r = json.load(open(report_path(d)))
-    print(f"  {task}/{policy}/seed{seed}: done, {r['train_time_s']:.0f} s, best {100 * r['best_accuracy']:.2f}",
+    print(f"  {task}/{policy}/seed{seed}: done, {r['train_time_s']:.0f} s, best {r.get('metric', 'accuracy')} "
+          f"{100 * score(r):.2f}",
           flush=True)
 
 
