@@ -102,7 +102,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if INDEX not in self._signature_columns:
             self._signature_columns.append(INDEX)
 
-    def _runner_for(self, model) -> Optional[FrozenPrefixRunner]:
+    def _runner_for(self) -> Optional[FrozenPrefixRunner]:
         ctl = self.autofreeze.controller
         if not self.use_cache or ctl is None:
             return None
@@ -115,7 +115,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
         indices = inputs.pop(INDEX, None)
-        runner = self._runner_for(model) if model.training and indices is not None else None
+        runner = self._runner_for() if model.training and indices is not None else None
         target = _ThroughRunner(runner, indices, model) if runner is not None else model
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from autofreeze_ext.cli import mode_slug  # noqa: E402
-from autofreeze_ext.training.report import score  # noqa: E402
+from autofreeze_ext.training.report import best_score, final_score, score  # noqa: E402
 from replay_policies import predicted_speedup  # noqa: E402
 
 DATA = os.environ.get("AUTOFREEZE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
@@ -122,7 +122,7 @@ def finish(task, policy, seed, proc, args) -> None:
     shutil.rmtree(os.path.join(d, "ck"), ignore_errors=True)
     r = json.load(open(report_path(d)))
     print(f"  {task}/{policy}/seed{seed}: done, {r['train_time_s']:.0f} s, best {r.get('metric', 'accuracy')} "
-          f"{100 * score(r):.2f}",
+          f"{100 * best_score(r):.2f}",
           flush=True)
 
 
@@ -180,9 +180,7 @@ def busy(r: dict) -> bool:
 
 def per_seed(r: dict, full: dict) -> dict:
     ev = r["evals"]
-    final = lambda x: x.get("final_score", x.get("final_accuracy"))  # noqa: E731
-    best = lambda x: x.get("best_score", x.get("best_accuracy"))  # noqa: E731
-    hit = next((e for e in ev if score(e) >= final(full)), None)
+    hit = next((e for e in ev if score(e) >= final_score(full)), None)
     first = next((h for h in r["controller_history"] if h["event"] == "freeze"), None)
     spent = r["train_time_s"] if r["mode"] != "full" else full_time(r)
     trace = [(d["step"], d["depth"]) for d in r["frozen_depth"]]
@@ -191,8 +189,8 @@ def per_seed(r: dict, full: dict) -> dict:
             # the replay's cost model (calibrated on a quiet same-run compare) on this run's own
             # freezing schedule: a speed figure that does not depend on what else the machine ran
             "modelled_speedup": modelled,
-            "d_best": 100 * (best(r) - best(full)),  # points of the task's metric
-            "d_final": 100 * (final(r) - final(full)),
+            "d_best": 100 * (best_score(r) - best_score(full)),  # points of the task's metric
+            "d_final": 100 * (final_score(r) - final_score(full)),
             "to_full_final": hit["train_time_s"] / full_time(full) if hit else None,
             "depth_end": r["frozen_depth"][-1]["depth"],
             "first_freeze_epoch": first["epoch"] if first else None,

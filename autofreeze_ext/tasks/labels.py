@@ -57,16 +57,13 @@ class LabelSpace:
                     raise DataError(f"{where(i)}: label {v} is negative (class ids count from 0)")
             return cls("ids", [str(i) for i in range(max(ints) + 1)])
         if kind == "regression" or (kind == "auto" and _all(texts, _as_float) is not None):
-            for i, t in enumerate(texts):
-                if _as_float(t) is None:
-                    raise DataError(f"{where(i)}: label {t!r} is not a number (the task is a regression)")
-            return cls("regression")
+            return cls("regression")  # encode() names any label that is not a number
         return cls("names", sorted(set(texts)))
 
     def encode(self, values: Sequence, where: Callable[[int], str], train_path: str = "the training data") -> list:
         """Model targets of ``values``: class ids (int) or floats; a value the space does not
         hold (a class unseen in training) is a :class:`DataError` naming file, line and value."""
-        out = []
+        out, ids = [], self.label2id
         for i, v in enumerate(values):
             t = _text(v, where, i)
             if self.regression:
@@ -76,10 +73,10 @@ class LabelSpace:
                 out.append(x)
                 continue
             key = str(_as_int(t)) if self.kind == "ids" and _as_int(t) is not None else t
-            if key not in self.label2id:
+            if key not in ids:
                 raise DataError(f"{where(i)}: label {t!r} does not occur in {train_path} "
                                 f"(its classes: {', '.join(self.names[:20])})")
-            out.append(self.label2id[key])
+            out.append(ids[key])
         return out
 
 

@@ -20,7 +20,7 @@ from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
 from .parts import Checkpointer, CostGoal, EpochEnd, Evaluator, ModelSaver, Packer, Part, Progress, ProgressBar
-from .report import COMPARE_HEADERS, compare_headers, compare_table, make_report, score
+from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table, final_score, make_report, score
 
 
 def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dict:
@@ -55,6 +55,7 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
             run.runner.close()
 
 
-__all__ = ["COMPARE_HEADERS", "compare_headers", "score", "FinetuneConfig", "MODES_HELP", "ModelError", "PHASES", "Run", "compare_table",
-           "default_model_path", "evaluate", "finetune", "load_model_and_tokenizer", "make_mode_policy",
-           "make_report", "probe_batch", "split_mode", "validate"]
+__all__ = ["COMPARE_HEADERS", "FinetuneConfig", "MODES_HELP", "ModelError", "PHASES", "Run", "best_score",
+           "compare_headers", "compare_table", "default_model_path", "evaluate", "final_score", "finetune",
+           "load_model_and_tokenizer", "make_mode_policy", "make_report", "probe_batch", "score", "split_mode",
+           "validate"]

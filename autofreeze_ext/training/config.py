@@ -6,6 +6,8 @@ from typing import Optional
 
 from ..cache import parse_bytes
 from ..data import SAMPLE_DIR
+from ..tasks import FORMATS, METRICS
+from ..tasks.labels import KINDS
 
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
@@ -105,9 +107,6 @@ def validate(cfg: FinetuneConfig) -> None:
         if cfg.max_batch < cfg.batch_size:
             raise ValueError(f"--max-batch {cfg.max_batch} is smaller than --batch-size {cfg.batch_size}")
     parse_bytes(cfg.max_activation_memory)
-    from ..tasks import FORMATS, METRICS
-    from ..tasks.labels import KINDS
-
     if cfg.data_format not in (None,) + FORMATS:
         raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {cfg.data_format!r}")
     if cfg.label_kind not in KINDS:

@@ -53,11 +53,19 @@ def make_report(run, packer, cost_goal) -> dict:
 
 
 def score(entry: dict) -> float:
-    """The metric that drives a comparison, of a report or one of its evaluations (reports
-    written before other metrics existed hold accuracy only)."""
-    if "score" in entry or "best_score" in entry:
-        return entry.get("score", entry.get("best_score"))
-    return entry.get("accuracy", entry.get("best_accuracy"))
+    """The value of the metric that drives a comparison at one evaluation (evaluations written
+    before other metrics existed hold accuracy only)."""
+    return entry["score"] if "score" in entry else entry["accuracy"]
+
+
+def best_score(report: dict) -> float:
+    """A report's best value of its metric (older reports: best accuracy)."""
+    return report["best_score"] if "best_score" in report else report["best_accuracy"]
+
+
+def final_score(report: dict) -> float:
+    """A report's value of its metric at the last evaluation (older reports: final accuracy)."""
+    return report["final_score"] if "final_score" in report else report["final_accuracy"]
 
 
 def metric_of(reports: List[dict]) -> str:
@@ -70,11 +78,11 @@ def compare_table(reports: List[dict]) -> List[List[str]]:
     full = next((r for r in reports if r["mode"] == "full"), None)
     rows = []
     for r in reports:
-        best, final = r.get("best_score", r.get("best_accuracy")), r.get("final_score", r.get("final_accuracy"))
+        best, final = best_score(r), final_score(r)
         speed = f"{full['train_time_s'] / r['train_time_s']:.2f}x" if full else "-"
         to_best, delta = "-", "-"
         if full:
-            full_best = full.get("best_score", full.get("best_accuracy"))
+            full_best = best_score(full)
             hit = next((e for e in r["evals"] if score(e) >= full_best), None)
             to_best = f"{hit['train_time_s']:.0f} s" if hit else "never"
             delta = f"{100 * (best - full_best):+.2f}"
