@@ -63,7 +63,7 @@ POLICIES: Dict[str, tuple] = {
     # the same mean number of active blocks as MATCHED's run on the same task and seed
     "matched-static+cache": (None, []),
 }
-MATCHED = "drift0.02+cache"
+MATCHED = "gradient+guards+cache"  # the most accurate adaptive policy of sweep 2
 
 
 def matched_mode(out: str, task: str, seed: int) -> Optional[str]:
