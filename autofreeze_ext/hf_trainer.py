@@ -12,13 +12,14 @@ row carries its index (``sample_index``, kept through the Trainer's column filte
 training forward pass goes through a :class:`~autofreeze_ext.FrozenPrefixRunner` over an
 :class:`~autofreeze_ext.ActivationCache`, so once blocks freeze, later epochs read their output
 instead of recomputing it. Evaluation and prediction run the whole model unchanged. Gradient
-accumulation works (the runner serves each micro-batch); ``resume_from_checkpoint`` works as with
-the callback (``trainer.autofreeze.prepare_resume(model, ckpt)`` first; the cache refills).
+accumulation works (the runner serves each micro-batch); ``train(resume_from_checkpoint=...)``
+re-freezes the checkpoint's frozen prefix itself (the cache refills).
 Under ``torchrun``/``accelerate`` with several processes it refuses to start: use the
 ``autofreeze`` CLI there (its DDP path keeps each rank's samples and cache together).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Union
 
 import torch
@@ -120,11 +121,27 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None, *args, **kwargs):
+        """``Trainer.train``; with ``resume_from_checkpoint`` (a folder, or True for the newest
+        ``checkpoint-*`` in ``output_dir``) the frozen prefix is frozen again first, so the
+        optimizer the Trainer builds matches the checkpoint's (no ``prepare_resume`` call needed);
+        the cache starts empty and refills from the first epoch resumed."""
+        if resume_from_checkpoint:
+            resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+            self.autofreeze.prepare_resume(self.model, resume_from_checkpoint)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self._close_cache()
+
+    def _resolve_checkpoint(self, ckpt: Union[str, bool]) -> str:
+        if ckpt is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            if ckpt is None:
+                raise ValueError(f"resume_from_checkpoint=True: no checkpoint-* folder in {self.args.output_dir}")
+        return str(ckpt)
 
     def _close_cache(self) -> None:
         if self._runner is not None:
