@@ -78,14 +78,15 @@ class BlockNet(nn.Module):
 WORDS = "good bad great awful fine poor nice terrible film movie plot acting was is the a very not".split()
 
 
-def save_tiny_checkpoint(d) -> str:
-    """A tiny BERT checkpoint folder with its tokenizer (the CLI loads models from folders)."""
+def save_tiny_checkpoint(d, **config) -> str:
+    """A tiny BERT checkpoint folder with its tokenizer (the CLI loads models from folders);
+    ``config`` overrides ``BertConfig`` fields (e.g. dropout)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
     cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+                     intermediate_size=64, max_position_embeddings=32, num_labels=2, **config)
     BertForSequenceClassification(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)

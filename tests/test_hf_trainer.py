@@ -1,4 +1,5 @@
 """AutoFreezeTrainer: a Trainer whose training forward reads the frozen prefix from the cache."""
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,10 @@ pytest.importorskip("accelerate")
 
 from autofreeze_ext.hf_trainer import INDEX, AutoFreezeTrainer, IndexedRows  # noqa: E402
 
-from models import tiny_bert  # noqa: E402
+from autofreeze_ext.tasks import encode, load_task  # noqa: E402
+
+from models import save_tiny_checkpoint, tiny_bert  # noqa: E402
+from test_cli import run, write_tsv  # noqa: E402
 from test_hf_callback import DS  # noqa: E402
 
 pytestmark = pytest.mark.reference
@@ -94,3 +98,39 @@ def test_resume_from_checkpoint_continues_the_uninterrupted_run(tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint-"):
         make(tmp_path / "empty", epochs=1).train(resume_from_checkpoint=True)
+
+
+def test_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsys):
+    """The same data, seed, optimizer and schedule through the CLI's ``autofreeze+cache`` and
+    through AutoFreezeTrainer (default policy: the paper's test): the same decisions, and losses
+    equal within 1e-4 (summation order; one batch holds the whole training set, so the two
+    samplers' orders do not matter, and dropout is off)."""
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--model", ckpt, "--train", train_tsv,
+                         "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16", "--max-length", "12", "--lr", "1e-3",
+                         "--seed", "0", "--evals-per-epoch", "1", "--out", str(tmp_path / "cli"), "--no-progress",
+                         "--no-plot"], capsys)
+    assert rc == 0, stdout
+    rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+
+    enc = encode(load_task(train_tsv), transformers.AutoTokenizer.from_pretrained(ckpt), 12)
+    rows = [{k: v[i] for k, v in enc.items()} for i in range(16)]
+    # the CLI's optimizer and schedule: AdamW, decay 0.01, linear with 10% warm-up (0 of 9 steps; a
+    # warm-up step at LR 0 would leave two equal gradients for the test to split by rounding noise)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=16, num_train_epochs=9, learning_rate=1e-3,
+        weight_decay=0.01, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=0.0, optim="adamw_torch",
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt)
+    trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=rows, cache_dir=str(tmp_path / "cache"))
+    trainer.train()
+    cli_freezes = [(h["step"], h["to"]) for h in rep["controller_history"] if h["event"] == "freeze"]
+    assert cli_freezes and freezes(trainer) == cli_freezes
+    norms = [[n for n in h["norms"] if n is not None] for h in trainer.autofreeze.controller.history
+             if h["event"] == "interval"]
+    cli_norms = [[n for n in h["norms"] if n is not None] for h in rep["controller_history"] if h["event"] == "interval"]
+    assert norms == [pytest.approx(n, rel=1e-4) for n in cli_norms]
+    assert list(losses_of(trainer).values()) == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)
+    assert trainer.cache_counters["hits_ram"] > 0
