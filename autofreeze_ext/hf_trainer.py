@@ -1,6 +1,6 @@
 """``AutoFreezeTrainer``: a Hugging Face ``Trainer`` that freezes *and* caches the frozen prefix.
 
-Usage (one process; the same arguments as ``Trainer`` plus the freezing and cache options)::
+Usage (the same arguments as ``Trainer`` plus the freezing and cache options)::
 
     from autofreeze_ext.hf_trainer import AutoFreezeTrainer
     trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=ds, policy="gradient+guards",
@@ -14,8 +14,12 @@ training forward pass goes through a :class:`~autofreeze_ext.FrozenPrefixRunner`
 instead of recomputing it. Evaluation and prediction run the whole model unchanged. Gradient
 accumulation works (the runner serves each micro-batch); ``train(resume_from_checkpoint=...)``
 re-freezes the checkpoint's frozen prefix itself (the cache refills).
-Under ``torchrun``/``accelerate`` with several processes it refuses to start: use the
-``autofreeze`` CLI there (its DDP path keeps each rank's samples and cache together).
+Under ``torchrun``/``accelerate`` with several processes each rank keeps a fixed shard of the
+training rows (:class:`~autofreeze_ext.hf_ddp.RankStableSampler`) and its own cache
+(``cache_dir/rankR``); the cached forward bypasses the DDP wrapper, so the trainer averages the
+active parameters' gradients itself once per update, before clipping
+(:func:`~autofreeze_ext.hf_ddp.all_reduce_gradients`): the same average DDP computes, with no
+communication for frozen blocks.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 
 from .cache import ActivationCache
 from .hf import AutoFreezeCallback
+from .hf_ddp import RankStableSampler, all_reduce_gradients
 from .policies import FreezePolicy, PolicyOptions
 from .prefix import FrozenPrefixRunner
 
@@ -86,17 +91,32 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         self.autofreeze = AutoFreezeCallback(policy, options)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze]
         super().__init__(*args, **kwargs)
-        if self.args.world_size > 1 and cache:
-            raise RuntimeError("AutoFreezeTrainer caches in one process; with several processes use the "
-                               "autofreeze CLI (its DDP path keeps each rank's samples and cache together), or "
-                               "cache=False for freezing only")
         if self.train_dataset is not None and cache:
             self.train_dataset = IndexedRows(self.train_dataset)
         self.use_cache, self.cost_model = cache, cost_model
+        if cache_dir is not None and self.args.world_size > 1:
+            cache_dir = os.path.join(cache_dir, f"rank{self.args.process_index}")
         self.cache_options = {"path": cache_dir, "memory_budget": cache_memory, "disk_budget": cache_disk}
         self.cache: Optional[ActivationCache] = None
         self._runner: Optional[FrozenPrefixRunner] = None
         self.cache_counters: dict = {}  #: the cache's counters when training ended
+        self._through_runner = False  # the last training forward bypassed the DDP wrapper
+        self.allreduce_bytes: list = []  #: under several processes: gradient bytes averaged per update
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Under several processes with the cache: each rank keeps its own samples all run."""
+        if not self.use_cache or self.args.world_size <= 1:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return RankStableSampler(len(ds), self.args.world_size, self.args.per_device_train_batch_size, self.args.seed)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step``; under several processes, after the last micro-batch of an
+        update, the gradient average DDP would have done (the cached forward bypasses it)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._through_runner and self.args.world_size > 1 and self.accelerator.sync_gradients:
+            self.allreduce_bytes.append(all_reduce_gradients(self.model.parameters()))
+        return loss
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -117,6 +137,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
         indices = inputs.pop(INDEX, None)
         runner = self._runner_for() if model.training and indices is not None else None
+        self._through_runner = runner is not None
         target = _ThroughRunner(runner, indices, model) if runner is not None else model
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 
-def tiny_bert(num_layers=4, hidden=32, seed=0):
+def tiny_bert(num_layers=4, hidden=32, seed=0, **config):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=2)
+                     intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=2, **config)
     return BertForSequenceClassification(cfg)
 
 

@@ -1,6 +1,10 @@
 """AutoFreezeTrainer: a Trainer whose training forward reads the frozen prefix from the cache."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from autofreeze_ext.hf_ddp import RankStableSampler  # noqa: E402
 from autofreeze_ext.hf_trainer import INDEX, AutoFreezeTrainer, IndexedRows  # noqa: E402
 
 from autofreeze_ext.tasks import encode, load_task  # noqa: E402
@@ -134,3 +139,50 @@ def test_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsys):
     assert norms == [pytest.approx(n, rel=1e-4) for n in cli_norms]
     assert list(losses_of(trainer).values()) == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)
     assert trainer.cache_counters["hits_ram"] > 0
+
+
+@pytest.mark.parametrize("n", [48, 45])
+def test_rank_stable_sampler_keeps_each_ranks_samples_through_accelerates_sharding(n):
+    from accelerate.data_loader import BatchSamplerShard
+
+    world, batch = 2, 8
+    sampler = RankStableSampler(n, world, batch, seed=0)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        seen = []
+        for rank in range(world):
+            shard = BatchSamplerShard(torch.utils.data.BatchSampler(sampler, batch, False), world, rank)
+            got = [i for b in shard for i in b]
+            assert all(len(b) == batch for b in shard)
+            assert set(got) == set(sampler.shard(rank)), (epoch, rank)  # all of its shard, nothing else
+            seen.append(got)
+        orders.append(seen)
+    assert orders[0] != orders[1] != orders[2]  # reshuffled within the shards every epoch
+    assert len(sampler) == world * len(list(BatchSamplerShard(torch.utils.data.BatchSampler(sampler, batch, False),
+                                                               world, 0))) * batch
+
+
+def test_under_torchrun_the_cached_trainer_trains_as_the_trainers_own_ddp(tmp_path):
+    """Two ranks (gloo): the cached forward bypasses the DDP wrapper and the trainer averages the
+    gradients itself; the result equals the Trainer's own DDP (cache=False, the same batches):
+    the same weights on both ranks, the same decisions, and each rank's cache is read."""
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).parent / "hf_ddp_worker.py"), str(out), *extra]
+        p = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+    cached, own = torchrun(tmp_path / "cached"), torchrun(tmp_path / "own", "--no-cache")
+    assert cached[0]["world"] == 2
+    assert cached[0]["freezes"] and cached[0]["freezes"] == cached[1]["freezes"] == own[0]["freezes"]
+    for rank in range(2):
+        for name, p in cached[rank]["params"].items():
+            torch.testing.assert_close(p, own[rank]["params"][name], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(p, cached[0]["params"][name], rtol=0, atol=0)
+        assert cached[rank]["cache"]["hits_ram"] > 0, cached[rank]["cache"]
+    assert cached[0]["losses"] == pytest.approx(own[0]["losses"], rel=1e-5)
+    sent = cached[0]["allreduce"]  # one average per update; frozen blocks send nothing
+    assert len(sent) == 12 and sent[-1] < sent[0], sent
