@@ -4,6 +4,9 @@
   shard, reshuffled within itself every epoch), so each rank's activation cache holds exactly
   the samples that rank will see again. It yields one flat order that ``accelerate``'s
   batch sharding (batch *k* goes to rank *k mod world*) cuts back into the shards.
+* :class:`SamplerEpoch`: gives the sampler its epoch at each epoch's start, also in an epoch
+  resumed mid-way (where the Trainer's own ``set_epoch`` no longer reaches it).
+* :func:`check_cached_setup`: the set-ups the cached forward cannot serve, as clear errors.
 * :func:`all_reduce_gradients`: the data-parallel gradient average of the trainable
   parameters. The cached training forward runs the model's parts directly, not through the
   ``DistributedDataParallel`` wrapper, so DDP's own hooks never fire; this is the same average
@@ -12,10 +15,19 @@
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # transformers is optional; AutoFreezeTrainer explains
+    TrainerCallback = object  # type: ignore[misc,assignment]
+
+#: accelerate's distributed types under which the cached forward is correct: one process, or DDP
+#: (one device per process); DeepSpeed/FSDP shard the model the runner would call unwrapped
+PLAIN_DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")
 
 
 class RankStableSampler(torch.utils.data.Sampler):
@@ -56,25 +68,63 @@ class RankStableSampler(torch.utils.data.Sampler):
                 yield from orders[r][b * self.batch:(b + 1) * self.batch]
 
 
+class SamplerEpoch(TrainerCallback):  # type: ignore[misc,valid-type]
+    """Sets :attr:`sampler`'s epoch when each epoch begins: the epochs completed, counted in
+    optimizer updates as the Trainer counts them (exact mid-epoch too, after a resume, where the
+    Trainer wraps the batch sampler before its own ``set_epoch`` and the call stops short)."""
+
+    def __init__(self) -> None:
+        self.sampler: Optional[RankStableSampler] = None
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kw):
+        if self.sampler is None or train_dataloader is None:
+            return
+        n, accum = len(train_dataloader), max(1, args.gradient_accumulation_steps)
+        updates_per_epoch = max(1, n // accum + int(n % accum > 0))
+        self.sampler.set_epoch(state.global_step // updates_per_epoch)
+
+
+def check_cached_setup(trainer) -> None:
+    """Raise for a set-up the cached training forward cannot serve (it keys rows by index, runs
+    the unwrapped model's parts, and averages gradients itself under DDP)."""
+    ds = trainer.train_dataset
+    if ds is not None and not hasattr(ds, "__len__"):
+        raise TypeError("AutoFreezeTrainer: the cache keys each training row by its index, so train_dataset must "
+                        "be map-style (indexable, with a length), not an IterableDataset; or pass cache=False")
+    acc, args = trainer.accelerator, trainer.args
+    kind = getattr(acc.distributed_type, "value", str(acc.distributed_type))
+    if kind not in PLAIN_DATA_PARALLEL:
+        raise ValueError(f"AutoFreezeTrainer: the cache runs under one process or DDP (torchrun, accelerate "
+                         f"launch), not {kind}, which shards the model; pass cache=False for freezing only")
+    if args.n_gpu > 1:
+        raise ValueError(f"AutoFreezeTrainer: {args.n_gpu} GPUs in one process (DataParallel) with the cache; launch "
+                         "one process per GPU (torchrun --nproc_per_node N) or pass cache=False")
+    if args.world_size > 1 and (acc.split_batches or acc.dispatch_batches):
+        raise ValueError("AutoFreezeTrainer: with the cache each rank must read its own batches (split_batches "
+                         "and dispatch_batches off), or a rank's cache would miss the rows it is sent")
+
+
 def all_reduce_gradients(params, group: Optional[dist.ProcessGroup] = None) -> int:
-    """Average the gradients of ``params`` (those requiring grad) over the process group, in
-    one flat buffer; a parameter without a gradient on every rank keeps ``None``. Returns the
-    bytes sent."""
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return 0
-    world = dist.get_world_size(group)
-    ref = next((p.grad for p in params if p.grad is not None), params[0])
-    grads = [p.grad.reshape(-1).to(ref.dtype) if p.grad is not None
-             else torch.zeros(p.numel(), dtype=ref.dtype, device=ref.device) for p in params]
-    present = torch.tensor([float(p.grad is not None) for p in params], dtype=ref.dtype, device=ref.device)
-    flat = torch.cat([*grads, present])
-    dist.all_reduce(flat, group=group)
-    flat[:-len(params)] /= world
-    offset = 0
-    for p, count in zip(params, flat[-len(params):].tolist()):
-        g = flat[offset:offset + p.numel()].view_as(p)
-        offset += p.numel()
-        if count > 0:
-            p.grad = g.to(p.dtype).clone() if p.grad is None else p.grad.copy_(g)
-    return flat.numel() * flat.element_size()
+    """Average the gradients of ``params`` (those requiring grad) over the process group, as
+    DDP does (divided by the world size before the sum), one flat buffer per gradient dtype; a
+    parameter without a gradient on any rank keeps ``None``. Returns the bytes sent."""
+    by_dtype: Dict[torch.dtype, List[torch.nn.Parameter]] = {}
+    for p in params:
+        if p.requires_grad:
+            by_dtype.setdefault(p.grad.dtype if p.grad is not None else p.dtype, []).append(p)
+    world, sent = dist.get_world_size(group), 0
+    for dtype, ps in by_dtype.items():
+        dev = next((p.grad.device for p in ps if p.grad is not None), ps[0].device)
+        parts = [p.grad.reshape(-1) / world if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=dev)
+                 for p in ps]
+        present = torch.tensor([float(p.grad is not None) for p in ps], dtype=dtype, device=dev)
+        flat = torch.cat([*parts, present])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for p, count in zip(ps, flat[-len(ps):].tolist()):
+            g = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if count > 0:
+                p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
+        sent += flat.numel() * flat.element_size()
+    return sent

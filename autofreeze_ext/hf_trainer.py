@@ -24,13 +24,14 @@ communication for frozen blocks.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Optional, Union
 
 import torch
 
 from .cache import ActivationCache
 from .hf import AutoFreezeCallback
-from .hf_ddp import RankStableSampler, all_reduce_gradients
+from .hf_ddp import RankStableSampler, SamplerEpoch, all_reduce_gradients, check_cached_setup
 from .policies import FreezePolicy, PolicyOptions
 from .prefix import FrozenPrefixRunner
 
@@ -89,8 +90,11 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if Trainer is object:
             raise ImportError("transformers is not installed: pip install \".[hf]\"")
         self.autofreeze = AutoFreezeCallback(policy, options)
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze]
+        self._epochs = SamplerEpoch()
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze, self._epochs]
         super().__init__(*args, **kwargs)
+        if cache:
+            check_cached_setup(self)
         if self.train_dataset is not None and cache:
             self.train_dataset = IndexedRows(self.train_dataset)
         self.use_cache, self.cost_model = cache, cost_model
@@ -101,6 +105,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         self._runner: Optional[FrozenPrefixRunner] = None
         self.cache_counters: dict = {}  #: the cache's counters when training ended
         self._through_runner = False  # the last training forward bypassed the DDP wrapper
+        self._length: Optional[int] = None  # the cached rows' sequence length
         self.allreduce_bytes: list = []  #: under several processes: gradient bytes averaged per update
 
     def _get_train_sampler(self, train_dataset=None):
@@ -108,7 +113,8 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if not self.use_cache or self.args.world_size <= 1:
             return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        return RankStableSampler(len(ds), self.args.world_size, self.args.per_device_train_batch_size, self.args.seed)
+        self._epochs.sampler = RankStableSampler(len(ds), self.args.world_size, self._train_batch_size, self.args.seed)
+        return self._epochs.sampler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """``Trainer.training_step``; under several processes, after the last micro-batch of an
@@ -129,7 +135,9 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
             return None
         if self._runner is None or self._runner.controller is not ctl:
             device = next(self.model.parameters()).device
-            self.cache = ActivationCache(device=device, fingerprint={"trainer_run": id(ctl)}, **self.cache_options)
+            # a fresh fingerprint per training run: a disk tier left by an earlier run is never read
+            self.cache = ActivationCache(device=device, fingerprint={"trainer_run": uuid.uuid4().hex},
+                                         **self.cache_options)
             self._runner = FrozenPrefixRunner(self.model, ctl, self.cache, cost_model=self.cost_model)
         return self._runner
 
@@ -137,10 +145,26 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
         indices = inputs.pop(INDEX, None)
         runner = self._runner_for() if model.training and indices is not None else None
+        if runner is not None:
+            self._check_length(inputs)
         self._through_runner = runner is not None
         target = _ThroughRunner(runner, indices, model) if runner is not None else model
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def _check_length(self, inputs) -> None:
+        """Cached rows must keep one length: a row's cached activation is reused in later
+        epochs whatever batch it lands in."""
+        ids = inputs.get("input_ids")
+        if ids is None:
+            return
+        if self._length is None:
+            self._length = ids.shape[-1]
+        elif ids.shape[-1] != self._length:
+            raise ValueError(f"AutoFreezeTrainer: a training batch of sequence length {ids.shape[-1]} after one of "
+                             f"{self._length}; the cache keeps each row's activations across epochs, so every row "
+                             "must be padded to one length: tokenize with padding='max_length' (and max_length=N), "
+                             "or pass a data_collator that pads to a fixed length")
 
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, *args, **kwargs):
         """``Trainer.train``; with ``resume_from_checkpoint`` (a folder, or True for the newest

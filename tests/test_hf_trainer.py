@@ -12,7 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from autofreeze_ext.hf_ddp import RankStableSampler  # noqa: E402
+from autofreeze_ext.hf_ddp import RankStableSampler, SamplerEpoch  # noqa: E402
 from autofreeze_ext.hf_trainer import INDEX, AutoFreezeTrainer, IndexedRows  # noqa: E402
 
 from autofreeze_ext.tasks import encode, load_task  # noqa: E402
@@ -163,18 +163,19 @@ def test_rank_stable_sampler_keeps_each_ranks_samples_through_accelerates_shardi
                                                                world, 0))) * batch
 
 
+def torchrun(out, *extra):
+    """tests/hf_ddp_worker.py on 2 gloo ranks; each rank's record."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).parent / "hf_ddp_worker.py"), str(out), *extra]
+    p = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
 def test_under_torchrun_the_cached_trainer_trains_as_the_trainers_own_ddp(tmp_path):
     """Two ranks (gloo): the cached forward bypasses the DDP wrapper and the trainer averages the
     gradients itself; the result equals the Trainer's own DDP (cache=False, the same batches):
     the same weights on both ranks, the same decisions, and each rank's cache is read."""
-    def torchrun(out, *extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(__file__).parent / "hf_ddp_worker.py"), str(out), *extra]
-        p = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                           timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        return [torch.load(out / f"rank{r}.pt") for r in range(2)]
-
     cached, own = torchrun(tmp_path / "cached"), torchrun(tmp_path / "own", "--no-cache")
     assert cached[0]["world"] == 2
     assert cached[0]["freezes"] and cached[0]["freezes"] == cached[1]["freezes"] == own[0]["freezes"]
@@ -186,3 +187,64 @@ def test_under_torchrun_the_cached_trainer_trains_as_the_trainers_own_ddp(tmp_pa
     assert cached[0]["losses"] == pytest.approx(own[0]["losses"], rel=1e-5)
     sent = cached[0]["allreduce"]  # one average per update; frozen blocks send nothing
     assert len(sent) == 12 and sent[-1] < sent[0], sent
+
+
+def test_under_torchrun_a_mid_epoch_resume_continues_the_uninterrupted_run(tmp_path):
+    """2 ranks, 3 updates per epoch, resumed at update 5 (inside epoch 2): each rank's sampler
+    gets the resumed epoch's order (the Trainer's own set_epoch stops short after skipping), so
+    the weights end as in the uninterrupted run."""
+    whole = torchrun(tmp_path / "whole", "--save-steps", "5")
+    resumed = torchrun(tmp_path / "resumed", "--resume", str(tmp_path / "whole" / "trainer" / "checkpoint-5"))
+    assert resumed[0]["freezes"] == whole[0]["freezes"]
+    for rank in range(2):
+        for name, p in resumed[rank]["params"].items():
+            torch.testing.assert_close(p, whole[rank]["params"][name], rtol=1e-5, atol=1e-7)
+
+
+def test_sampler_epoch_counts_updates_as_the_trainer_does():
+    from types import SimpleNamespace as NS
+
+    cb, sampler = SamplerEpoch(), RankStableSampler(48, 2, 8)
+    cb.sampler = sampler
+    for accum, loader_len, step, epoch in [(1, 3, 5, 1), (1, 3, 6, 2), (2, 3, 4, 2), (2, 3, 3, 1), (1, 3, 0, 0)]:
+        cb.on_epoch_begin(NS(gradient_accumulation_steps=accum), NS(global_step=step), None,
+                          train_dataloader=[None] * loader_len)
+        assert sampler.epoch == epoch, (accum, loader_len, step)
+
+
+class Ragged(torch.utils.data.Dataset):
+    """Rows of 3 to 29 tokens; ``pad`` collates them padded to the batch's longest."""
+
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, i):
+        n = 3 + i % 27
+        return {"input_ids": torch.arange(1, n + 1), "labels": i % 2}
+
+    @staticmethod
+    def pad(rows):
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.stack([torch.nn.functional.pad(r["input_ids"], (0, n - len(r["input_ids"]))) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": torch.tensor([r["labels"] for r in rows]),
+                INDEX: torch.tensor([r[INDEX] for r in rows])}
+
+
+def test_rows_padded_per_batch_are_a_clear_error(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1,
+                                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                                          remove_unused_columns=False)
+    trainer = AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Ragged(), data_collator=Ragged.pad)
+    with pytest.raises(ValueError, match="padded to one length"):
+        trainer.train()
+
+
+def test_an_iterable_dataset_is_a_clear_error(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(TypeError, match="map-style"):
+        AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream())
+    AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream(), cache=False)  # freezing only: fine
