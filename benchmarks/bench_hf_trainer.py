@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -57,7 +58,7 @@ def run_mode(mode, train, dev, labels, args) -> dict:
     model, _ = load_model_and_tokenizer(args.model, labels)
     steps = args.epochs * -(-len(train) // args.batch_size)
     targs = transformers.TrainingArguments(
-        output_dir=os.path.join(args.out, mode), per_device_train_batch_size=args.batch_size,
+        output_dir=tempfile.mkdtemp(prefix=f"af-hf-{mode}-"), per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=128, num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01,
         warmup_steps=int(0.1 * steps), save_strategy="no", logging_steps=50, report_to=[], use_cpu=True,
         seed=args.seed, disable_tqdm=not args.progress)
