@@ -244,7 +244,7 @@ def test_an_iterable_dataset_is_a_clear_error(tmp_path):
         def __iter__(self):
             return iter([])
 
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2)
     with pytest.raises(TypeError, match="map-style"):
         AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream())
     AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream(), cache=False)  # freezing only: fine
