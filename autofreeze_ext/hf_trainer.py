@@ -95,8 +95,8 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         super().__init__(*args, **kwargs)
         if cache:
             check_cached_setup(self)
-        if self.train_dataset is not None and cache:
-            self.train_dataset = IndexedRows(self.train_dataset)
+            if self.train_dataset is not None:
+                self.train_dataset = IndexedRows(self.train_dataset)
         self.use_cache, self.cost_model = cache, cost_model
         if cache_dir is not None and self.args.world_size > 1:
             cache_dir = os.path.join(cache_dir, f"rank{self.args.process_index}")

@@ -33,12 +33,14 @@ MODES = ("plain", "callback", "trainer+cache")
 
 
 def load(args):
+    from transformers import AutoTokenizer
+
     from autofreeze_ext.tasks import encode, load_task
-    from autofreeze_ext.training.model import load_model_and_tokenizer
+    from autofreeze_ext.training.model import default_model_path
 
     train = load_task(args.train, limit=args.samples)
     dev = load_task(args.dev, label_space=train.label_space, train_path=args.train)
-    _, tok = load_model_and_tokenizer(args.model, train.label_space)
+    tok = AutoTokenizer.from_pretrained(args.model or default_model_path())  # each mode loads its own model
 
     def rows(task):
         enc = encode(task, tok, args.max_length)
