@@ -12,16 +12,14 @@ Quick start (plain PyTorch loop)::
 """
 from ._backend import backend_info
 from .cache import ActivationCache, CacheError
-from .adapters import BlockLayout, UnsupportedModelError, hf_layout, resnet_layout, resolve_layout
-from .controller import FreezeController
 from .data import PlannedBatchSampler, ShardedBatchSampler
-from .distributed import FreezingDDP
+from .freezing import (BlockLayout, FreezeController, FrozenPrefixRunner, GradientStatistics, UnsupportedModelError,
+                       hf_layout, resnet_layout, resolve_layout)
 from .ops import grad_stats, reference_grad_stats
-from .prefix import FrozenPrefixRunner
+from .parallel import FreezingDDP
 from .policies import (POLICIES, FreezePolicy, GradientNormTest, GuardedGradientTest, Guards, IntervalStats, NeverFreeze,
                        ObserveOnly, PolicyOptions, ScheduledFreeze, SpeedBudget, StabilityPolicy, StaticFreeze,
                        build_policy, make_policy)
-from .stats import GradientStatistics
 
 __version__ = "0.1.0"
 

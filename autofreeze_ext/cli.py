@@ -18,8 +18,8 @@ from typing import List, Optional
 from ._io import atomic_json
 from ._table import print_table
 from .data import DataError
-from .cache import CacheError
-from .estimate import estimate_full_time, estimate_lines
+from .cache.activation_cache import CacheError
+from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 
@@ -217,7 +217,7 @@ def _print_phases(reports: List[dict]) -> None:
 def _print_packing(report: dict) -> None:
     if not report.get("packer"):
         return
-    from .packing import describe
+    from .planning.packing import describe
 
     print("time goal: global batch per frozen depth (samples/s: before, predicted, measured at the new batch):")
     print_table(["step", "depth", "global batch", "KiB saved/sample", "samples/s", "predicted", "measured"],

@@ -21,8 +21,8 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from autofreeze_ext.distributed import init_from_env
-    from autofreeze_ext.planner import fit_allreduce
+    from autofreeze_ext.parallel import init_from_env
+    from autofreeze_ext.planning.planner import fit_allreduce
 
     ctx = init_from_env("cuda" if os.environ.get("AUTOFREEZE_BENCH_CUDA") else "cpu")
     w = ctx.world_size
@@ -45,7 +45,7 @@ def main():
     alpha, beta = fit_allreduce(rows)
     if ctx.is_main:
         from autofreeze_ext._table import print_table
-        from autofreeze_ext.planner import ThroughputModel
+        from autofreeze_ext.planning.planner import ThroughputModel
 
         m = ThroughputModel({}, {}, alpha, beta)
         print(f"all-reduce, {w} ranks, backend {ctx.backend}, median of {args.reps}:")

@@ -52,8 +52,8 @@ def load(args):
 def run_mode(mode, train, dev, labels, args) -> dict:
     import transformers
 
-    from autofreeze_ext.hf import AutoFreezeCallback
-    from autofreeze_ext.hf_trainer import AutoFreezeTrainer
+    from autofreeze_ext.integrations.hf_callback import AutoFreezeCallback
+    from autofreeze_ext.integrations.hf_trainer import AutoFreezeTrainer
     from autofreeze_ext.training.model import load_model_and_tokenizer
 
     torch.manual_seed(args.seed)

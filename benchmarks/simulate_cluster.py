@@ -20,11 +20,11 @@ import argparse
 import json
 
 from autofreeze_ext._table import print_table
-from autofreeze_ext.planner import ThroughputModel, compute_from_report, plan, schedule_from_report
+from autofreeze_ext.planning.planner import ThroughputModel, compute_from_report, plan, schedule_from_report
 
 
 def active_bytes_per_depth(num_blocks: int, model_path=None):
-    from autofreeze_ext.adapters import resolve_layout
+    from autofreeze_ext.freezing.adapters import resolve_layout
     from autofreeze_ext.finetune import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(model_path, 2)

@@ -16,8 +16,8 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from autofreeze_ext.hf_ddp import RankStableSampler  # noqa: E402
-from autofreeze_ext.hf_trainer import AutoFreezeTrainer  # noqa: E402
+from autofreeze_ext.integrations.hf_ddp import RankStableSampler  # noqa: E402
+from autofreeze_ext.integrations.hf_trainer import AutoFreezeTrainer  # noqa: E402
 from models import tiny_bert  # noqa: E402
 from test_hf_callback import DS  # noqa: E402
 

@@ -212,7 +212,7 @@ def test_compiled_blocks_with_cache(tiny_ckpt, task, tmp_path, capsys):
 
 
 def test_estimate_without_unfrozen_steps_says_so():
-    from autofreeze_ext.estimate import estimate_full_time, estimate_lines
+    from autofreeze_ext.planning.estimate import estimate_full_time, estimate_lines
 
     rep = {"mode": "static:2", "num_blocks": 4, "steps": 10, "steps_per_epoch": 5, "train_time_s": 4.0,
            "frozen_depth": [{"step": 0, "depth": 2}], "depth_seconds": {"2": [4.0, 10]}}

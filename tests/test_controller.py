@@ -408,7 +408,7 @@ def test_manual_mode_with_grad_scaler_skips_overflow_steps():
 
 @pytest.mark.skipif(not af.backend_info()["compiled"], reason="compares the compiled kernel with the reference")
 def test_compiled_and_reference_backends_take_the_same_decisions(monkeypatch):
-    from autofreeze_ext import stats as stats_mod
+    from autofreeze_ext.freezing import stats as stats_mod
     from autofreeze_ext.ops.grad_stats import reference_grad_stats
 
     calls = []

@@ -7,7 +7,7 @@ pytest.importorskip("accelerate")
 
 from autofreeze_ext import GradientNormTest, ScheduledFreeze, StabilityPolicy  # noqa: E402
 from autofreeze_ext.policies import PolicyOptions  # noqa: E402
-from autofreeze_ext.hf import STATE_FILE, AutoFreezeCallback  # noqa: E402
+from autofreeze_ext.integrations.hf_callback import STATE_FILE, AutoFreezeCallback  # noqa: E402
 
 from models import tiny_bert  # noqa: E402
 

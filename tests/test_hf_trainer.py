@@ -12,8 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from autofreeze_ext.hf_ddp import RankStableSampler, SamplerEpoch  # noqa: E402
-from autofreeze_ext.hf_trainer import INDEX, AutoFreezeTrainer, IndexedRows  # noqa: E402
+from autofreeze_ext.integrations.hf_ddp import RankStableSampler, SamplerEpoch  # noqa: E402
+from autofreeze_ext.integrations.hf_trainer import INDEX, AutoFreezeTrainer, IndexedRows  # noqa: E402
 
 from autofreeze_ext.tasks import encode, load_task  # noqa: E402
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from autofreeze_ext import FreezeController
 from autofreeze_ext.data import PlannedBatchSampler, ShardedBatchSampler
-from autofreeze_ext.packing import ActivationMeter, BatchPacker, SampleLinearSchedule
+from autofreeze_ext.planning.packing import ActivationMeter, BatchPacker, SampleLinearSchedule
 from autofreeze_ext.policies import GradientNormTest
 from test_cli import write_tsv
 

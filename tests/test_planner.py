@@ -1,7 +1,7 @@
 """The planner's throughput model, fit, schedules and the time / cost goals."""
 import pytest
 
-from autofreeze_ext.planner import (ThroughputModel, compute_from_report, evaluate_plan, fit_allreduce, plan,
+from autofreeze_ext.planning.planner import (ThroughputModel, compute_from_report, evaluate_plan, fit_allreduce, plan,
                                     schedule_from_report)
 
 
@@ -64,7 +64,7 @@ def test_schedule_and_per_depth_compute_from_a_report():
 
 
 def test_live_and_offline_cost_goals_share_the_worker_chooser():
-    from autofreeze_ext.planner import choose_workers, worker_choices
+    from autofreeze_ext.planning.planner import choose_workers, worker_choices
 
     assert worker_choices(8, 96) == [8, 6, 4, 3, 2, 1] and worker_choices(8, 96, min_workers=3) == [8, 6, 4, 3]
     m = model()

@@ -4,7 +4,7 @@ import torch
 
 from autofreeze_ext import FreezeController, ScheduledFreeze, StaticFreeze, backend_info
 from autofreeze_ext.cache import ActivationCache
-from autofreeze_ext.prefix import FrozenPrefixRunner
+from autofreeze_ext.freezing.prefix import FrozenPrefixRunner
 
 from models import BlockNet, tiny_bert
 

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from autofreeze_ext import _pystore
-from autofreeze_ext._pystore import PyRecordStore
+from autofreeze_ext.cache import py_store as _pystore
+from autofreeze_ext.cache.py_store import PyRecordStore
 from autofreeze_ext.cache import ActivationCache
 
 pytestmark = pytest.mark.reference
@@ -59,7 +59,7 @@ def test_corruption_budget_evict_and_plan(tmp_path):
 
 
 def test_cache_uses_it_without_the_compiled_core(tmp_path, monkeypatch):
-    from autofreeze_ext import cache as cache_mod
+    from autofreeze_ext.cache import activation_cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "_C", None)
     with pytest.warns(RuntimeWarning, match="pure-Python record store"):
@@ -77,7 +77,7 @@ def test_cache_uses_it_without_the_compiled_core(tmp_path, monkeypatch):
 def test_cache_labels_data_with_the_depth_of_the_record_it_read(tmp_path, monkeypatch):
     """A rewrite between the metadata lookup and the read (the disk writer runs concurrently)
     must not pair one depth's data with the other's label: get() uses the read's own metadata."""
-    from autofreeze_ext import cache as cache_mod
+    from autofreeze_ext.cache import activation_cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "_C", None)
     with pytest.warns(RuntimeWarning):

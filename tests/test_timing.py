@@ -20,7 +20,7 @@ def test_now_synchronises_a_cuda_device_and_nothing_else(monkeypatch):
 def test_step_and_prefix_timers_read_that_clock():
     import inspect
 
-    from autofreeze_ext import prefix
+    from autofreeze_ext.freezing import prefix
     from autofreeze_ext.training import prefix_clock, step
 
     for mod in (step, prefix, prefix_clock):

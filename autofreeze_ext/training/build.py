@@ -13,16 +13,16 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..adapters import resolve_layout
-from ..cache import ActivationCache, CacheError
-from ..controller import FreezeController
+from ..freezing.adapters import resolve_layout
+from ..cache.activation_cache import ActivationCache, CacheError
+from ..freezing.controller import FreezeController
 from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 from ..tasks import encode
 from .data import load_tasks
-from ..distributed import DistContext, FreezingDDP, init_from_env
-from ..packing import SampleLinearSchedule
+from ..parallel import DistContext, FreezingDDP, init_from_env
+from ..planning.packing import SampleLinearSchedule
 from ..policies import NeverFreeze, ObserveOnly
-from ..prefix import FrozenPrefixRunner
+from ..freezing.prefix import FrozenPrefixRunner
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig, packing, validate

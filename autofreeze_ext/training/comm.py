@@ -1,7 +1,7 @@
 """Rank 0's value on every rank."""
 from __future__ import annotations
 
-from ..distributed import DistContext
+from ..parallel.context import DistContext
 
 
 def from_rank0(obj, ctx: DistContext):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..cache import parse_bytes
+from ..cache.activation_cache import parse_bytes
 from ..data import SAMPLE_DIR
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS

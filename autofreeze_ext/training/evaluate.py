@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..distributed import DistContext, all_reduce_sum
+from ..parallel.context import DistContext, all_reduce_sum
 from ..tasks import compute
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from ..controller import FreezeController
+from ..freezing.controller import FreezeController
 from ..timing import now
 
 

@@ -60,7 +60,7 @@ def micro_plan(batches: list, k: int) -> list:
 def train_step(run, indices, batch: dict, meter=None) -> StepResult:
     """Forward and backward over the batch's micro-batches (gradients add up in ``.grad``; DDP
     all-reduces after the last), then the optimizer step and the schedule. ``meter``: an
-    :class:`~autofreeze_ext.packing.ActivationMeter` around the first micro-batch's forward."""
+    :class:`~autofreeze_ext.planning.packing.ActivationMeter` around the first micro-batch's forward."""
     ctx, ctl = run.ctx, run.ctl
     if ctx.device.type != "cpu":
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}

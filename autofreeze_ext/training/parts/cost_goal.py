@@ -6,8 +6,8 @@ import os
 from typing import List, Optional
 
 from ..._io import atomic_json
-from ...distributed import DistContext, time_allreduce
-from ...planner import ThroughputModel, choose_workers
+from ...parallel.context import DistContext, time_allreduce
+from ...planning.planner import ThroughputModel, choose_workers
 from ..comm import from_rank0
 from ..config import FinetuneConfig
 from .base import Part
@@ -21,7 +21,7 @@ class CostPlanner:
     communication, and predict the rest of the run on each smaller number of workers (a
     divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
     allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs, with
-    :class:`~autofreeze_ext.planner.ThroughputModel` (the all-reduce scaled by the ring factor
+    :class:`~autofreeze_ext.planning.planner.ThroughputModel` (the all-reduce scaled by the ring factor
     ``(W'-1)/W'``). The cheapest ``W'`` in
     worker-seconds that still finishes before the deadline wins; rank 0 decides and
     broadcasts. The deadline defaults to full fine-tuning's time on the starting workers,

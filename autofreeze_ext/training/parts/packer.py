@@ -5,10 +5,10 @@ import logging
 import math
 from typing import Optional
 
-from ...cache import parse_bytes
+from ...cache.activation_cache import parse_bytes
 from ...data import ShardedBatchSampler
-from ...distributed import time_allreduce
-from ...packing import ActivationMeter, BatchPacker
+from ...parallel.context import time_allreduce
+from ...planning.packing import ActivationMeter, BatchPacker
 from ..comm import from_rank0
 from .base import Part
 
@@ -16,8 +16,8 @@ log = logging.getLogger("autofreeze_ext")
 
 
 class Packer(Part):
-    """Wraps :class:`~autofreeze_ext.packing.BatchPacker`: measures activation memory per
-    sample at each new depth (an :class:`~autofreeze_ext.packing.ActivationMeter` around the
+    """Wraps :class:`~autofreeze_ext.planning.packing.BatchPacker`: measures activation memory per
+    sample at each new depth (an :class:`~autofreeze_ext.planning.packing.ActivationMeter` around the
     next step's first forward), and when a larger global batch pays, sets it on the sampler for
     the next epoch. Its measurements and decisions are its checkpointed state."""
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .adapters import BlockLayout, ModuleOrList, resolve_layout
-from .policies import FreezePolicy, GradientNormTest, IntervalStats
-from .signals import Signal
+from ..policies import FreezePolicy, GradientNormTest, IntervalStats
+from ..signals import Signal
 from .soft_freeze import SoftFreeze
 from .stats import GradientStatistics
 
@@ -70,7 +70,7 @@ class FreezeController:
             go to the policy (``IntervalStats.signals``) and to :attr:`history`.
         anneal_steps: soft transition (needs ``attach=True``): when the policy decides to
             freeze, the blocks' updates first fade to zero over this many optimizer steps
-            (:class:`~autofreeze_ext.soft_freeze.SoftFreeze`), then they freeze; decisions
+            (:class:`~autofreeze_ext.freezing.soft_freeze.SoftFreeze`), then they freeze; decisions
             taken meanwhile wait. 0 (default): freeze at once.
     """
 

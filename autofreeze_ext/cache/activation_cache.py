@@ -32,8 +32,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._backend import _C
-from ._pystore import PyRecordStore
+from .._backend import _C
+from .py_store import PyRecordStore
 
 log = logging.getLogger("autofreeze_ext")
 

@@ -30,9 +30,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .cache import ActivationCache
+from ..cache.activation_cache import ActivationCache
 from .controller import FreezeController
-from .timing import now
+from ..timing import now
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -53,7 +53,7 @@ class FrozenPrefixRunner:
         min_depth: never cache below this many frozen blocks.
         timers: optional dict that accumulates the seconds spent in the cache under ``"cache_io"``.
         suffix: what runs the active suffix (default: ``model`` itself); e.g. a
-            :class:`~autofreeze_ext.distributed.FreezingDDP` around it, so that DDP sees only
+            :class:`~autofreeze_ext.parallel.ddp.FreezingDDP` around it, so that DDP sees only
             the suffix. When given, the frozen prefix always runs outside it, without
             autograd, also when nothing is cached.
     """

@@ -17,7 +17,7 @@ import os
 import zlib
 from typing import Dict, List, Optional, Sequence
 
-from ._io import atomic_json
+from .._io import atomic_json
 
 DATA, INDEX = "py_records.bin", "py_index.json"
 OK, CORRUPT, SHORT, ERROR, MISSING = 0, 1, 2, 3, 4

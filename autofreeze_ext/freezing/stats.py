@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops.grad_stats import NORMS, grad_stats
+from ..ops.grad_stats import NORMS, grad_stats
 
 
 class GradientStatistics:

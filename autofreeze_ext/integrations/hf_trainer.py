@@ -2,12 +2,12 @@
 
 Usage (the same arguments as ``Trainer`` plus the freezing and cache options)::
 
-    from autofreeze_ext.hf_trainer import AutoFreezeTrainer
+    from autofreeze_ext.integrations.hf_trainer import AutoFreezeTrainer
     trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=ds, policy="gradient+guards",
                                 cache_dir="/scratch/af_cache")
     trainer.train()
 
-What it adds to :class:`~autofreeze_ext.hf.AutoFreezeCallback` (which it installs): each training
+What it adds to :class:`~autofreeze_ext.integrations.hf_callback.AutoFreezeCallback` (which it installs): each training
 row carries its index (``sample_index``, kept through the Trainer's column filter), and the
 training forward pass goes through a :class:`~autofreeze_ext.FrozenPrefixRunner` over an
 :class:`~autofreeze_ext.ActivationCache`, so once blocks freeze, later epochs read their output
@@ -15,10 +15,10 @@ instead of recomputing it. Evaluation and prediction run the whole model unchang
 accumulation works (the runner serves each micro-batch); ``train(resume_from_checkpoint=...)``
 re-freezes the checkpoint's frozen prefix itself (the cache refills).
 Under ``torchrun``/``accelerate`` with several processes each rank keeps a fixed shard of the
-training rows (:class:`~autofreeze_ext.hf_ddp.RankStableSampler`) and its own cache
+training rows (:class:`~autofreeze_ext.integrations.hf_ddp.RankStableSampler`) and its own cache
 (``cache_dir/rankR``); the cached forward bypasses the DDP wrapper, so the trainer averages the
 active parameters' gradients itself once per update, before clipping
-(:func:`~autofreeze_ext.hf_ddp.all_reduce_gradients`): the same average DDP computes, with no
+(:func:`~autofreeze_ext.integrations.hf_ddp.all_reduce_gradients`): the same average DDP computes, with no
 communication for frozen blocks.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Optional, Union
 
 import torch
 
-from .cache import ActivationCache
-from .hf import AutoFreezeCallback
+from ..cache.activation_cache import ActivationCache
+from .hf_callback import AutoFreezeCallback
 from .hf_ddp import RankStableSampler, SamplerEpoch, all_reduce_gradients, check_cached_setup
-from .policies import FreezePolicy, PolicyOptions
-from .prefix import FrozenPrefixRunner
+from ..policies import FreezePolicy, PolicyOptions
+from ..freezing.prefix import FrozenPrefixRunner
 
 try:
     from transformers import Trainer
@@ -73,7 +73,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     """A ``transformers.Trainer`` with AutoFreeze's freezing and activation cache.
 
     Args:
-        policy, options: the freezing policy (as :class:`~autofreeze_ext.hf.AutoFreezeCallback`).
+        policy, options: the freezing policy (as :class:`~autofreeze_ext.integrations.hf_callback.AutoFreezeCallback`).
         cache: cache the frozen prefix's outputs (default True; False: freezing only).
         cache_dir: folder of the cache's disk tier (default: RAM tier only).
         cache_memory, cache_disk: budgets, e.g. ``"2GiB"``.

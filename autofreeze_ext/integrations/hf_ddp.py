@@ -1,4 +1,4 @@
-"""What :class:`~autofreeze_ext.hf_trainer.AutoFreezeTrainer` needs under several processes.
+"""What :class:`~autofreeze_ext.integrations.hf_trainer.AutoFreezeTrainer` needs under several processes.
 
 * :class:`RankStableSampler`: each rank keeps the same samples for the whole run (a fixed
   shard, reshuffled within itself every epoch), so each rank's activation cache holds exactly

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from autofreeze_ext.hf import AutoFreezeCallback
+    from autofreeze_ext.integrations.hf_callback import AutoFreezeCallback
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[AutoFreezeCallback()])
     trainer.train()
 
@@ -18,7 +18,7 @@ Trainer's checkpoints (``autofreeze_controller.pt`` in each ``checkpoint-*`` fol
 optimizer from the parameters that require grad, before any callback runs).
 
 For the activation cache as well (it needs each sample's index and the forward pass), use
-:class:`autofreeze_ext.hf_trainer.AutoFreezeTrainer`, a ``Trainer`` subclass that installs this
+:class:`autofreeze_ext.integrations.hf_trainer.AutoFreezeTrainer`, a ``Trainer`` subclass that installs this
 callback.
 """
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Optional, Union
 
 import torch
 
-from ._io import atomic_write
-from .controller import FreezeController
-from .policies import POLICIES, FreezePolicy, GradientNormTest, PolicyOptions, build_policy
-from .signals import NEEDS_PROBE, make_signals
+from .._io import atomic_write
+from ..freezing.controller import FreezeController
+from ..policies import POLICIES, FreezePolicy, GradientNormTest, PolicyOptions, build_policy
+from ..signals import NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -134,7 +134,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no AutoFreeze state in this checkpoint")
         state = torch.load(path, weights_only=False)
-        from .adapters import resolve_layout
+        from ..freezing.adapters import resolve_layout
 
         layout = resolve_layout(model, blocks=self.controller_kwargs.get("blocks"),
                                 embeddings=self.controller_kwargs.get("embeddings"))
