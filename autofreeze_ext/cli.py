@@ -17,8 +17,8 @@ from typing import List, Optional
 
 from ._io import atomic_json
 from ._table import print_table
-from .data import DataError
 from .cache.activation_cache import CacheError
+from .data import DataError
 from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune

@@ -15,6 +15,7 @@ from torch import nn
 from autofreeze_ext import FreezeController
 from autofreeze_ext.data import PlannedBatchSampler, ShardedBatchSampler
 from autofreeze_ext.planning.packing import ActivationMeter, BatchPacker, SampleLinearSchedule
+from autofreeze_ext.planning.step_probe import StepProbe
 from autofreeze_ext.policies import GradientNormTest
 from test_cli import write_tsv
 
@@ -195,7 +196,7 @@ def test_activation_meter_counts_saved_activations_not_parameters():
 
 
 def _packer(**kw):
-    args = dict(base_batch=8, max_batch=64, granularity=2, world_size=2, grad_accum=1, probe_steps=3,
+    args = dict(base_batch=8, max_batch=64, granularity=2, world_size=2, grad_accum=1,
                 max_activation_bytes=None, state={}, epoch_samples=6400, padded=False,
                 allreduce_s=lambda: 0.001, broadcast=lambda e: e)
     args.update(kw)
@@ -203,12 +204,13 @@ def _packer(**kw):
 
 
 def _feed(p, depth, batch, n, step0=0, step_s=0.01, fixed_s=0.002):
-    out = None
+    """``n`` steps at (depth, batch) through one step probe of 3 timed steps, as the run feeds them."""
+    probe, out = p.__dict__.setdefault("_probe", StepProbe(3)), None
     for k in range(n):
-        if p.measuring:
+        if probe.key == (depth, batch) and probe.seen == 1 and p.wants_memory(depth):  # the metered step
             p.record_memory(depth, 1000 // (2 ** depth) * (batch // 2), batch // 2)
-        got = p.after_step(depth=depth, batch=batch, samples=batch, step_s=step_s, fixed_s=fixed_s,
-                           step=step0 + k + 1)
+        timing = probe.observe((depth, batch), step_s, fixed_s, batch)
+        got = p.on_timing(timing, step=step0 + k + 1) if timing is not None else None
         out = got if got is not None else out
     return out
 

@@ -7,7 +7,7 @@ import torch
 
 from autofreeze_ext.training import checkpoint as ckpt_mod
 from autofreeze_ext.training.config import FinetuneConfig, validate
-from autofreeze_ext.training.parts import Checkpointer, CostGoal, EpochEnd, KillAt, Packer, Progress
+from autofreeze_ext.training.parts import Checkpointer, CostGoal, EpochEnd, KillAt, Packer, Progress, StepTimer
 from autofreeze_ext.training.parts.progress import new_record
 from autofreeze_ext.training.step import StepResult, micro_batches
 
@@ -69,7 +69,7 @@ def test_checkpointer_is_due_by_steps_epoch_end_or_request_and_holds_part_state(
     saved = []
     run, p = fake_run(), Progress()
     p.start(run)
-    c = Checkpointer([p, Packer()])
+    c = Checkpointer([p, Packer(StepTimer())])
     c.save = lambda run: saved.append(run.prog["step"])
     for step, pos, due in [(1, 1, False), (2, 2, True), (3, 3, False), (4, 4, False)]:
         run.prog["step"], run.sampler.position, run.checkpoint_due = step, pos, due
@@ -77,7 +77,7 @@ def test_checkpointer_is_due_by_steps_epoch_end_or_request_and_holds_part_state(
     assert saved == [2, 3, 4] and run.checkpoint_due is False  # requested, every 3, epoch end
 
 
-def test_checkpoint_file_round_trip_and_v1_migration(tmp_path):
+def test_checkpoint_file_round_trip_and_migrations(tmp_path):
     path = str(tmp_path / "c.pt")
     ckpt_mod.save_checkpoint(path, {"mode": "autofreeze", "parts": {"progress": {"step": 3}}})
     assert ckpt_mod.load_checkpoint(path)["version"] == ckpt_mod.VERSION
@@ -86,10 +86,19 @@ def test_checkpoint_file_round_trip_and_v1_migration(tmp_path):
                        "full_step_s": 0.3, "batch_trace": [{"step": 0, "epoch": 0, "global_batch": 8}]}}
     torch.save(v1, path)
     st = ckpt_mod.load_checkpoint(path)
-    assert st["version"] == 2 and st["parts"]["progress"]["step"] == 7
+    assert st["version"] == ckpt_mod.VERSION and st["parts"]["progress"]["step"] == 7
     assert set(new_record(0, 8)) <= set(st["parts"]["progress"])  # every key a part reads
     assert st["parts"]["packer"] == {"packer": [{"step": 5}]}
     assert st["parts"]["cost_goal"] == {"full_step_s": 0.3, "planner": [{"depth": 1}]}
+    # version 2: each of packer and cost goal had its own measurement in progress; version 3 has
+    # the one step probe, which starts afresh
+    v2 = {"version": 2, "mode": "autofreeze", "step": 9, "parts": {
+        "progress": {"step": 9}, "packer": {"packer": [], "probe": {"key": [1, 8], "n": 3, "times": [0.1]}},
+        "cost_goal": {"planner": [], "probe": {"depth": 1, "times": [0.2]}}}}
+    torch.save(v2, path)
+    st = ckpt_mod.load_checkpoint(path)
+    assert st["version"] == 3 and st["parts"]["step_probe"] is None
+    assert st["parts"]["packer"] == {"packer": []} and st["parts"]["cost_goal"] == {"planner": []}
     torch.save({"version": 99}, path)
     with pytest.raises(ValueError, match="newer"):
         ckpt_mod.load_checkpoint(path)
@@ -116,9 +125,9 @@ def test_cost_goal_needs_a_checkpoint_dir_under_torchrun_and_packer_idles_withou
     run.ctx.distributed, run.ctx.world_size = True, 2
     with pytest.raises(ValueError, match="checkpoint-dir"):
         CostGoal().start(run)
-    pk = Packer()
+    pk = Packer(StepTimer())
     pk.start(fake_run(packing=False))
-    assert pk.packer is None and pk.meter_for_next_step() is None
+    assert pk.packer is None and pk.meter_for_next_step(fake_run()) is None
 
 
 def test_config_checks_and_micro_batches():

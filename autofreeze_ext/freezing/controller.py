@@ -11,9 +11,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .adapters import BlockLayout, ModuleOrList, resolve_layout
 from ..policies import FreezePolicy, GradientNormTest, IntervalStats
 from ..signals import Signal
+from .adapters import BlockLayout, ModuleOrList, resolve_layout
 from .soft_freeze import SoftFreeze
 from .stats import GradientStatistics
 

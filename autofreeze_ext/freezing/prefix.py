@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..cache.activation_cache import ActivationCache
-from .controller import FreezeController
 from ..timing import now
+from .controller import FreezeController
 
 log = logging.getLogger("autofreeze_ext")
 

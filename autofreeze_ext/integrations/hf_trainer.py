@@ -30,10 +30,10 @@ from typing import Optional, Union
 import torch
 
 from ..cache.activation_cache import ActivationCache
+from ..freezing.prefix import FrozenPrefixRunner
+from ..policies import FreezePolicy, PolicyOptions
 from .hf_callback import AutoFreezeCallback
 from .hf_ddp import RankStableSampler, SamplerEpoch, all_reduce_gradients, check_cached_setup
-from ..policies import FreezePolicy, PolicyOptions
-from ..freezing.prefix import FrozenPrefixRunner
 
 try:
     from transformers import Trainer

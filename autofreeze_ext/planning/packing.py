@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .step_probe import StepTiming
+
 log = logging.getLogger("autofreeze_ext")
 
 LR_SCALINGS = ("sqrt", "linear", "none")
@@ -99,9 +101,10 @@ class SampleLinearSchedule:
 class BatchPacker:
     """Decides the global batch of a ``--mode-goal time`` run, one frozen depth at a time.
 
-    For each run of steps at the same (frozen depth, global batch) the first step is left out
-    (DDP rebuilds, allocator warm-up), the second runs under an :class:`ActivationMeter` when
-    the depth's memory per sample is not known yet, and the next ``probe_steps`` are timed.
+    It reads the step time from the run's one :class:`~autofreeze_ext.planning.step_probe.StepProbe`
+    (``StepTiming.key`` is ``(frozen depth, global batch)``: the first two steps at a setting
+    are left out, the next ``probe_steps`` are timed) and the activation memory per sample from
+    an :class:`ActivationMeter` around the second step at a new depth (:meth:`wants_memory`).
     Then, once per depth:
 
     * memory: ``budget / bytes_per_sample(depth)`` is the largest micro-batch a worker can hold;
@@ -125,11 +128,11 @@ class BatchPacker:
     The new batch starts with the next epoch (the running epoch's batches are planned, and
     handed to the cache's prefetcher). With more than one rank, rank 0's measurement decides
     (``broadcast``); ``allreduce_s()`` times one all-reduce of the active gradients (a
-    collective). ``state`` is the run's progress dict: entries go to ``state["packer"]``.
+    collective). ``state`` is the packer's checkpointed state: entries go to ``state["packer"]``.
     """
 
     def __init__(self, *, base_batch: int, max_batch: int, granularity: int, world_size: int, grad_accum: int,
-                 probe_steps: int, max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
+                 max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
                  padded: bool, allreduce_s: Callable[[], float], broadcast: Callable[[dict], dict],
                  min_gain: float = 0.05) -> None:
         if not 0.0 <= min_gain < 1.0:
@@ -137,7 +140,7 @@ class BatchPacker:
         if max_batch < base_batch:
             raise ValueError(f"--max-batch {max_batch} is smaller than the batch size {base_batch}")
         self.base, self.max_batch, self.gran = int(base_batch), int(max_batch), int(granularity)
-        self.world, self.accum, self.probe = int(world_size), int(grad_accum), max(1, int(probe_steps))
+        self.world, self.accum = int(world_size), int(grad_accum)
         self.state, self.n_epoch, self.padded = state, int(epoch_samples), bool(padded)
         self.min_gain = float(min_gain)
         mem = state.setdefault("packer_memory", {"budget": max_activation_bytes, "per_sample": {}})
@@ -146,11 +149,6 @@ class BatchPacker:
         self.mem = mem
         state.setdefault("packer", [])
         self.allreduce_s, self.broadcast = allreduce_s, broadcast
-        self.key = None
-        self.n = 0
-        self.times: List[float] = []
-        self.fixed: List[float] = []
-        self.measuring = False  #: run the coming step's forward under an ActivationMeter
 
     @property
     def entries(self) -> List[dict]:
@@ -159,16 +157,9 @@ class BatchPacker:
     def per_sample_bytes(self, depth: int) -> Optional[float]:
         return self.mem["per_sample"].get(str(depth))
 
-    _PROBE = ("key", "n", "times", "fixed", "samples", "measuring")
-
-    def probe_state(self) -> dict:
-        """The measurement in progress (checkpointed, so a resumed run goes on measuring)."""
-        return {k: getattr(self, k, None) for k in self._PROBE}
-
-    def load_probe_state(self, state: dict) -> None:
-        for k in self._PROBE:
-            if k in state:
-                setattr(self, k, tuple(state[k]) if k == "key" and state[k] is not None else state[k])
+    def wants_memory(self, depth: int) -> bool:
+        """Whether the activation memory per sample at ``depth`` is still to be measured."""
+        return self.per_sample_bytes(depth) is None
 
     def record_memory(self, depth: int, nbytes: int, samples: int) -> None:
         """The meter's reading for ``samples`` samples of one micro-batch at ``depth``."""
@@ -177,37 +168,17 @@ class BatchPacker:
         if self.mem["budget"] is None:  # the starting configuration's memory
             self.mem["budget"] = per * self.base / (self.world * self.accum)
 
-    def after_step(self, *, depth: int, batch: int, samples: int, step_s: float, fixed_s: float,
-                   step: int) -> Optional[int]:
-        """Account a finished step of ``samples`` samples (the epoch's global batch is
-        ``batch``); returns a new global batch when one is decided."""
-        key = (depth, batch)
-        if key != self.key:
-            self.key, self.n, self.times, self.fixed, self.samples = key, 0, [], [], []
-        self.n += 1
-        if self.n == 1:  # left out; the next one is measured when the depth is new
-            self.measuring = self.per_sample_bytes(depth) is None
-            return None
-        if self.measuring:  # this step ran under the meter: not timed
-            self.measuring = False
-            return None
-        if len(self.times) >= self.probe:
-            return None
-        self.times.append(step_s)
-        self.fixed.append(fixed_s)
-        self.samples.append(samples)
-        if len(self.times) < self.probe:
-            return None
-        t_step = sorted(self.times)[len(self.times) // 2]
-        fixed = sorted(self.fixed)[len(self.fixed) // 2]
-        rate = sum(self.samples) / sum(self.times)  # measured: an epoch's last batch may be smaller
+    def on_timing(self, timing: StepTiming, step: int) -> Optional[int]:
+        """A step probe's reading at ``timing.key == (depth, global batch)``; returns a new
+        global batch when one is decided."""
+        depth, batch = timing.key
         for e in self.entries:  # the check of an earlier prediction
             if e["batch_to"] == batch and e["batch_to"] != e["batch_from"] and e["measured_step_s"] is None:
-                e["measured_step_s"], e["measured_at_depth"] = t_step, depth
-                e["measured_samples_per_s"] = rate
+                e["measured_step_s"], e["measured_at_depth"] = timing.step_s, depth
+                e["measured_samples_per_s"] = timing.samples_per_s
         if any(e["depth"] == depth for e in self.entries):
             return None
-        return self._decide(depth, batch, t_step, fixed, step)
+        return self._decide(depth, batch, timing.step_s, timing.fixed_s, step)
 
     def _decide(self, depth: int, batch: int, t_step: float, fixed: float, step: int):
         t_ar = self.allreduce_s() if self.world > 1 else 0.0

@@ -19,7 +19,8 @@ from .evaluate import evaluate
 from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
-from .parts import Checkpointer, CostGoal, EpochEnd, Evaluator, ModelSaver, Packer, Part, Progress, ProgressBar
+from .parts import (Checkpointer, CostGoal, EpochEnd, Evaluator, ModelSaver, Packer, Part, Progress, ProgressBar,
+                    StepTimer)
 from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table, final_score, make_report, score
 
 
@@ -33,9 +34,10 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     built-in ones (e.g. :class:`~autofreeze_ext.training.parts.KillAt` in the resume tests).
     """
     run = build_run(cfg, time.perf_counter())
-    progress, packer, cost_goal = Progress(), Packer(), CostGoal()
+    progress, timer, cost_goal = Progress(), StepTimer(), CostGoal()
+    packer = Packer(timer)
     core: List[Part] = [progress, *([ProgressBar()] if cfg.progress and run.ctx.is_main else []), Evaluator(),
-                        EpochEnd(progress), packer, cost_goal]
+                        EpochEnd(progress), timer, packer, cost_goal]
     if run.state is not None:
         for p in core:
             if p.name and run.state["parts"].get(p.name) is not None:

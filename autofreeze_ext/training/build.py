@@ -13,19 +13,20 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..freezing.adapters import resolve_layout
 from ..cache.activation_cache import ActivationCache, CacheError
-from ..freezing.controller import FreezeController
 from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
-from ..tasks import encode
-from .data import load_tasks
+from ..freezing.adapters import resolve_layout
+from ..freezing.controller import FreezeController
+from ..freezing.prefix import FrozenPrefixRunner
 from ..parallel import DistContext, FreezingDDP, init_from_env
 from ..planning.packing import SampleLinearSchedule
+from ..planning.step_probe import StepTiming
 from ..policies import NeverFreeze, ObserveOnly
-from ..freezing.prefix import FrozenPrefixRunner
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
+from ..tasks import encode
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig, packing, validate
+from .data import load_tasks
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import make_mode_policy, split_mode
 from .prefix_clock import PrefixClock
@@ -68,6 +69,7 @@ class Run:
     prog: dict = field(default_factory=dict)  #: the run's record (Progress part); checkpointed
     stop: Optional[str] = None  #: why the loop stops early (a part sets it)
     checkpoint_due: bool = False  #: a part asks for a checkpoint at this step
+    step_timing: Optional[StepTiming] = None  #: the step probe's reading when this step completed one
     saved_model: Optional[str] = None  #: where the ModelSaver part wrote the fine-tuned model
     tokenizer: Any = None
     metric: str = "accuracy"  #: the dev metric that drives the comparison

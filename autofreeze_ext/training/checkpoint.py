@@ -10,7 +10,7 @@ from .._io import atomic_write
 
 log = logging.getLogger("autofreeze_ext")
 
-VERSION = 2
+VERSION = 3
 
 
 def load_checkpoint(path: str) -> dict:
@@ -18,6 +18,8 @@ def load_checkpoint(path: str) -> dict:
     state = torch.load(path, weights_only=False)
     if state.get("version", 1) == 1:
         state = _from_v1(state)
+    if state["version"] == 2:
+        state = _from_v2(state)
     if state["version"] != VERSION:
         raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this package's {VERSION}")
     return state
@@ -40,6 +42,19 @@ def _from_v1(state: dict) -> dict:
     cost = {k: record.pop(k) for k in ("full_step_s", "deadline_s") if k in record}
     state["parts"] = {"progress": record, "packer": packer or None, "cost_goal": {**cost, "planner": record["planner"]}}
     state["version"] = 2
+    return state
+
+
+def _from_v2(state: dict) -> dict:
+    """Version 2 kept a step measurement in progress inside the packer's and the cost goal's
+    state, each its own way; version 3 has one step probe (part ``step_probe``). A measurement
+    in progress is dropped: the resumed run measures its setting again (a few steps)."""
+    parts = state["parts"]
+    for name in ("packer", "cost_goal"):
+        if parts.get(name):
+            parts[name].pop("probe", None)
+    parts["step_probe"] = None
+    state["version"] = 3
     return state
 
 

@@ -36,7 +36,7 @@ def run_loop(run, parts: List[Part]) -> None:
         for indices, batch in run.loader:
             for p in parts:
                 p.before_step(run)
-            res = train_step(run, indices, batch, packer.meter_for_next_step() if packer else None)
+            res = train_step(run, indices, batch, packer.meter_for_next_step(run) if packer else None)
             for p in parts:
                 p.after_step(run, res)
             if run.stop is None and cfg.stop_after_steps and run.prog["step"] >= cfg.stop_after_steps:

@@ -1,7 +1,6 @@
 """Time spent in the frozen prefix inside an ordinary forward pass."""
 from __future__ import annotations
 
-
 from ..freezing.controller import FreezeController
 from ..timing import now
 

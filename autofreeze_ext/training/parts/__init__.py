@@ -1,8 +1,8 @@
 """Parts that hook into the training loop through one small interface (:class:`Part`).
 
 The loop (``training.loop``) only runs steps; everything else it does is a part: the run's
-record and time accounting, the progress bar, evaluation, epoch ends, the batch packer, the
-cost goal's worker planner, saving the model, checkpoints (which hold every part's state) and, in tests, fault
+record and time accounting, the progress bar, evaluation, epoch ends, the step probe that
+the batch packer and the cost goal's worker planner read, saving the model, checkpoints (which hold every part's state) and, in tests, fault
 injection."""
 from .base import Part
 from .checkpointer import Checkpointer
@@ -14,6 +14,7 @@ from .model_saver import ModelSaver
 from .packer import Packer
 from .progress import Progress
 from .progress_bar import ProgressBar
+from .step_timer import StepTimer
 
 __all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "ModelSaver", "Packer", "Part", "Progress",
-           "ProgressBar"]
+           "ProgressBar", "StepTimer"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import Optional
 
 from ..._io import atomic_json
 from ...parallel.context import DistContext, time_allreduce
 from ...planning.planner import ThroughputModel, choose_workers
+from ...planning.step_probe import StepTiming
 from ..comm import from_rank0
 from ..config import FinetuneConfig
 from .base import Part
@@ -16,9 +17,9 @@ log = logging.getLogger("autofreeze_ext")
 
 
 class CostPlanner:
-    """Live ``--mode-goal cost``: after each freeze, time ``probe_steps`` steps at the new depth
-    and one all-reduce of the active gradients, split the step into compute per sample and
-    communication, and predict the rest of the run on each smaller number of workers (a
+    """Live ``--mode-goal cost``: after each freeze, read the run's step probe at the new depth
+    (``probe_steps`` steps, the first two left out) and time one all-reduce of the active
+    gradients, split the step into compute per sample and communication, and predict the rest of the run on each smaller number of workers (a
     divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
     allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs, with
     :class:`~autofreeze_ext.planning.planner.ThroughputModel` (the all-reduce scaled by the ring factor
@@ -30,19 +31,11 @@ class CostPlanner:
 
     def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: dict, state: dict, ddp, total_steps: int) -> None:
         self.cfg, self.ctx, self.prog, self.state, self.ddp, self.total = cfg, ctx, prog, state, ddp, total_steps
-        self.depth = None
-        self.times: List[float] = []
 
-    def after_step(self, depth: int, step_s: float, step: int):
-        if depth != self.depth:
-            self.depth, self.times = depth, []
-            return None
-        self.times.append(step_s)
-        if len(self.times) < self.cfg.probe_steps + 1:  # the first step at a depth is left out
-            return None
-        if len(self.times) > self.cfg.probe_steps + 1:
-            return None
-        t_step = sorted(self.times[1:])[len(self.times[1:]) // 2]
+    def on_timing(self, timing: StepTiming, step: int):
+        """A step probe's reading at ``timing.key == (depth, global batch)``; a scale request
+        (``{"world_size", "step", "from_world_size"}``) when fewer workers pay."""
+        depth, t_step = timing.key[0], timing.step_s
         pending = self.state["planner"][-1] if self.state["planner"] else None
         if pending is not None and pending.get("measured_step_s") is None and pending["chosen"] == self.ctx.world_size:
             # the prediction's check, after the relaunch (comparable when still at its depth)
@@ -107,8 +100,6 @@ class CostGoal(Part):
         self.state = {"planner": [], **state}
 
     def state_dict(self) -> dict:
-        if self.planner is not None:  # its measurement in progress too
-            self.state["probe"] = {"depth": self.planner.depth, "times": list(self.planner.times)}
         return self.state
 
     def start(self, run) -> None:
@@ -119,13 +110,11 @@ class CostGoal(Part):
         pending = self.state["planner"] and self.state["planner"][-1].get("measured_step_s") is None
         if active or pending:  # a world of one only measures
             self.planner = CostPlanner(cfg, ctx, run.prog, self.state, run.ddp, run.total_steps)
-            probe = self.state.get("probe") or {}
-            self.planner.depth, self.planner.times = probe.get("depth"), list(probe.get("times", []))
 
     def after_step(self, run, res) -> None:
-        if self.planner is None:
+        if self.planner is None or run.step_timing is None:
             return
-        req = self.planner.after_step(run.ctl.frozen_depth, res.seconds, run.prog["step"])
+        req = self.planner.on_timing(run.step_timing, run.prog["step"])
         if req is None:
             return
         self.request = req

@@ -11,19 +11,22 @@ from ...parallel.context import time_allreduce
 from ...planning.packing import ActivationMeter, BatchPacker
 from ..comm import from_rank0
 from .base import Part
+from .step_timer import StepTimer
 
 log = logging.getLogger("autofreeze_ext")
 
 
 class Packer(Part):
-    """Wraps :class:`~autofreeze_ext.planning.packing.BatchPacker`: measures activation memory per
-    sample at each new depth (an :class:`~autofreeze_ext.planning.packing.ActivationMeter` around the
-    next step's first forward), and when a larger global batch pays, sets it on the sampler for
-    the next epoch. Its measurements and decisions are its checkpointed state."""
+    """Wraps :class:`~autofreeze_ext.planning.packing.BatchPacker`: at each new depth the second
+    step's first forward runs under an :class:`~autofreeze_ext.planning.packing.ActivationMeter`
+    (a step the :class:`StepTimer` leaves out of its timing), and when the timer's reading at a
+    depth says a larger global batch pays, sets it on the sampler for the next epoch. Its
+    measurements and decisions are its checkpointed state."""
 
     name = "packer"
 
-    def __init__(self) -> None:
+    def __init__(self, timer: StepTimer) -> None:
+        self.timer = timer
         self.state: dict = {}
         self.packer: Optional[BatchPacker] = None
         self.meter: Optional[ActivationMeter] = None
@@ -32,8 +35,6 @@ class Packer(Part):
         self.state = dict(state or {})
 
     def state_dict(self) -> dict:
-        if self.packer is not None:  # its measurement in progress too
-            self.state["probe"] = self.packer.probe_state()
         return self.state
 
     def start(self, run) -> None:
@@ -47,28 +48,27 @@ class Packer(Part):
         gran = math.lcm(ctx.world_size, run.sampler.shards) if sharded else 1
         self.packer = BatchPacker(
             base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran, world_size=ctx.world_size,
-            grad_accum=cfg.grad_accum, probe_steps=cfg.probe_steps,
-            max_activation_bytes=parse_bytes(cfg.max_activation_memory), state=self.state,
-            epoch_samples=len(run.train_task.labels), padded=sharded, min_gain=cfg.min_packing_gain,
+            grad_accum=cfg.grad_accum, max_activation_bytes=parse_bytes(cfg.max_activation_memory),
+            state=self.state, epoch_samples=len(run.train_task.labels), padded=sharded,
+            min_gain=cfg.min_packing_gain,
             allreduce_s=lambda: time_allreduce(ctx, 4 * run.ddp.comm[run.ctl.frozen_depth]["params"]),
             broadcast=lambda entry: from_rank0(entry, ctx))
-        if self.state.get("probe"):
-            self.packer.load_probe_state(self.state["probe"])
         self.meter = ActivationMeter(run.model)
 
-    def epoch_start(self, run, epoch: int, planned: list) -> None:
-        self.global_batch = len(planned[0]) * run.world  # this epoch's batch (the last one may be short)
-
-    def meter_for_next_step(self) -> Optional[ActivationMeter]:
-        return self.meter if self.packer is not None and self.packer.measuring else None
+    def meter_for_next_step(self, run) -> Optional[ActivationMeter]:
+        """The meter when the coming step is the second at a depth whose memory is unknown."""
+        if self.packer is None or not self.packer.wants_memory(run.ctl.frozen_depth):
+            return None
+        return self.meter if self.timer.steps_seen(run) == 1 else None
 
     def after_step(self, run, res) -> None:
         if self.packer is None:
             return
         if res.memory is not None:
             self.packer.record_memory(*res.memory)
-        new = self.packer.after_step(depth=run.ctl.frozen_depth, batch=self.global_batch, samples=res.samples,
-                                     step_s=res.seconds, fixed_s=res.t3 - res.t2, step=run.prog["step"])
+        if run.step_timing is None:
+            return
+        new = self.packer.on_timing(run.step_timing, step=run.prog["step"])
         if new is not None:
             if isinstance(run.sampler, ShardedBatchSampler):
                 run.sampler.set_global_batch(new)

@@ -1,0 +1,89 @@
+"""The one step probe, and the packer and cost goal reading it (stand-in run, no subprocess)."""
+import types
+
+import pytest
+
+from autofreeze_ext.planning.step_probe import StepProbe, StepTiming
+from autofreeze_ext.training.config import FinetuneConfig
+from autofreeze_ext.training.parts import CostGoal, Packer, StepTimer
+from autofreeze_ext.training.parts.cost_goal import CostPlanner
+
+pytestmark = pytest.mark.reference
+
+
+def test_probe_leaves_out_the_first_steps_and_reads_once_per_setting():
+    p = StepProbe(steps=3, skip=2)
+    seq = [(0, 8, 9.0), (0, 8, 5.0), (0, 8, 0.3), (0, 8, 0.1), (0, 8, 0.2), (0, 8, 0.4)]
+    got = [p.observe((d, b), s, fixed_s=s / 10, samples=b) for d, b, s in seq]
+    assert got[:4] == [None] * 4 and got[5] is None  # skipped, still timing, then done for this setting
+    t = got[4]
+    assert t.key == (0, 8) and t.steps == 3
+    assert t.step_s == pytest.approx(0.2) and t.fixed_s == pytest.approx(0.02)  # medians: 9 and 5 left out
+    assert t.samples_per_s == pytest.approx(24 / 0.6)
+    # a new setting (a freeze, or a grown batch) starts a new measurement
+    assert [p.observe((1, 8), 1.0) for _ in range(4)] == [None] * 4
+    assert p.observe((1, 8), 1.0).key == (1, 8)
+    with pytest.raises(ValueError):
+        StepProbe(steps=0)
+
+
+def test_probe_state_round_trip_resumes_the_measurement_in_progress():
+    a = StepProbe(steps=3)
+    for s in (1.0, 1.0, 0.5):
+        a.observe((2, 16), s)
+    b = StepProbe(steps=3)
+    b.load_state_dict(a.state_dict())
+    assert b.observe((2, 16), 0.7) is None and b.observe((2, 16), 0.6).step_s == pytest.approx(0.6)
+
+
+def fake_run(mode_goal, world_size=1):
+    ctx = types.SimpleNamespace(world_size=world_size, rank=0, distributed=False, is_main=True)
+    return types.SimpleNamespace(
+        cfg=FinetuneConfig(batch_size=8, probe_steps=2, mode_goal=mode_goal), ctx=ctx, world=world_size,
+        ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, step_timing=None,
+        prog={"step": 0})
+
+
+def step(run, timer, parts, seconds):
+    run.prog["step"] += 1
+    r = types.SimpleNamespace(seconds=seconds, t2=0.0, t3=0.01, samples=8, memory=None)
+    for p in (timer, *parts):
+        p.after_step(run, r)
+    return run.step_timing
+
+
+def test_timer_hands_one_reading_to_the_parts_after_it_and_asks_the_packer_to_meter():
+    run, timer = fake_run("time"), StepTimer()
+    packer = Packer(timer)
+    timer.start(run)
+    timer.epoch_start(run, 0, [list(range(8))])
+    packer.packer = types.SimpleNamespace(wants_memory=lambda depth: depth == 1)  # memory unknown at depth 1
+    packer.meter = "meter"
+    readings = [step(run, timer, [], 0.1) for _ in range(4)]
+    assert readings[:3] == [None] * 3 and readings[3].key == (0, 8)  # 2 left out, 2 timed
+    run.ctl.frozen_depth = 1  # a freeze in the next step
+    metered = []
+    for _ in range(4):
+        metered.append(packer.meter_for_next_step(run))
+        step(run, timer, [], 0.1)
+    assert metered == [None, "meter", None, None]  # the second step at the new depth, left out of timing
+    run.ctl.frozen_depth = 0
+    assert packer.meter_for_next_step(run) is None  # memory known at depth 0
+
+
+def test_cost_planner_reads_the_probe_it_shares_with_the_packer():
+    run = fake_run("cost", world_size=2)
+    run.ddp, run.total_steps = types.SimpleNamespace(comm={}), 100
+    state = {"planner": []}
+    planner = CostPlanner(run.cfg, run.ctx, run.prog, state, run.ddp, run.total_steps)
+    assert planner.on_timing(StepTiming((0, 8), 0.5, 0.01, 16.0, 2), step=4) is None
+    assert state["full_step_s"] == 0.5 and state["deadline_s"] == 50.0  # full fine-tuning's projection
+    # the part passes the timer's reading on, and only a reading
+    goal = CostGoal()
+    goal.planner = types.SimpleNamespace(on_timing=lambda t, s: seen.append((t, s)))
+    seen = []
+    run.step_timing = None
+    goal.after_step(run, None)
+    run.step_timing = StepTiming((1, 8), 0.3, 0.01, 26.0, 2)
+    goal.after_step(run, None)
+    assert seen == [(run.step_timing, 0)]
