@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import types
 from typing import List, Optional
 
 from ._io import atomic_json
@@ -22,10 +23,11 @@ from .data import DataError
 from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
+from .training.config import option_fields, validate
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    d = FinetuneConfig()
+    d = types.SimpleNamespace(**FinetuneConfig().options())
     p.add_argument("--train", default=d.train,
                    help="training data: TSV, CSV, JSON Lines or Parquet (by extension, or --format); "
                         "default: built-in SST-2 sample")
@@ -99,37 +101,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
-    for name in ("epochs", "batch_size", "max_length", "evals_per_epoch", "grad_accum"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.train_samples is not None and args.train_samples < 1:
-        raise ValueError(f"--train-samples must be >= 1, got {args.train_samples}")
-    if args.resume and not args.checkpoint_dir:
-        raise ValueError("--resume needs --checkpoint-dir")
-
     def sub(folder):  # one subfolder per mode when comparing
         return os.path.join(folder, mode_slug(mode)) if folder and per_mode_dirs else folder
-    return FinetuneConfig(train=args.train, dev=args.dev, model=args.model, mode=mode, epochs=args.epochs,
-                          data_format=args.data_format, text_column=args.text_column,
-                          text_pair_column=args.text_pair_column, label_column=args.label_column,
-                          label_kind=args.label_kind, metric=args.metric, save_model=sub(args.save_model),
-                          batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, seed=args.seed,
-                          percentile=args.percentile, intervals_per_epoch=args.intervals_per_epoch,
-                          evals_per_epoch=args.evals_per_epoch, train_samples=args.train_samples,
-                          progress=not args.no_progress, cache_dir=sub(args.cache_dir), cache_memory=args.cache_memory,
-                          cache_disk=args.cache_disk, cache_cost_model=not args.no_cost_model,
-                          checkpoint_dir=sub(args.checkpoint_dir), checkpoint_every=args.checkpoint_every,
-                          resume=args.resume, stop_after_steps=args.stop_after_steps, amp=args.amp,
-                          compile=args.compile, device=args.device, data_shards=args.data_shards,
-                          reshuffle_shards_every=args.reshuffle_shards_every, mode_goal=args.mode_goal,
-                          deadline_s=args.deadline_s, min_workers=args.min_workers, restart_s=args.restart_s,
-                          grad_accum=args.grad_accum, max_batch=args.max_batch,
-                          max_activation_memory=args.max_activation_memory, batch_lr_scaling=args.batch_lr_scaling,
-                          min_packing_gain=args.min_packing_gain, record_signals=args.record_signals,
-                          policy=args.policy, threshold=args.threshold, signal=args.signal, patience=args.patience,
-                          learned=args.learned, max_new_blocks=args.max_new_blocks,
-                          warmup_guard=not args.no_warmup_guard, target_speedup=args.target_speedup,
-                          anneal_steps=args.anneal_steps, freeze_word_embeddings=args.freeze_word_embeddings)
+    same = {name: getattr(args, name) for name in option_fields() if hasattr(args, name)}
+    cfg = FinetuneConfig.from_options(**{
+        **same, "mode": mode, "save_model": sub(args.save_model), "cache_dir": sub(args.cache_dir),
+        "checkpoint_dir": sub(args.checkpoint_dir), "progress": not args.no_progress,
+        "cache_cost_model": not args.no_cost_model, "warmup_guard": not args.no_warmup_guard})
+    validate(cfg)
+    return cfg
 
 
 def _task_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:

@@ -39,7 +39,7 @@ def test_probe_state_round_trip_resumes_the_measurement_in_progress():
 def fake_run(mode_goal, world_size=1):
     ctx = types.SimpleNamespace(world_size=world_size, rank=0, distributed=False, is_main=True)
     return types.SimpleNamespace(
-        cfg=FinetuneConfig(batch_size=8, probe_steps=2, mode_goal=mode_goal), ctx=ctx, world=world_size,
+        cfg=FinetuneConfig.from_options(batch_size=8, probe_steps=2, mode_goal=mode_goal), ctx=ctx, world=world_size,
         ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, step_timing=None,
         prog={"step": 0})
 

@@ -17,9 +17,8 @@ pytestmark = pytest.mark.reference
 def fake_run(**kw):
     ctl = types.SimpleNamespace(frozen_depth=0, num_blocks=4)
     run = types.SimpleNamespace(
-        cfg=FinetuneConfig(batch_size=8, checkpoint_every=3), ctx=types.SimpleNamespace(world_size=1, rank=0,
-                                                                                       distributed=False,
-                                                                                       is_main=True),
+        cfg=FinetuneConfig.from_options(batch_size=8, checkpoint_every=3),
+        ctx=types.SimpleNamespace(world_size=1, rank=0, distributed=False, is_main=True),
         ctl=ctl, t_start=0.0, world=1, cache=None, sampler=types.SimpleNamespace(position=0), steps_per_epoch=4,
         prog={}, stop=None, checkpoint_due=False, ckpt_path=None, num_blocks=4)
     run.__dict__.update(kw)
@@ -121,7 +120,7 @@ def test_kill_at_only_on_its_step_rank_and_first_launch(monkeypatch):
 
 
 def test_cost_goal_needs_a_checkpoint_dir_under_torchrun_and_packer_idles_without_packing():
-    run = fake_run(cfg=FinetuneConfig(mode_goal="cost"), packing=False, total_steps=10, ddp=None)
+    run = fake_run(cfg=FinetuneConfig.from_options(mode_goal="cost"), packing=False, total_steps=10, ddp=None)
     run.ctx.distributed, run.ctx.world_size = True, 2
     with pytest.raises(ValueError, match="checkpoint-dir"):
         CostGoal().start(run)
@@ -130,11 +129,24 @@ def test_cost_goal_needs_a_checkpoint_dir_under_torchrun_and_packer_idles_withou
     assert pk.packer is None and pk.meter_for_next_step(fake_run()) is None
 
 
+def test_config_sections_take_and_give_back_the_flat_options():
+    cfg = FinetuneConfig.from_options(batch_size=8, cache_dir="/ssd/c", mode_goal="time", max_batch=16, policy="x")
+    assert (cfg.optim.batch_size, cfg.cache.dir, cfg.goal.kind, cfg.goal.max_batch) == (8, "/ssd/c", "time", 16)
+    assert cfg.freeze.policy == "x" and cfg.data.max_length == 64  # the rest keep their defaults
+    opts = cfg.options()
+    assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and len(opts) == 58
+    assert FinetuneConfig.from_options(**opts) == cfg
+    with pytest.raises(TypeError, match="batchsize"):
+        FinetuneConfig.from_options(batchsize=8)
+
+
 def test_config_checks_and_micro_batches():
     for bad, match in [(dict(mode_goal="speed"), "mode_goal"), (dict(max_batch=64), "belong to"),
-                       (dict(mode_goal="time", max_batch=8, batch_size=32), "smaller"), (dict(amp="fp8"), "amp")]:
+                       (dict(mode_goal="time", max_batch=8, batch_size=32), "smaller"), (dict(amp="fp8"), "amp"),
+                       (dict(epochs=0), "--epochs"), (dict(grad_accum=0), "--grad-accum"),
+                       (dict(train_samples=0), "--train-samples"), (dict(resume=True), "--checkpoint-dir")]:
         with pytest.raises(ValueError, match=match):
-            validate(FinetuneConfig(**bad))
+            validate(FinetuneConfig.from_options(**bad))
     parts = micro_batches(list(range(5)), {"x": torch.arange(5)}, 2)
     assert [p[0] for p in parts] == [[0, 1], [2, 3, 4]] and parts[1][1]["x"].tolist() == [2, 3, 4]
 

@@ -25,18 +25,18 @@ from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table,
 
 
 def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dict:
-    """Train with ``cfg.mode`` and return the report (times exclude evaluation).
+    """Train with ``cfg.freeze.mode`` and return the report (times exclude evaluation).
 
-    With ``cfg.checkpoint_dir`` a checkpoint (model, optimizer, scheduler, controller, sampler
+    With ``cfg.run.checkpoint_dir`` a checkpoint (model, optimizer, scheduler, controller, sampler
     position, RNG, every part's state and the cache's identity) is written atomically every
-    ``cfg.checkpoint_every`` steps and at each epoch end; ``cfg.resume`` continues from it.
+    ``cfg.run.checkpoint_every`` steps and at each epoch end; ``cfg.run.resume`` continues from it.
     ``parts``: extra :class:`~autofreeze_ext.training.parts.Part` objects, called after the
     built-in ones (e.g. :class:`~autofreeze_ext.training.parts.KillAt` in the resume tests).
     """
     run = build_run(cfg, time.perf_counter())
     progress, timer, cost_goal = Progress(), StepTimer(), CostGoal()
     packer = Packer(timer)
-    core: List[Part] = [progress, *([ProgressBar()] if cfg.progress and run.ctx.is_main else []), Evaluator(),
+    core: List[Part] = [progress, *([ProgressBar()] if cfg.run.progress and run.ctx.is_main else []), Evaluator(),
                         EpochEnd(progress), timer, packer, cost_goal]
     if run.state is not None:
         for p in core:
@@ -46,7 +46,7 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     run.run_id = new_run_id(run)
     attach_cache_and_runner(run)
     try:
-        saver = [ModelSaver(cfg.save_model)] if cfg.save_model else []
+        saver = [ModelSaver(cfg.run.save_model)] if cfg.run.save_model else []
         run_loop(run, [*core, Checkpointer(core), *saver, *(parts or ())])
         return make_report(run, packer, cost_goal)
     finally:

@@ -88,46 +88,47 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     """Load data and model, build optimizer, schedule, controller, cache and runner; restore
     the checkpoint when resuming."""
     validate(cfg)
-    ctx = init_from_env(cfg.device)
+    ctx = init_from_env(cfg.parallel.device)
     train_task, dev_task, metric = load_tasks(cfg)
-    torch.manual_seed(cfg.seed)
-    model_path = cfg.model or default_model_path()
+    torch.manual_seed(cfg.optim.seed)
+    model_path = cfg.run.model or default_model_path()
     model, tok = load_model_and_tokenizer(model_path, train_task.label_space)
     model.to(ctx.device)
-    if cfg.freeze_word_embeddings:
+    if cfg.freeze.freeze_word_embeddings:
         model.get_input_embeddings().requires_grad_(False)
     if ctx.distributed:  # same initial weights on every rank, different dropout masks
-        torch.manual_seed(cfg.seed * 7919 + ctx.rank)
-    train, dev = encode(train_task, tok, cfg.max_length), encode(dev_task, tok, cfg.max_length)
-    ckpt_path = os.path.join(cfg.checkpoint_dir, "checkpoint.pt") if cfg.checkpoint_dir else None
-    state = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path and os.path.exists(ckpt_path) else None
+        torch.manual_seed(cfg.optim.seed * 7919 + ctx.rank)
+    train, dev = encode(train_task, tok, cfg.data.max_length), encode(dev_task, tok, cfg.data.max_length)
+    ckpt_path = os.path.join(cfg.run.checkpoint_dir, "checkpoint.pt") if cfg.run.checkpoint_dir else None
+    state = load_checkpoint(ckpt_path) if cfg.run.resume and ckpt_path and os.path.exists(ckpt_path) else None
     sampler = _sampler(cfg, ctx, len(train_task.labels), state)
     # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
     # created, and a resumed run creates one mid-epoch (dropout would then differ)
     loader = DataLoader(IndexedDataset(train), batch_sampler=sampler,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    total = len(sampler) * cfg.epochs
+                        generator=torch.Generator().manual_seed(cfg.optim.seed))
+    total = len(sampler) * cfg.optim.epochs
     opt, sched = _optimizer(cfg, model, total, len(train_task.labels))
-    if cfg.compile:
+    if cfg.optim.compile:
         # each block on its own: the active suffix runs compiled, frozen blocks get stubbed or
         # run without autograd (dynamo keeps a graph per variant)
         for blk in resolve_layout(model).blocks:
-            blk.compile(backend=cfg.compile, dynamic=False)
+            blk.compile(backend=cfg.optim.compile, dynamic=False)
     ctl = _controller(cfg, model, opt, train, len(sampler), total)
     run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
-              model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader, opt=opt, sched=sched,
+              model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
+              opt=opt, sched=sched,
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
-              steps_per_epoch=len(sampler), cached=split_mode(cfg.mode)[1])
+              steps_per_epoch=len(sampler), cached=split_mode(cfg.freeze.mode)[1])
     _amp(run)
     return run
 
 
 def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict]):
-    if ctx.distributed or cfg.data_shards or (state is not None and "shards" in state["sampler"]):
-        return ShardedBatchSampler(n, cfg.batch_size, world_size=ctx.world_size,
-                                   rank=ctx.rank if ctx.distributed else None, shards=cfg.data_shards,
-                                   seed=cfg.seed, reshuffle_shards_every=cfg.reshuffle_shards_every)
-    return PlannedBatchSampler(n, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if ctx.distributed or cfg.parallel.data_shards or (state is not None and "shards" in state["sampler"]):
+        return ShardedBatchSampler(n, cfg.optim.batch_size, world_size=ctx.world_size,
+                                   rank=ctx.rank if ctx.distributed else None, shards=cfg.parallel.data_shards,
+                                   seed=cfg.optim.seed, reshuffle_shards_every=cfg.parallel.reshuffle_shards_every)
+    return PlannedBatchSampler(n, cfg.optim.batch_size, shuffle=True, seed=cfg.optim.seed)
 
 
 def _optimizer(cfg: FinetuneConfig, model, total: int, epoch_samples: int):
@@ -135,30 +136,33 @@ def _optimizer(cfg: FinetuneConfig, model, total: int, epoch_samples: int):
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-               "weight_decay": cfg.weight_decay},
+               "weight_decay": cfg.optim.weight_decay},
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr)
     if packing(cfg):  # the batch may grow: schedule by samples, LR scaled with the batch
-        return opt, SampleLinearSchedule(opt, cfg.epochs * epoch_samples, cfg.warmup_ratio, cfg.batch_size,
-                                         cfg.batch_lr_scaling)
-    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+        o = cfg.optim
+        return opt, SampleLinearSchedule(opt, o.epochs * epoch_samples, o.warmup_ratio, o.batch_size,
+                                         cfg.goal.batch_lr_scaling)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.optim.warmup_ratio * total), total)
 
 
 def _controller(cfg: FinetuneConfig, model, opt, train: dict, steps_per_epoch: int, total: int) -> FreezeController:
-    policy = make_mode_policy(cfg.mode, cfg, resolve_layout(model).num_blocks, total)
-    if cfg.record_signals and isinstance(policy, NeverFreeze):
-        policy = ObserveOnly(intervals_per_epoch=cfg.intervals_per_epoch)
-    names = [*policy.signals, *(ALL_SIGNALS if cfg.record_signals else ())]
-    probe = probe_batch(train, cfg.probe_samples, cfg.seed, labels=True) if set(names) & set(NEEDS_PROBE) else None
+    policy = make_mode_policy(cfg.freeze.mode, cfg, resolve_layout(model).num_blocks, total)
+    if cfg.freeze.record_signals and isinstance(policy, NeverFreeze):
+        policy = ObserveOnly(intervals_per_epoch=cfg.freeze.intervals_per_epoch)
+    names = [*policy.signals, *(ALL_SIGNALS if cfg.freeze.record_signals else ())]
+    needs_probe = set(names) & set(NEEDS_PROBE)
+    probe = probe_batch(train, cfg.freeze.probe_samples, cfg.optim.seed, labels=True) if needs_probe else None
     guards = getattr(policy, "guards", None)  # a decision reaches at most max_new_blocks (+1 for patience)
-    reach = None if cfg.record_signals or guards is None or guards.max_new_blocks is None else guards.max_new_blocks + 1
+    capped = not cfg.freeze.record_signals and guards is not None and guards.max_new_blocks is not None
+    reach = guards.max_new_blocks + 1 if capped else None
     return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch,
-                            signals=make_signals(names, probe, lookahead=reach), anneal_steps=cfg.anneal_steps)
+                            signals=make_signals(names, probe, lookahead=reach), anneal_steps=cfg.freeze.anneal_steps)
 
 
 def _amp(run: Run) -> None:
     device_type = next(run.model.parameters()).device.type
-    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.cfg.amp]
+    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.cfg.optim.amp]
     run.autocast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
     run.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
 
@@ -168,16 +172,16 @@ def attach_cache_and_runner(run: Run) -> None:
     the runner that routes the forward pass through them; the prefix clock."""
     cfg, ctx = run.cfg, run.ctx
     if run.cached:
-        if cfg.checkpoint_dir and not cfg.cache_dir:
+        if cfg.run.checkpoint_dir and not cfg.cache.dir:
             log.info("the activation cache is in RAM only: a resumed run recomputes it (pass --cache-dir)")
         run.cache = _make_cache(cfg, run.run_id, run.model_path, ctx)
     if ctx.distributed:
         # DDP over the active suffix only, rebuilt after each freeze; the prefix runs outside it
         run.ddp = FreezingDDP(run.model, run.ctl, ctx.device, sync_buffers=False)
-        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache_cost_model,
+        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache.cost_model,
                                         timers=run.timers, suffix=run.ddp)
     elif run.cached:
-        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache_cost_model,
+        run.runner = FrozenPrefixRunner(run.model, run.ctl, run.cache, cost_model=cfg.cache.cost_model,
                                         timers=run.timers)
     run.clock = PrefixClock(run.ctl, run.timers)
 
@@ -190,17 +194,17 @@ def new_run_id(run: Run) -> str:
 
 
 def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):
-    fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.train), "max_length": cfg.max_length,
-          "train_samples": cfg.train_samples}
+    fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.data.train),
+          "max_length": cfg.data.max_length, "train_samples": cfg.data.train_samples}
     path = None
-    if cfg.cache_dir:
-        path = os.path.join(cfg.cache_dir, "activations")
+    if cfg.cache.dir:
+        path = os.path.join(cfg.cache.dir, "activations")
         if ctx.distributed:  # one cache per rank: it holds the samples of the rank's shard
             path = os.path.join(path, f"rank{ctx.rank}")
     try:
-        return ActivationCache(path, memory_budget=cfg.cache_memory, disk_budget=cfg.cache_disk, fingerprint=fp,
+        return ActivationCache(path, memory_budget=cfg.cache.memory, disk_budget=cfg.cache.disk, fingerprint=fp,
                                device=ctx.device)
     except CacheError as exc:
         warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
         log.warning("%s; the disk tier is off, caching in RAM only", exc)
-        return ActivationCache(None, memory_budget=cfg.cache_memory, fingerprint=fp, device=ctx.device)
+        return ActivationCache(None, memory_budget=cfg.cache.memory, fingerprint=fp, device=ctx.device)

@@ -62,8 +62,8 @@ def restore(run, state: dict) -> None:
     """Load model, controller (before the optimizer: it removes frozen parameters), optimizer,
     schedule, sampler, AMP scaler and this rank's RNG stream."""
     cfg, ctx = run.cfg, run.ctx
-    if state["mode"] != cfg.mode:
-        raise ValueError(f"{run.ckpt_path} was written by mode {state['mode']!r}, not {cfg.mode!r}")
+    if state["mode"] != cfg.freeze.mode:
+        raise ValueError(f"{run.ckpt_path} was written by mode {state['mode']!r}, not {cfg.freeze.mode!r}")
     if state.get("packing", False) != run.packing:
         raise ValueError(f"{run.ckpt_path} was written {'with' if state.get('packing') else 'without'} a growing "
                          "batch (--mode-goal time --max-batch): resume with the same options")
@@ -81,5 +81,5 @@ def restore(run, state: dict) -> None:
         if cuda[ctx.rank] is not None and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(cuda[ctx.rank], ctx.device)
     else:  # restarted on a different number of workers: fresh dropout streams
-        torch.manual_seed(cfg.seed * 7919 + ctx.rank + 104729 * state["step"])  # (seeds every CUDA device too)
+        torch.manual_seed(cfg.optim.seed * 7919 + ctx.rank + 104729 * state["step"])  # (seeds every CUDA device too)
     log.info("resumed from %s at step %d, frozen depth %d", run.ckpt_path, state["step"], run.ctl.frozen_depth)

@@ -10,13 +10,14 @@ from .config import FinetuneConfig
 def load_tasks(cfg: FinetuneConfig) -> Tuple[Task, Task, str]:
     """Training task (its labels define the label space), dev task (labels must fit it) and the
     metric that drives the comparison (checked against the task's kind)."""
-    cols = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
-    train = load_task(cfg.train, columns=cols, fmt=cfg.data_format, limit=cfg.train_samples,
-                      label_kind=cfg.label_kind)
-    dev = load_task(cfg.dev, columns=cols, fmt=cfg.data_format, label_space=train.label_space,
-                    train_path=cfg.train)
+    cols = Columns(cfg.data.text_column, cfg.data.text_pair_column, cfg.data.label_column)
+    train = load_task(cfg.data.train, columns=cols, fmt=cfg.data.data_format, limit=cfg.data.train_samples,
+                      label_kind=cfg.data.label_kind)
+    dev = load_task(cfg.data.dev, columns=cols, fmt=cfg.data.data_format, label_space=train.label_space,
+                    train_path=cfg.data.train)
     if (train.text_pairs is None) != (dev.text_pairs is None):
-        raise ValueError(f"{cfg.train} has {'pairs' if train.text_pairs else 'single texts'} "
-                         f"({train.columns.text}/{train.columns.text_pair}) but {cfg.dev} has "
-                         f"{'pairs' if dev.text_pairs else 'single texts'} ({dev.columns.text}/{dev.columns.text_pair})")
-    return train, dev, check_metric(cfg.metric, train.label_space.regression)
+        raise ValueError(f"{cfg.data.train} has {'pairs' if train.text_pairs else 'single texts'} "
+                         f"({train.columns.text}/{train.columns.text_pair}) but {cfg.data.dev} has "
+                         f"{'pairs' if dev.text_pairs else 'single texts'} "
+                         f"({dev.columns.text}/{dev.columns.text_pair})")
+    return train, dev, check_metric(cfg.data.metric, train.label_space.regression)

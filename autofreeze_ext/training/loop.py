@@ -18,19 +18,19 @@ def plan_epoch(run) -> list:
 
 
 def run_loop(run, parts: List[Part]) -> None:
-    """Train until ``cfg.epochs`` are done or a part sets ``run.stop``; the loop itself only
+    """Train until ``cfg.optim.epochs`` are done or a part sets ``run.stop``; the loop itself only
     plans epochs and runs steps."""
     cfg = run.cfg
     packer: Optional[Packer] = next((p for p in parts if isinstance(p, Packer)), None)
     run.model.train()
     for p in parts:
         p.start(run)
-    while run.prog["epoch"] < cfg.epochs and run.stop is None:
+    while run.prog["epoch"] < cfg.optim.epochs and run.stop is None:
         epoch, planned = run.prog["epoch"], plan_epoch(run)
         run.steps_per_epoch = len(planned)  # this epoch's (the batch may have grown)
         run.ctl.begin_epoch(epoch, len(planned), done=run.sampler.position)
         if run.cache is not None:
-            run.cache.plan_epoch(micro_plan(planned[run.sampler.position:], cfg.grad_accum))
+            run.cache.plan_epoch(micro_plan(planned[run.sampler.position:], cfg.optim.grad_accum))
         for p in parts:
             p.epoch_start(run, epoch, planned)
         for indices, batch in run.loader:
@@ -39,7 +39,7 @@ def run_loop(run, parts: List[Part]) -> None:
             res = train_step(run, indices, batch, packer.meter_for_next_step(run) if packer else None)
             for p in parts:
                 p.after_step(run, res)
-            if run.stop is None and cfg.stop_after_steps and run.prog["step"] >= cfg.stop_after_steps:
+            if run.stop is None and cfg.run.stop_after_steps and run.prog["step"] >= cfg.run.stop_after_steps:
                 run.stop = "stop_after_steps"
             if run.stop is not None:
                 break

@@ -21,7 +21,7 @@ def split_mode(mode: str):
 
 def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
     """The policy a mode runs: full, static (from the start or at a step), or the adaptive
-    policy ``cfg.policy`` with its options (the LR warm-up as its warm-up guard)."""
+    policy ``cfg.freeze.policy`` with its options (the LR warm-up as its warm-up guard)."""
     m, cached = split_mode(mode)
     if m == "full":
         return NeverFreeze()
@@ -37,10 +37,11 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_step
                              "STEP (static:K@STEP: K blocks freeze once STEP optimizer steps are done) >= 0") from None
         return ScheduledFreeze([(at, k)]) if at else StaticFreeze(k)
     if m == "autofreeze":
-        opts = PolicyOptions(intervals_per_epoch=cfg.intervals_per_epoch, percentile=cfg.percentile,
-                             threshold=cfg.threshold, signal=cfg.signal, patience=cfg.patience, learned=cfg.learned,
-                             max_new_blocks=cfg.max_new_blocks,
-                             warmup_steps=int(cfg.warmup_ratio * total_steps) if cfg.warmup_guard else 0,
-                             target_speedup=cfg.target_speedup, total_steps=total_steps or None, cached=cached)
-        return build_policy(cfg.policy or DEFAULT_POLICY, opts)
+        f = cfg.freeze
+        opts = PolicyOptions(intervals_per_epoch=f.intervals_per_epoch, percentile=f.percentile,
+                             threshold=f.threshold, signal=f.signal, patience=f.patience, learned=f.learned,
+                             max_new_blocks=f.max_new_blocks,
+                             warmup_steps=int(cfg.optim.warmup_ratio * total_steps) if f.warmup_guard else 0,
+                             target_speedup=f.target_speedup, total_steps=total_steps or None, cached=cached)
+        return build_policy(f.policy or DEFAULT_POLICY, opts)
     raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")

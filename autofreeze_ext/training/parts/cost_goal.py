@@ -19,15 +19,16 @@ log = logging.getLogger("autofreeze_ext")
 class CostPlanner:
     """Live ``--mode-goal cost``: after each freeze, read the run's step probe at the new depth
     (``probe_steps`` steps, the first two left out) and time one all-reduce of the active
-    gradients, split the step into compute per sample and communication, and predict the rest of the run on each smaller number of workers (a
-    divisor of the global batch, at least ``min_workers``): ``steps_left * (B / W' * compute +
-    allreduce(W'))`` plus a restart (this launch's measured start-up) when ``W'`` differs, with
-    :class:`~autofreeze_ext.planning.planner.ThroughputModel` (the all-reduce scaled by the ring factor
-    ``(W'-1)/W'``). The cheapest ``W'`` in
-    worker-seconds that still finishes before the deadline wins; rank 0 decides and
-    broadcasts. The deadline defaults to full fine-tuning's time on the starting workers,
-    projected from the step time before the first freeze. Predictions are kept in the report
-    (``planner``) with the step time measured after the relaunch."""
+    gradients, split the step into compute per sample and communication, and predict the rest
+    of the run on each smaller number of workers (a divisor of the global batch, at least
+    ``min_workers``): ``steps_left * (B / W' * compute + allreduce(W'))`` plus a restart (this
+    launch's measured start-up) when ``W'`` differs, with
+    :class:`~autofreeze_ext.planning.planner.ThroughputModel` (the all-reduce scaled by the ring
+    factor ``(W'-1)/W'``). The cheapest ``W'`` in worker-seconds that still finishes before the
+    deadline wins; rank 0 decides and broadcasts. The deadline defaults to full fine-tuning's
+    time on the starting workers, projected from the step time before the first freeze.
+    Predictions are kept in the report (``planner``) with the step time measured after the
+    relaunch."""
 
     def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: dict, state: dict, ddp, total_steps: int) -> None:
         self.cfg, self.ctx, self.prog, self.state, self.ddp, self.total = cfg, ctx, prog, state, ddp, total_steps
@@ -46,27 +47,27 @@ class CostPlanner:
             return None
         if "full_step_s" not in self.state and depth == 0:
             self.state["full_step_s"] = t_step
-            self.state["deadline_s"] = self.cfg.deadline_s or self.total * t_step
+            self.state["deadline_s"] = self.cfg.goal.deadline_s or self.total * t_step
             return None
         if depth == 0 or any(p["depth"] == depth for p in self.state["planner"]):
             return None
         return self._decide(depth, t_step, step)
 
     def _decide(self, depth: int, t_step: float, step: int):
-        w, b = self.ctx.world_size, self.cfg.batch_size
+        w, b = self.ctx.world_size, self.cfg.optim.batch_size
         nbytes = 4 * self.ddp.comm[depth]["params"]
         t_ar = time_allreduce(self.ctx, nbytes)
         compute = max(t_step - t_ar, 1e-9) * w / b
-        restart = self.cfg.restart_s
+        restart = self.cfg.goal.restart_s
         if restart is None:
             restart = self.prog["startups"][-1]["startup_s"] if self.prog["startups"] else 0.0
         left = self.total - step
         elapsed = self.prog["train_time"]
-        deadline = self.state.get("deadline_s") or self.cfg.deadline_s or float("inf")
+        deadline = self.state.get("deadline_s") or self.cfg.goal.deadline_s or float("inf")
         # the planner's model from this one measurement: bandwidth-bound ring all-reduce (alpha 0)
         model = ThroughputModel({depth: compute}, {depth: nbytes}, alpha=0.0,
                                 beta=t_ar / (nbytes * 2 * (w - 1) / w), restart_s=restart)
-        best, options = choose_workers(model, depth, left, w, b, elapsed, deadline, self.cfg.min_workers)
+        best, options = choose_workers(model, depth, left, w, b, elapsed, deadline, self.cfg.goal.min_workers)
         entry = {"step": step, "depth": depth, "world_size": w, "chosen": best["workers"],
                  "step_s_now": t_step, "allreduce_s": t_ar, "compute_s_per_sample": compute,
                  "predicted_step_s": best["step_s"], "predicted_remaining_s": best["remaining_s"],
@@ -104,9 +105,9 @@ class CostGoal(Part):
 
     def start(self, run) -> None:
         cfg, ctx = run.cfg, run.ctx
-        if cfg.mode_goal == "cost" and ctx.distributed and not run.ckpt_path:
+        if cfg.goal.kind == "cost" and ctx.distributed and not run.ckpt_path:
             raise ValueError("--mode-goal cost sheds workers through a checkpoint: pass --checkpoint-dir")
-        active = cfg.mode_goal == "cost" and ctx.world_size > 1
+        active = cfg.goal.kind == "cost" and ctx.world_size > 1
         pending = self.state["planner"] and self.state["planner"][-1].get("measured_step_s") is None
         if active or pending:  # a world of one only measures
             self.planner = CostPlanner(cfg, ctx, run.prog, self.state, run.ddp, run.total_steps)
@@ -126,4 +127,4 @@ class CostGoal(Part):
 
     def end(self, run) -> None:
         if self.request is not None and run.ctx.is_main:  # after the checkpoint it resumes from
-            atomic_json(os.path.join(run.cfg.checkpoint_dir, "scale_request.json"), self.request)
+            atomic_json(os.path.join(run.cfg.run.checkpoint_dir, "scale_request.json"), self.request)

@@ -17,7 +17,7 @@ class Evaluator(Part):
     training time and frozen depth."""
 
     def epoch_start(self, run, epoch: int, planned: list) -> None:
-        self.ends = tiled_interval_ends(len(planned), run.cfg.evals_per_epoch)
+        self.ends = tiled_interval_ends(len(planned), run.cfg.run.evals_per_epoch)
         self.epoch = epoch
 
     def after_step(self, run, res) -> None:
@@ -32,5 +32,5 @@ class Evaluator(Part):
             entry["accuracy"] = metrics["accuracy"]
         run.prog["evals"].append(entry)
         if run.ctx.is_main:
-            log.info("%s: step %d epoch %.2f dev %s %.2f%% frozen %d/%d", run.cfg.mode, run.prog["step"], at,
+            log.info("%s: step %d epoch %.2f dev %s %.2f%% frozen %d/%d", run.cfg.freeze.mode, run.prog["step"], at,
                      run.metric, 100 * metrics[run.metric], run.ctl.frozen_depth, run.num_blocks)

@@ -19,7 +19,7 @@ class ModelSaver(Part):
         self.folder = folder
 
     def end(self, run) -> None:
-        finished = run.prog["epoch"] >= run.cfg.epochs or run.stop == "stop_after_steps"
+        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stop == "stop_after_steps"
         if not finished or not run.ctx.is_main:
             return
         os.makedirs(self.folder, exist_ok=True)

@@ -40,17 +40,17 @@ class Packer(Part):
     def start(self, run) -> None:
         cfg, ctx = run.cfg, run.ctx
         if not run.packing:
-            if cfg.mode_goal == "time" and ctx.is_main:
+            if cfg.goal.kind == "time" and ctx.is_main:
                 log.info("--mode-goal time keeps the batch at %d: pass --max-batch to let it grow as blocks freeze",
-                         cfg.batch_size)
+                         cfg.optim.batch_size)
             return
         sharded = isinstance(run.sampler, ShardedBatchSampler)
         gran = math.lcm(ctx.world_size, run.sampler.shards) if sharded else 1
         self.packer = BatchPacker(
-            base_batch=cfg.batch_size, max_batch=cfg.max_batch, granularity=gran, world_size=ctx.world_size,
-            grad_accum=cfg.grad_accum, max_activation_bytes=parse_bytes(cfg.max_activation_memory),
+            base_batch=cfg.optim.batch_size, max_batch=cfg.goal.max_batch, granularity=gran, world_size=ctx.world_size,
+            grad_accum=cfg.optim.grad_accum, max_activation_bytes=parse_bytes(cfg.goal.max_activation_memory),
             state=self.state, epoch_samples=len(run.train_task.labels), padded=sharded,
-            min_gain=cfg.min_packing_gain,
+            min_gain=cfg.goal.min_packing_gain,
             allreduce_s=lambda: time_allreduce(ctx, 4 * run.ddp.comm[run.ctl.frozen_depth]["params"]),
             broadcast=lambda entry: from_rank0(entry, ctx))
         self.meter = ActivationMeter(run.model)

@@ -40,7 +40,7 @@ class Progress(Part):
             run.prog = self._loaded
             run.prog["resumed_at"].append(run.prog["step"])
         else:
-            run.prog = new_record(run.ctl.frozen_depth, run.cfg.batch_size)
+            run.prog = new_record(run.ctl.frozen_depth, run.cfg.optim.batch_size)
         run.prog["world_sizes"].append({"step": run.prog["step"], "world_size": run.ctx.world_size})
 
     def epoch_start(self, run, epoch: int, planned: list) -> None:

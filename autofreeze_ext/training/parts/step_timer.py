@@ -27,7 +27,7 @@ class StepTimer(Part):
         return self.probe.state_dict() if self.probe is not None else self._state
 
     def start(self, run) -> None:
-        self.probe = StepProbe(run.cfg.probe_steps)
+        self.probe = StepProbe(run.cfg.goal.probe_steps)
         if self._state:
             self.probe.load_state_dict(self._state)
 
