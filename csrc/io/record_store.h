@@ -5,6 +5,13 @@
 // flush() together with a fingerprint of what produced the cache. A prefetcher reads the
 // planned batches of an epoch ahead of the consumer into a ring of page-aligned (and,
 // when asked, CUDA-pinned) slots through io_uring or a pread thread pool.
+//
+// RecordStore is the facade; each job lives in its own file: record_format.* (record and
+// index-record layouts, encode, check), direct_io.* (O_DIRECT probing), index_file.* (the
+// index file's layout), fs_util.* (segment files, atomic replacement), store_index.cpp
+// (opening an existing store, segments, flush), store_writer.cpp (put and the writer
+// thread), prefetcher.* and prefetch_loop.cpp (the read-ahead ring), record_store.cpp (the
+// rest: lifetime, lookups, synchronous reads, info).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -18,11 +25,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "index_file.h"
 #include "io_backend.h"
+#include "prefetcher.h"
+#include "store_types.h"
 
 namespace autofreeze {
-
-constexpr int kMaxDims = 8;
 
 struct StoreOptions {
   std::string dir;
@@ -34,51 +42,6 @@ struct StoreOptions {
   uint64_t disk_budget = 0;      // 0: unlimited
   std::string fingerprint;
   bool pin = false;              // cudaHostRegister the prefetch slots (CUDA builds only)
-};
-
-struct Segment {
-  uint32_t id = 0;
-  int fd = -1;
-  std::string path;
-  uint64_t size = 0;  // append offset
-  uint64_t live = 0;  // bytes of records the index still refers to
-  ~Segment();
-};
-
-struct Entry {
-  std::shared_ptr<Segment> seg;
-  uint64_t offset = 0, record_len = 0, nbytes = 0;
-  int32_t depth = 0;
-  uint8_t dtype = 0, ndim = 0;
-  int64_t shape[kMaxDims] = {0};
-  uint32_t crc = 0;
-};
-
-enum ReadStatus : int { kOk = 0, kCorrupt = 1, kShort = 2, kIoError = 3, kMissing = 4 };
-
-struct RecordView {
-  int64_t id;
-  int status;
-  int32_t depth;
-  uint8_t dtype;
-  std::vector<int64_t> shape;
-  uint64_t payload_offset;  // within the slot
-  uint64_t nbytes;
-};
-
-struct BatchView {
-  int64_t batch = -1;  // -1: the plan is exhausted
-  int slot = -1;
-  char* base = nullptr;
-  uint64_t size = 0;
-  std::vector<RecordView> records;
-  double wait_seconds = 0;  // time the consumer blocked in next()
-};
-
-struct StoreStats {
-  std::atomic<uint64_t> puts{0}, rejected_budget{0}, rejected_full{0}, writes{0}, bytes_written{0},
-      write_errors{0}, reads_ok{0}, reads_corrupt{0}, reads_short{0}, reads_error{0}, bytes_read{0},
-      index_dropped{0}, segments_deleted{0};
 };
 
 class RecordStore {
@@ -125,34 +88,23 @@ class RecordStore {
     char* buf;
     uint64_t len;
   };
-  struct Slot {
-    char* ptr = nullptr;
-    uint64_t cap = 0;
-    enum State { kFree, kLoading, kReady, kHeld } state = kFree;
-    bool stale = false;
-    int64_t batch = -1;
-    int pending = 0;
-    std::vector<Entry> entries;
-    std::vector<int64_t> ids;
-    std::vector<int64_t> results;
-  };
-  struct Op {
-    int slot;
-    int rec;
-  };
 
-  void probe_direct();
+  // store_index.cpp
   void open_existing();
+  void adopt_index(const IndexImage& image);
+  std::shared_ptr<Segment> open_segment(uint32_t id);
+  void remove_unknown_segments();
   void wipe();
   std::shared_ptr<Segment> new_segment_locked();
   int open_file(const std::string& path, bool create);
   void drop_entry_locked(std::unordered_map<int64_t, Entry>::iterator it);
+  IndexImage snapshot_index();
+  // store_writer.cpp
+  bool reserve_write(uint64_t len);
   void writer_loop();
-  void prefetch_loop();
-  void verify_slot(Slot& s);
-  void count_read(int status, uint64_t len);
-  void reset_locked(std::unique_lock<std::mutex>& g);
-  void free_slots();
+  std::shared_ptr<Segment> segment_for_locked(uint64_t len, uint64_t* offset);
+  int64_t write_record(const std::shared_ptr<Segment>& seg, const WriteJob& job, uint64_t offset);
+  void finish_write_locked(const WriteJob& job, const std::shared_ptr<Segment>& seg, uint64_t offset, int64_t res);
   std::string index_path() const { return opt_.dir + "/index.bin"; }
 
   StoreOptions opt_;
@@ -176,20 +128,7 @@ class RecordStore {
   std::atomic<int64_t> enospc_after_{-1};
   bool closed_ = false;
   std::thread writer_;
-
-  // prefetcher
-  std::unique_ptr<IoBackend> io_;
-  std::mutex pmu_;
-  std::condition_variable pcv_, ready_cv_;
-  std::vector<Slot> slots_;
-  std::vector<std::vector<Entry>> plan_entries_;
-  std::vector<std::vector<int64_t>> plan_ids_;
-  size_t next_issue_ = 0, next_deliver_ = 0;
-  int inflight_ = 0, unverified_ = 0;
-  bool pinned_ = false, pstop_ = false;
-  std::deque<Op> ops_;
-  std::vector<Op> op_pool_;
-  std::thread prefetcher_;
+  std::unique_ptr<Prefetcher> prefetch_;
 };
 
 }  // namespace autofreeze
