@@ -170,3 +170,34 @@ def test_block_drift_lookahead_measures_only_the_lowest_active_blocks():
     assert v[0] is None and v[3] is None and v[1] is not None and v[2] is not None
     with pytest.raises(ValueError, match="lookahead"):
         BlockDrift(bert_batch(n=2), lookahead=0)
+
+
+def test_probe_loss_stops_once_the_learning_guard_passed_and_decisions_stay_the_same():
+    """The learning guard latches: after it passed, the probe forward is skipped (its cost too),
+    and every decision is the one taken when the probe keeps running."""
+    from autofreeze_ext.policies import GuardedGradientTest, Guards
+
+    def run(skip):
+        model = tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        batch = bert_batch(n=16)
+        policy = GuardedGradientTest(guards=Guards(patience=1, learned=0.3, max_new_blocks=1), interval_steps=5)
+        if not skip:
+            policy.signals_needed = lambda: policy.signals
+        probe = ProbeLoss(batch)
+        calls = []
+        measure = probe.loss
+        probe.loss = lambda: calls.append(1) or measure()
+        ctl = FreezeController(model, opt, policy, signals=[probe])
+        _train(model, opt, batch, 60)
+        rec = [e for e in ctl.history if e["event"] == "interval"]
+        return policy.learned_at, [(e["step"], e["decided"]) for e in rec], [e["signals"]["probe_loss"] for e in rec], \
+            len(calls), ctl.frozen_depth
+
+    learned, decisions, losses, calls, depth = run(skip=True)
+    learned_b, decisions_b, losses_b, calls_b, depth_b = run(skip=False)
+    assert learned is not None and learned == learned_b and 5 < learned < 60  # passed mid-run
+    assert decisions == decisions_b and depth == depth_b and depth > 0
+    k = learned // 5  # intervals up to and including the one that passed
+    assert all(isinstance(v, float) for v in losses[:k]) and losses[k:] == [None] * (len(losses) - k)
+    assert calls == k < calls_b == len(losses_b)

@@ -190,8 +190,15 @@ class FreezeController:
         return self.frozen_depth
 
     def _signal_values(self, active) -> Dict[str, List[Optional[float]]]:
+        # a signal the policy reads but does not need now is skipped (None); the same on every
+        # rank, whose policies see the same broadcast statistics. Extra signals always run.
+        needed = getattr(self.policy, "signals_needed", None)
+        skip = set(getattr(self.policy, "signals", ())) - set(needed()) if needed else set()
         values = {}
         for sig in self.signals:
+            if sig.name in skip:
+                values[sig.name] = None
+                continue
             t0 = time.perf_counter()
             v = sig.interval_end(active)
             if self._sync is not None:

@@ -65,6 +65,11 @@ class FreezePolicy:
         """Return the number of leading blocks that should be frozen."""
         raise NotImplementedError
 
+    def signals_needed(self) -> Tuple[str, ...]:
+        """The signals of :attr:`signals` to measure at the coming interval end; the controller
+        skips the others (their cost too). Default: all of them."""
+        return tuple(self.signals)
+
     def on_invalid_interval(self, stats: IntervalStats) -> None:
         """Called instead of :meth:`decide` when the interval's statistics were NaN/Inf."""
 

@@ -52,6 +52,9 @@ class SpeedBudget(FreezePolicy):
     def is_interval_end(self, step, steps_per_epoch):
         return self.inner.is_interval_end(step, steps_per_epoch)
 
+    def signals_needed(self):
+        return self.inner.signals_needed()
+
     def step_cost(self, depth: int, num_blocks: int) -> float:
         if depth in self.cost:
             return self.cost[depth]

@@ -93,6 +93,13 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
         self.last = rec
         return rec.decided
 
+    def signals_needed(self) -> Tuple[str, ...]:
+        """Once the learning guard has passed it never reads ``probe_loss`` again: the probe
+        forward is skipped from then on (unless the test itself reads the signal)."""
+        if self.learned_at is None:
+            return self.signals
+        return tuple(s for s in self.signals if s != "probe_loss" or s in self.reads)
+
     def _check_learned(self, stats: IntervalStats) -> None:
         loss = stats.signals.get("probe_loss")
         if (self.learned_at is None and self.guards.learned is not None and isinstance(loss, float)
