@@ -1,9 +1,9 @@
 """Parts that hook into the training loop through one small interface (:class:`Part`).
 
 The loop (``training.loop``) only runs steps; everything else it does is a part: the run's
-record and time accounting, the progress bar, evaluation, epoch ends, the step probe that
-the batch packer and the cost goal's worker planner read, saving the model, checkpoints (which hold every part's state) and, in tests, fault
-injection."""
+record and time accounting, the progress bar, evaluation, epoch ends, the step probe that the
+batch packer and the cost goal's worker planner read, saving the model, checkpoints (which
+hold every part's state) and, in tests, fault injection."""
 from .base import Part
 from .checkpointer import Checkpointer
 from .cost_goal import CostGoal
