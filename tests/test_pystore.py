@@ -1,5 +1,6 @@
 """The disk tier's pure-Python twin: same behaviour as the C++ store where the cache relies on it."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -95,4 +96,40 @@ def test_cache_labels_data_with_the_depth_of_the_record_it_read(tmp_path, monkey
     monkeypatch.setattr(store, "meta", meta_then_rewrite)
     depth, t = c.get([5])[5]
     assert depth == 3 and torch.equal(t, new[0])
+    c.close()
+
+
+@pytest.mark.parametrize("engine", ["python", "c++"])
+def test_a_record_rewritten_larger_between_lookup_and_read_is_a_miss(tmp_path, monkeypatch, engine):
+    """The rewrite no longer fits the buffer sized from the metadata: get() recomputes the
+    sample (a miss), it neither fails nor erases the new record."""
+    from autofreeze_ext.cache import activation_cache as cache_mod
+
+    if engine == "python":
+        monkeypatch.setattr(cache_mod, "_C", None)
+    elif cache_mod._C is None:
+        pytest.skip("no compiled core")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = ActivationCache(str(tmp_path), memory_budget=0, fingerprint={"x": 3})
+    small, big = torch.zeros(1, 4, 8), torch.ones(1, 8, 8)
+    c.put([5], depth=1, outputs=small)
+    c.flush()
+    store = c._store
+
+    class RewriteAfterMeta:  # the disk writer rewriting the record between meta() and the read
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def meta(self, i):
+            m = store.meta(i)
+            store.put(i, 3, 0, [8, 8], big[0].data_ptr(), big[0].numel() * 4)
+            store.flush()
+            return m
+
+    c._store = RewriteAfterMeta()
+    assert c.get([5]) == {} and c.counters()["failed_reads"] == 0
+    c._store = store
+    depth, t = c.get([5])[5]  # the new record is still there
+    assert depth == 3 and torch.equal(t, big[0])
     c.close()

@@ -60,7 +60,7 @@ def test_timer_hands_one_reading_to_the_parts_after_it_and_asks_the_packer_to_me
     packer.packer = types.SimpleNamespace(wants_memory=lambda depth: depth == 1)  # memory unknown at depth 1
     packer.meter = "meter"
     readings = [step(run, timer, [], 0.1) for _ in range(4)]
-    assert readings[:3] == [None] * 3 and readings[3].key == (0, 8)  # 2 left out, 2 timed
+    assert readings[:3] == [None] * 3 and readings[3].key == (0, 8, 1)  # 2 left out, 2 timed
     run.ctl.frozen_depth = 1  # a freeze in the next step
     metered = []
     for _ in range(4):
@@ -76,7 +76,7 @@ def test_cost_planner_reads_the_probe_it_shares_with_the_packer():
     run.ddp, run.total_steps = types.SimpleNamespace(comm={}), 100
     state = {"planner": []}
     planner = CostPlanner(run.cfg, run.ctx, run.prog, state, run.ddp, run.total_steps)
-    assert planner.on_timing(StepTiming((0, 8), 0.5, 0.01, 16.0, 2), step=4) is None
+    assert planner.on_timing(StepTiming((0, 8, 2), 0.5, 0.01, 16.0, 2), step=4) is None
     assert state["full_step_s"] == 0.5 and state["deadline_s"] == 50.0  # full fine-tuning's projection
     # the part passes the timer's reading on, and only a reading
     goal = CostGoal()
@@ -84,6 +84,33 @@ def test_cost_planner_reads_the_probe_it_shares_with_the_packer():
     seen = []
     run.step_timing = None
     goal.after_step(run, None)
-    run.step_timing = StepTiming((1, 8), 0.3, 0.01, 26.0, 2)
+    run.step_timing = StepTiming((1, 8, 2), 0.3, 0.01, 26.0, 2)
     goal.after_step(run, None)
     assert seen == [(run.step_timing, 0)]
+
+
+def test_a_relaunch_on_fewer_workers_is_measured_again_and_checks_the_prediction():
+    """The cost goal decides at a depth, checkpoints and relaunches on fewer workers with the
+    same global batch: the probe (restored from the checkpoint) measures the new setting, and
+    the planner records the step time at the depth it decided for."""
+    res = types.SimpleNamespace(seconds=0.4, t2=0.0, t3=0.01, samples=8, memory=None)
+    run = fake_run("cost", world_size=4)
+    run.ctl.frozen_depth = 1
+    timer = StepTimer()
+    timer.start(run)
+    timer.epoch_start(run, 0, [[0, 1]])  # 4 workers x 2
+    assert [step(run, timer, [], 0.4) is not None for _ in range(6)] == [False] * 3 + [True] + [False] * 2
+    state = {"planner": [{"depth": 1, "chosen": 2, "world_size": 4, "measured_step_s": None}]}
+    run2 = fake_run("cost", world_size=2)  # the relaunch, resumed from the checkpoint
+    run2.ctl.frozen_depth, run2.ddp, run2.total_steps = 1, types.SimpleNamespace(comm={}), 100
+    again = StepTimer()
+    again.load_state_dict(timer.state_dict())
+    again.start(run2)
+    again.epoch_start(run2, 0, [[0, 1, 2, 3]])  # 2 workers x 4: the same global batch
+    goal = CostGoal()
+    goal.load_state_dict(state)
+    goal.start(run2)
+    readings = [step(run2, again, [goal], 0.3) for _ in range(4)]
+    assert readings[3] is not None and readings[3].key == (1, 8, 2)
+    assert goal.state["planner"][0]["measured_step_s"] == pytest.approx(0.3)
+    assert goal.state["planner"][0]["measured_at_depth"] == 1

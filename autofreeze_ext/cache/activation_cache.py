@@ -41,6 +41,7 @@ _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
            torch.int8, torch.int16, torch.bool]
 _DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
 _STATUS = {0: "ok", 1: "corrupt", 2: "short read", 3: "I/O error", 4: "missing"}
+_MISSING = 4
 
 Bytes = Union[int, str, None]
 
@@ -251,6 +252,8 @@ class ActivationCache:
                 _, code, shape, nbytes = meta
                 t = torch.empty(shape, dtype=_DTYPES[code])
                 status, read = self._store.read_with_meta(i, t.data_ptr(), nbytes)
+                if status == _MISSING:  # erased or rewritten larger since meta(): recomputed
+                    continue
                 if status != 0:
                     self._failed(i, status)
                 elif (read[1], tuple(read[2]), read[3]) == (code, tuple(shape), nbytes):

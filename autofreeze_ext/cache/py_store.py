@@ -158,8 +158,8 @@ class PyRecordStore:
         e = self._entries.get(int(i))
         status, data = self._read(int(i))
         if status == OK:
-            if len(data) > capacity:
-                return SHORT, None
+            if len(data) > capacity:  # rewritten larger since the caller sized ptr
+                return MISSING, None
             ctypes.memmove(ptr, data, len(data))
             return status, (e[0], e[1], tuple(e[2]), e[4])
         return status, None

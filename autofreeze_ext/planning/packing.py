@@ -102,7 +102,7 @@ class BatchPacker:
     """Decides the global batch of a ``--mode-goal time`` run, one frozen depth at a time.
 
     It reads the step time from the run's one :class:`~autofreeze_ext.planning.step_probe.StepProbe`
-    (``StepTiming.key`` is ``(frozen depth, global batch)``: the first two steps at a setting
+    (``StepTiming.key`` starts with ``(frozen depth, global batch)``: the first two steps at a setting
     are left out, the next ``probe_steps`` are timed) and the activation memory per sample from
     an :class:`ActivationMeter` around the second step at a new depth (:meth:`wants_memory`).
     Then, once per depth:
@@ -169,9 +169,9 @@ class BatchPacker:
             self.mem["budget"] = per * self.base / (self.world * self.accum)
 
     def on_timing(self, timing: StepTiming, step: int) -> Optional[int]:
-        """A step probe's reading at ``timing.key == (depth, global batch)``; returns a new
+        """A step probe's reading at ``timing.key == (depth, global batch, ...)``; returns a new
         global batch when one is decided."""
-        depth, batch = timing.key
+        depth, batch = timing.key[:2]
         for e in self.entries:  # the check of an earlier prediction
             if e["batch_to"] == batch and e["batch_to"] != e["batch_from"] and e["measured_step_s"] is None:
                 e["measured_step_s"], e["measured_at_depth"] = timing.step_s, depth

@@ -88,6 +88,8 @@ py::dict stats_dict(const RecordStore& s) {
   d["bytes_read"] = t.bytes_read.load();
   d["index_dropped"] = t.index_dropped.load();
   d["segments_deleted"] = t.segments_deleted.load();
+  d["in_flight_at_close"] = t.in_flight_at_close.load();
+  d["unmapped_in_flight"] = t.unmapped_in_flight.load();
   return d;
 }
 

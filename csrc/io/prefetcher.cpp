@@ -29,20 +29,29 @@ void Prefetcher::close() {
     std::lock_guard<std::mutex> g(mu_);
     if (closed_) return;
     closed_ = stop_ = true;
+    stats_->in_flight_at_close += static_cast<uint64_t>(inflight_);
   }
   cv_.notify_all();
   ready_cv_.notify_all();
   if (thread_.joinable()) thread_.join();  // it drains its reads in flight before it returns
+  std::lock_guard<std::mutex> g(mu_);     // a plan() on another thread has finished or will throw
   if (io_) io_->unregister_buffers();
   io_.reset();  // backend threads joined
   free_slots();
 }
 
-std::string Prefetcher::backend_name() const { return io_ ? io_->name() : "closed"; }
+std::string Prefetcher::backend_name() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return io_ ? io_->name() : "closed";
+}
 
-bool Prefetcher::buffers_registered() const { return io_ && io_->buffers_registered(); }
+bool Prefetcher::buffers_registered() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return io_ && io_->buffers_registered();
+}
 
 void Prefetcher::free_slots() {
+  if (inflight_ > 0 && !slots_.empty()) stats_->unmapped_in_flight++;  // a bug: checked by the tests
   for (auto& s : slots_) {
     if (!s.ptr) continue;
     if (pinned_) unpin_host(s.ptr);
@@ -80,6 +89,7 @@ void Prefetcher::plan(std::vector<std::vector<Entry>> entries, std::vector<std::
   for (auto& s : slots_)
     if (s.state == Slot::kHeld) throw std::runtime_error("plan(): release every batch taken with next() first");
   reset_locked(g);
+  if (stop_) throw std::runtime_error("plan(): the store is closing");  // reads may still be in flight
   const uint64_t need = round_up(std::max<uint64_t>(max_batch_bytes, 4096), 1u << 21);
   if (slots_.size() != nslots || (slots_.size() && slots_[0].cap < need)) alloc_slots(nslots, need);
   plan_entries_ = std::move(entries);

@@ -68,7 +68,7 @@ class Prefetcher {
   unsigned queue_depth_;
   bool pin_, pinned_ = false;
   StoreStats* stats_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_, ready_cv_;
   std::vector<Slot> slots_;
   std::vector<std::vector<Entry>> plan_entries_;

@@ -63,7 +63,9 @@ class RecordStore {
   void flush();  // drain the writer, fdatasync segments, write the index atomically
   void close();
 
-  // Synchronous read of one record's payload into dst (capacity bytes); returns a ReadStatus.
+  // Synchronous read of one record's payload into dst (capacity bytes); returns a ReadStatus:
+  // kMissing when there is no record, or when it does not fit (rewritten larger since the
+  // caller sized dst; *meta then says its size).
   int read_into(int64_t id, char* dst, uint64_t capacity, Entry* meta);
 
   // Prefetch: snapshot the disk-resident records of these batches and read them ahead.

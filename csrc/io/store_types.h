@@ -53,7 +53,9 @@ struct BatchView {
 struct StoreStats {
   std::atomic<uint64_t> puts{0}, rejected_budget{0}, rejected_full{0}, writes{0}, bytes_written{0},
       write_errors{0}, reads_ok{0}, reads_corrupt{0}, reads_short{0}, reads_error{0}, bytes_read{0},
-      index_dropped{0}, segments_deleted{0};
+      index_dropped{0}, segments_deleted{0},
+      in_flight_at_close{0},  // reads in flight when close() began (waited for)
+      unmapped_in_flight{0};  // prefetch slots unmapped with reads in flight: must stay 0
 };
 
 // Counts one finished read of len bytes by its ReadStatus.

@@ -34,7 +34,7 @@ class CostPlanner:
         self.cfg, self.ctx, self.prog, self.state, self.ddp, self.total = cfg, ctx, prog, state, ddp, total_steps
 
     def on_timing(self, timing: StepTiming, step: int):
-        """A step probe's reading at ``timing.key == (depth, global batch)``; a scale request
+        """A step probe's reading at ``timing.key == (depth, global batch, workers)``; a scale request
         (``{"world_size", "step", "from_world_size"}``) when fewer workers pay."""
         depth, t_step = timing.key[0], timing.step_s
         pending = self.state["planner"][-1] if self.state["planner"] else None

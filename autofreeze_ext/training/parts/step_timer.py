@@ -9,9 +9,10 @@ from .base import Part
 
 class StepTimer(Part):
     """Feeds each step to a :class:`~autofreeze_ext.planning.step_probe.StepProbe` keyed by
-    (frozen depth, global batch) and leaves the reading, when a step completes one, in
+    (frozen depth, global batch, workers) and leaves the reading, when a step completes one, in
     ``run.step_timing`` for the parts after it (packer, cost goal); ``None`` otherwise. The
-    probe's measurement in progress is checkpointed."""
+    probe's measurement in progress is checkpointed; a relaunch on another number of workers is
+    a new setting, measured afresh (what the cost goal's prediction is checked against)."""
 
     name = "step_probe"
 
@@ -35,7 +36,7 @@ class StepTimer(Part):
         self.global_batch = len(planned[0]) * run.world  # this epoch's batch (the last one may be short)
 
     def setting(self, run) -> tuple:
-        return (run.ctl.frozen_depth, self.global_batch)
+        return (run.ctl.frozen_depth, self.global_batch, run.world)
 
     def steps_seen(self, run) -> int:
         """Steps the probe has seen at the run's current setting."""
