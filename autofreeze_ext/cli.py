@@ -23,7 +23,7 @@ from .data import DataError
 from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
-from .training.config import option_fields, validate
+from .training.config import STABILITY_SIGNALS, option_fields, validate
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -145,7 +145,7 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
                    help="gradient tests: freeze below the N-th percentile of the blocks' change rates, N in (0, 100)")
     g.add_argument("--threshold", type=float, default=None,
                    help="stability/budget: a block passes when its signal is below this (default: the policy's)")
-    g.add_argument("--signal", default=d.signal, choices=["probe_drift", "block_drift", "displacement"],
+    g.add_argument("--signal", default=d.signal, choices=STABILITY_SIGNALS,
                    help="stability/budget: the per-block signal")
     g.add_argument("--patience", type=int, default=d.patience,
                    help="guard: intervals in a row a block must pass before it freezes")

@@ -93,7 +93,6 @@ def test_a_relaunch_on_fewer_workers_is_measured_again_and_checks_the_prediction
     """The cost goal decides at a depth, checkpoints and relaunches on fewer workers with the
     same global batch: the probe (restored from the checkpoint) measures the new setting, and
     the planner records the step time at the depth it decided for."""
-    res = types.SimpleNamespace(seconds=0.4, t2=0.0, t3=0.01, samples=8, memory=None)
     run = fake_run("cost", world_size=4)
     run.ctl.frozen_depth = 1
     timer = StepTimer()

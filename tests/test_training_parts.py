@@ -144,7 +144,17 @@ def test_config_checks_and_micro_batches():
     for bad, match in [(dict(mode_goal="speed"), "mode_goal"), (dict(max_batch=64), "belong to"),
                        (dict(mode_goal="time", max_batch=8, batch_size=32), "smaller"), (dict(amp="fp8"), "amp"),
                        (dict(epochs=0), "--epochs"), (dict(grad_accum=0), "--grad-accum"),
-                       (dict(train_samples=0), "--train-samples"), (dict(resume=True), "--checkpoint-dir")]:
+                       (dict(train_samples=0), "--train-samples"), (dict(resume=True), "--checkpoint-dir"),
+                       (dict(probe_steps=0), "--probe-steps"), (dict(min_packing_gain=1.5), "packing-gain"),
+                       (dict(batch_lr_scaling="cubic"), "lr-scaling"), (dict(signal="probe_loss"), "--signal"),
+                       (dict(device="tpu"), "--device"), (dict(percentile=150), "--percentile"),
+                       (dict(intervals_per_epoch=0), "intervals"), (dict(checkpoint_every=0), "checkpoint-every"),
+                       (dict(data_shards=0), "data-shards"), (dict(min_workers=0), "min-workers"),
+                       (dict(anneal_steps=-1), "anneal"), (dict(policy="nope"), "unknown policy"),
+                       (dict(mode="bogus"), "unknown mode"), (dict(mode="static:3@x"), "unknown mode"),
+                       (dict(probe_samples=0), "probe-samples"), (dict(patience=0), "--patience"),
+                       (dict(cache_memory="lots"), "--cache-memory"), (dict(learned=1.5), "--learned"),
+                       (dict(lr=0.0), "lr > 0"), (dict(target_speedup=0.5), "target-speedup")]:
         with pytest.raises(ValueError, match=match):
             validate(FinetuneConfig.from_options(**bad))
     parts = micro_batches(list(range(5)), {"x": torch.arange(5)}, 2)

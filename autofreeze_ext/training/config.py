@@ -12,14 +12,18 @@ names and :meth:`FinetuneConfig.options` gives them back (the report's ``config`
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from ..cache.activation_cache import parse_bytes
 from ..data import SAMPLE_DIR
+from ..planning.packing import LR_SCALINGS
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS
 
+_MODE = re.compile(r"full|autofreeze(\+cache)?|static:(\d+|half|all)(@\d+)?(\+cache)?")
+STABILITY_SIGNALS = ("probe_drift", "block_drift", "displacement")  # per-block signals a stability test reads
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
 
@@ -198,8 +202,15 @@ def validate(cfg: FinetuneConfig) -> None:
             raise ValueError("--max-activation-memory needs --max-batch (the largest global batch allowed)")
         if g.max_batch < o.batch_size:
             raise ValueError(f"--max-batch {g.max_batch} is smaller than --batch-size {o.batch_size}")
-    parse_bytes(g.max_activation_memory)
+    for what, v in (("--max-activation-memory", g.max_activation_memory), ("--cache-memory", cfg.cache.memory),
+                    ("--cache-disk", cfg.cache.disk)):
+        try:
+            parse_bytes(v)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
     _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_freeze(cfg.freeze)
 
 
 def _check_choices(cfg: FinetuneConfig) -> None:
@@ -212,6 +223,55 @@ def _check_choices(cfg: FinetuneConfig) -> None:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {d.metric!r}")
     if cfg.optim.amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be bf16 or fp16, got {cfg.optim.amp!r}")
+    if cfg.parallel.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {cfg.parallel.device!r}")
+    if cfg.goal.batch_lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"--batch-lr-scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.goal.batch_lr_scaling!r}")
+
+
+def _check_ranges(cfg: FinetuneConfig) -> None:
+    o, g, p = cfg.optim, cfg.goal, cfg.parallel
+    at_least = [("--checkpoint-every", cfg.run.checkpoint_every, 1), ("--probe-steps", g.probe_steps, 1),
+                ("--min-workers", g.min_workers, 1), ("--data-shards", p.data_shards, 1),
+                ("--reshuffle-shards-every", p.reshuffle_shards_every, 0), ("--stop-after-steps", cfg.run.stop_after_steps, 1)]
+    for name, value, low in at_least:
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not o.lr > 0 or not 0 <= o.warmup_ratio < 1 or o.weight_decay < 0:
+        raise ValueError(f"need lr > 0, 0 <= warmup ratio < 1 and weight decay >= 0, got {o.lr}, {o.warmup_ratio}, "
+                         f"{o.weight_decay}")
+    if not 0 <= g.min_packing_gain < 1:
+        raise ValueError(f"--min-packing-gain must be in [0, 1), got {g.min_packing_gain}")
+    for name, value in (("--deadline-s", g.deadline_s), ("--restart-s", g.restart_s)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_freeze(f: FreezeConfig) -> None:
+    from ..policies import POLICIES
+
+    if f.mode.strip().lower() == "full+cache":
+        raise ValueError("mode 'full+cache': nothing is frozen in full fine-tuning, so nothing can be cached")
+    if not _MODE.fullmatch(f.mode.strip().lower()):
+        raise ValueError(f"unknown mode {f.mode!r}: full | static:K | static:K@STEP | autofreeze (any but full may "
+                         "end in +cache)")
+    if f.policy is not None and f.policy not in POLICIES:
+        raise ValueError(f"unknown policy {f.policy!r}; available: {', '.join(POLICIES)}")
+    if f.signal not in STABILITY_SIGNALS:
+        raise ValueError(f"--signal must be one of {', '.join(STABILITY_SIGNALS)}, got {f.signal!r}")
+    for name, value, low in (("--intervals-per-epoch", f.intervals_per_epoch, 1), ("--patience", f.patience, 1),
+                             ("--probe-samples", f.probe_samples, 1), ("--anneal-steps", f.anneal_steps, 0),
+                             ("--max-new-blocks", f.max_new_blocks, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not 0 < f.percentile <= 100:
+        raise ValueError(f"--percentile must be in (0, 100], got {f.percentile}")
+    if f.learned is not None and not 0 < f.learned <= 1:
+        raise ValueError(f"--learned must be in (0, 1] or off, got {f.learned}")
+    if f.target_speedup is not None and f.target_speedup < 1:
+        raise ValueError(f"--target-speedup must be >= 1, got {f.target_speedup}")
+    if f.threshold is not None and f.threshold < 0:
+        raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
 
 
 def packing(cfg: FinetuneConfig) -> bool:
