@@ -173,7 +173,7 @@ def block_forward_s(kind: str, seq: int, k_max: int, batch: int = 32) -> List[fl
     model = None
     if kind == "minilm":
         try:
-            from autofreeze_ext.finetune import default_model_path
+            from autofreeze_ext.training import default_model_path
 
             model = BertModel.from_pretrained(default_model_path(), local_files_only=True)
         except Exception:

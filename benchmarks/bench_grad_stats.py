@@ -77,7 +77,7 @@ def minilm_model():
     """MiniLM-L6 classifier: the packaged pretrained weights when installed, else the same shape."""
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    from autofreeze_ext.finetune import ModelError, default_model_path
+    from autofreeze_ext.training import ModelError, default_model_path
 
     try:
         return AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2), "pretrained"

@@ -25,7 +25,7 @@ from autofreeze_ext.planning.planner import ThroughputModel, compute_from_report
 
 def active_bytes_per_depth(num_blocks: int, model_path=None):
     from autofreeze_ext.freezing.adapters import resolve_layout
-    from autofreeze_ext.finetune import load_model_and_tokenizer
+    from autofreeze_ext.training import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(model_path, 2)
     layout = resolve_layout(model)
