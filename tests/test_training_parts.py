@@ -7,7 +7,8 @@ import torch
 
 from autofreeze_ext.training import checkpoint as ckpt_mod
 from autofreeze_ext.training.config import FinetuneConfig, validate
-from autofreeze_ext.training.parts import Checkpointer, CostGoal, EpochEnd, KillAt, Packer, Progress, StepTimer
+from autofreeze_ext.training.parts import (Checkpointer, CostGoal, EpochEnd, KillAt, ModelSaver, Packer, Progress,
+                                           ProgressBar, StepTimer)
 from autofreeze_ext.training.parts.progress import new_record
 from autofreeze_ext.training.step import StepResult, micro_batches
 
@@ -64,7 +65,7 @@ def test_epoch_end_closes_the_epoch_only_at_its_last_step():
     assert run.prog["epoch"] == 1 and run.prog["epoch_times"] == [5.0] and run.prog["epoch_time"] == 0.0
 
 
-def test_checkpointer_is_due_by_steps_epoch_end_or_request_and_holds_part_state(tmp_path):
+def test_checkpointer_is_due_by_steps_epoch_end_or_request(tmp_path):
     saved = []
     run, p = fake_run(), Progress()
     p.start(run)
@@ -182,3 +183,78 @@ def test_checkpoint_keeps_and_restores_the_cuda_rng_stream(tmp_path, monkeypatch
     run2.ctx.device = torch.device("cuda", 0)
     ckpt_mod.restore(run2, st)
     assert torch.equal(got["state"], fake)
+
+
+def test_checkpointer_writes_every_parts_state_into_the_file(tmp_path):
+    """A real save (stand-in model and optimizer): the file holds each named part's state."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run, prog = fake_run(), Progress()
+    prog.start(run)
+    run.prog["step"] = 5
+    timer = StepTimer()
+    timer.start(run)
+    timer.epoch_start(run, 0, [list(range(8))])
+    timer.after_step(run, res())
+    run.__dict__.update(model=model, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                        ctl=types.SimpleNamespace(frozen_depth=1, num_blocks=4, state_dict=lambda: {"depth": 1}),
+                        sampler=types.SimpleNamespace(position=3, state_dict=lambda: {"position": 3}),
+                        ckpt_path=str(tmp_path / "ck" / "checkpoint.pt"), run_id="r", packing=False, scaler=None,
+                        cfg=FinetuneConfig.from_options(checkpoint_dir=str(tmp_path / "ck")))
+    run.ctx.device = torch.device("cpu")
+    Checkpointer([prog, timer, Packer(timer)]).save(run)
+    st = ckpt_mod.load_checkpoint(run.ckpt_path)
+    assert st["step"] == 5 and st["controller"] == {"depth": 1} and st["sampler"] == {"position": 3}
+    assert st["parts"]["progress"]["step"] == 5
+    assert st["parts"]["step_probe"]["key"] == (0, 8, 1) and st["parts"]["step_probe"]["seen"] == 1
+    assert st["parts"]["packer"] == {}
+
+
+def test_evaluator_records_every_metric_at_the_tiled_points(monkeypatch):
+    from autofreeze_ext.training.parts import evaluator as ev_mod
+
+    calls = []
+    monkeypatch.setattr(ev_mod, "evaluate_metrics",
+                        lambda model, data, ctx: calls.append(1) or {"accuracy": 0.5 + 0.1 * len(calls), "f1": 0.4})
+    run = fake_run(metric="accuracy", model=None, dev={}, steps_per_epoch=10)
+    run.cfg = FinetuneConfig.from_options(evals_per_epoch=2)
+    run.prog = {"step": 0, "train_time": 1.0, "evals": []}
+    ev = ev_mod.Evaluator()
+    ev.epoch_start(run, 1, [[0]] * 10)
+    for pos in range(1, 11):
+        run.sampler.position, run.prog["step"] = pos, 10 + pos
+        ev.after_step(run, res())
+    assert [(e["step"], e["epoch"]) for e in run.prog["evals"]] == [(15, 1.5), (20, 2.0)]
+    last = run.prog["evals"][-1]
+    assert last["score"] == last["accuracy"] == pytest.approx(0.7) and last["metrics"]["f1"] == 0.4
+    assert last["frozen_depth"] == 0 and len(calls) == 2
+
+
+def test_progress_bar_counts_steps_and_follows_a_growing_batch():
+    pytest.importorskip("tqdm")
+    run = fake_run(total_steps=30)
+    run.prog = {"step": 4}
+    bar = ProgressBar()
+    bar.start(run)
+    assert bar.bar.total == 30 and bar.bar.n == 4
+    run.sampler.position = 0
+    bar.epoch_start(run, 1, [[0]] * 5)  # epoch 1 of 3 at a batch twice as large: 5 steps per epoch
+    assert bar.bar.total == 4 + 5 + 5
+    bar.after_step(run, res(loss=0.25))
+    assert bar.bar.n == 5 and set(bar.bar.postfix.split(", ")) == {"loss=0.250", "frozen=0/4"}
+    bar.end(run)
+
+
+def test_model_saver_writes_only_a_finished_run_on_the_main_rank(tmp_path):
+    saved = []
+    model = types.SimpleNamespace(save_pretrained=lambda d: saved.append(("model", d)))
+    tok = types.SimpleNamespace(save_pretrained=lambda d: saved.append(("tokenizer", d)))
+    out = str(tmp_path / "model")
+    for epoch, stop, main, wrote in [(1, "scale", True, False), (3, None, False, False), (1, "stop_after_steps", True, True),
+                                     (3, None, True, True)]:
+        saved.clear()
+        run = fake_run(model=model, tokenizer=tok, saved_model=None, stop=stop)
+        run.prog, run.ctx.is_main = {"epoch": epoch}, main
+        ModelSaver(out).end(run)
+        assert (saved == [("model", out), ("tokenizer", out)]) is wrote
+        assert (run.saved_model == os.path.abspath(out)) is wrote
