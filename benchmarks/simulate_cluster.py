@@ -20,7 +20,8 @@ import argparse
 import json
 
 from autofreeze_ext._table import print_table
-from autofreeze_ext.planning.planner import ThroughputModel, compute_from_report, plan, schedule_from_report
+from autofreeze_ext.planning.planner import (ThroughputModel, compute_from_report, plan, plan_live,
+                                             schedule_from_report)
 
 
 def active_bytes_per_depth(num_blocks: int, model_path=None):
@@ -74,8 +75,10 @@ def main():
     rows, out = [], {}
     base = plan(m_full, [(0, 1.0)], steps, batch, args.workers, "time")
     for name, p in [("full", base), (f"{args.mode}, time", plan(m_af, sched, steps, batch, args.workers, "time")),
-                    (f"{args.mode}, cost", plan(m_af, sched, steps, batch, args.workers, "cost",
-                                                deadline_s=base.time_s))]:
+                    (f"{args.mode}, cost (best in hindsight)", plan(m_af, sched, steps, batch, args.workers, "cost",
+                                                                   deadline_s=base.time_s)),
+                    (f"{args.mode}, cost (live chooser)", plan_live(m_af, sched, steps, batch, args.workers,
+                                                                    deadline_s=base.time_s))]:
         rows.append([name, " ".join(map(str, p.workers)), f"{p.time_s:.1f}", f"{base.time_s / p.time_s:.2f}x",
                      f"{p.worker_s:.0f}", f"{base.worker_s / p.worker_s:.2f}x"])
         out[name] = {"workers": p.workers, "time_s": p.time_s, "worker_s": p.worker_s}

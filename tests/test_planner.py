@@ -78,3 +78,24 @@ def test_live_and_offline_cost_goals_share_the_worker_chooser():
     # ... is the offline plan's second phase for the same two-phase schedule
     p = plan(m, [(0, 0.5), (2, 0.5)], steps, batch, 64, "cost", deadline_s=deadline)
     assert p.workers == [64, best["workers"]]
+
+
+def test_plan_live_replays_the_live_chooser_phase_by_phase_and_never_beats_hindsight():
+    from autofreeze_ext.planning.planner import choose_workers, evaluate_plan, plan_live
+
+    m = model()
+    m.restart_s = 5.0
+    steps, batch = 1000, 256
+    phases = [(0, 0.3), (2, 0.2), (4, 0.5)]
+    deadline = steps * m.step_s(0, 64, batch)
+    live = plan_live(m, phases, steps, batch, 64, deadline_s=deadline, min_workers=4)
+    # each phase's count is what choose_workers answers at that freeze, given the time spent so far
+    w = 64
+    for k in (1, 2):
+        elapsed = evaluate_plan(m, phases[:k], live.workers[:k], steps, batch)[0]
+        left = round(steps * sum(f for _, f in phases[k:]))
+        w = choose_workers(m, phases[k][0], left, w, batch, elapsed, deadline, 4)[0]["workers"]
+        assert live.workers[k] == w
+    assert live.workers[0] == 64 and min(live.workers) >= 4 and live.workers == sorted(live.workers, reverse=True)
+    best = plan(m, phases, steps, batch, 64, "cost", deadline_s=deadline)
+    assert best.worker_s <= live.worker_s + 1e-9  # hindsight is a lower bound on cost

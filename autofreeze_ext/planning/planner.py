@@ -23,7 +23,9 @@ taken from a run, since when blocks freeze depends on the gradients, not on the 
   growing: freezing only makes work cheaper; a divisor of the global batch) so that the job
   costs the fewest worker-seconds while finishing no later than a deadline -- by default the
   time full fine-tuning takes on ``max_workers``; each change pays ``restart_s`` on the new
-  workers.
+  workers. :func:`plan` finds the best worker counts in hindsight (it knows every phase);
+  :func:`plan_live` replays what the running job decides, phase by phase, with the same
+  :func:`choose_workers` the live cost goal calls (it knows only the phase it is entering).
 """
 from __future__ import annotations
 
@@ -182,3 +184,23 @@ def plan(model: ThroughputModel, phases: Sequence[Tuple[int, float]], total_step
         best = plan(model, phases, total_steps, global_batch, max_workers, "time")
         best.goal, best.deadline_s = "cost (deadline unreachable: ran as time)", deadline_s
     return best
+
+
+def plan_live(model: ThroughputModel, phases: Sequence[Tuple[int, float]], total_steps: int, global_batch: int,
+              max_workers: int, deadline_s: Optional[float] = None, min_workers: int = 1) -> Plan:
+    """The live cost goal on this schedule: at each freeze (a phase start) :func:`choose_workers`
+    -- the function the running job calls -- with the steps left, the time spent and the
+    deadline, assuming (as the job must) that the rest runs at the depth it is entering."""
+    phases = list(phases)
+    if deadline_s is None:  # full fine-tuning on all workers
+        deadline_s = total_steps * model.step_s(0, max_workers, global_batch)
+    workers: List[int] = []
+    for k, (depth, _) in enumerate(phases):
+        w = workers[-1] if workers else max_workers
+        if k > 0:
+            elapsed = evaluate_plan(model, phases[:k], workers, total_steps, global_batch)[0]
+            left = round(total_steps * sum(f for _, f in phases[k:]))
+            w = choose_workers(model, depth, left, w, global_batch, elapsed, deadline_s, min_workers)[0]["workers"]
+        workers.append(w)
+    t, c = evaluate_plan(model, phases, workers, total_steps, global_batch)
+    return Plan("cost (live chooser)", workers, phases, t, c, deadline_s)
