@@ -201,6 +201,84 @@ def block_forward_s(kind: str, seq: int, k_max: int, batch: int = 32) -> List[fl
     return out
 
 
+def measure_config(root: str, model: str, seq: int, hidden: int, dname: str, args) -> Dict[str, object]:
+    """Every reader on the same records of one shape and dtype, the blocks' forward time and the
+    prefetch overlap."""
+    dtype = DTYPES[dname]
+    shape = (seq, hidden)
+    rec = seq * hidden * dtype.itemsize
+    n = max(64, args.mib * 2**20 // rec)
+    order = list(range(n))
+    random.Random(0).shuffle(order)
+    folder = os.path.join(root, f"{model}-{seq}-{dname}")
+    files_dir = os.path.join(root, f"files-{model}-{seq}-{dname}")
+    fill_store(folder, n, shape, dtype)
+    seg = next(os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("seg-"))
+    record_len = -(-(128 + rec) // 4096) * 4096
+    r: Dict[str, object] = {"model": model, "seq": seq, "hidden": hidden, "dtype": dname, "samples": n,
+                            "record_bytes": rec}
+    gb = n * rec / 1e9
+    ours = {}
+    for backend, qd, direct in [("uring", 1, "auto"), ("uring", 4, "auto"), ("uring", 16, "auto"),
+                                ("uring", 64, "auto"), ("threads", 16, "auto"), ("threads", 16, "off")]:
+        m = read_ours(folder, n, order, args.batch, backend, qd, direct)
+        ours[f"{m['backend']}/qd{qd}/{'direct' if m['direct'] == '1' else 'buffered'}"] = gb / m["s"]
+    r["ours_gbps"] = ours
+    r["fio_gbps"] = fio(seg, record_len, 16) * rec / record_len  # payload bytes, like ours
+    files = per_sample_files(files_dir, n, shape, dtype, order)
+    r["torch_load_gbps"] = gb / files["pt"]
+    r["numpy_load_gbps"] = gb / files["npy"]
+    dali = dali_read(files_dir, n, args.batch, order)
+    r["dali_gbps_by_setting"] = {k: gb / v for k, v in dali.items()}
+    r["dali_best"] = min(dali, key=dali.get) if dali else None
+    r["dali_gbps"] = gb / dali[r["dali_best"]] if dali else None
+    fwd = block_forward_s(model, seq, args.blocks, args.batch)
+    r["block_forward_ms_per_sample"] = [1e3 * f for f in fwd]
+    r["best"] = max(ours, key=ours.get)
+    read_s = rec / (ours[r["best"]] * 1e9)
+    r["read_ms_per_sample"] = 1e3 * read_s
+    r["break_even_blocks"] = next((k + 1 for k, f in enumerate(fwd) if f > read_s), None)
+    # prefetch overlap: a "training step" per batch that takes as long as 1 block's forward
+    step = fwd[0] * args.batch
+    sync = read_ours(folder, n, order, args.batch, "uring", 16, "auto")
+    over = read_ours(folder, n, order, args.batch, "uring", 16, "auto", compute_s=step)
+    r["prefetch"] = {"step_s": step, "read_alone_s": sync["s"], "exposed_wait_s": over["wait_s"],
+                     "hidden_fraction": 1 - over["wait_s"] / max(sync["s"], 1e-9)}
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(files_dir, ignore_errors=True)
+    return r
+
+
+def table_rows(r: Dict[str, object], blocks: int):
+    """The main table's row and the overlap table's row of one configuration."""
+    ours, best, fio_g, dali = r["ours_gbps"][r["best"]], r["best"], r["fio_gbps"], r["dali_gbps"]
+    name = f"{r['model']} {r['seq']}x{r['hidden']} {r['dtype']}"
+    row = [name, f"{r['record_bytes'] / 1024:.0f} KiB", f"{ours:.2f} ({best})",
+           f"{fio_g:.2f}" if fio_g == fio_g else "-", f"{100 * ours / fio_g:.0f}%" if fio_g == fio_g else "-",
+           f"{r['torch_load_gbps']:.2f}", f"{ours / r['torch_load_gbps']:.1f}x", f"{r['numpy_load_gbps']:.2f}",
+           f"{dali:.2f} ({r['dali_best']})" if dali else "-", f"{ours / dali:.2f}x" if dali else "-",
+           f"{r['read_ms_per_sample']:.3f}", f"{r['block_forward_ms_per_sample'][0]:.3f}",
+           str(r["break_even_blocks"] or f">{blocks}")]
+    p = r["prefetch"]
+    overlap = [name, f"{1e3 * p['step_s']:.1f}", f"{p['read_alone_s']:.3f}", f"{p['exposed_wait_s']:.3f}",
+               f"{100 * p['hidden_fraction']:.0f}%"]
+    return row, overlap
+
+
+def print_results(results: List[Dict[str, object]], blocks: int) -> None:
+    rows = [table_rows(r, blocks) for r in results]
+    print("\nrandom-order reads, GB/s of payload (page cache dropped before each pass):")
+    print_table(["records", "size", "ours (best)", "fio", "ours/fio", "torch.load", "ours/torch.load", "numpy.load",
+                 "DALI (best setting)", "ours/DALI", "read ms/sample", "1 block fwd ms/sample", "break-even blocks"],
+                [r[0] for r in rows])
+    print("\nprefetch overlap (io_uring qd16; a CPU-busy step per batch as long as one block's forward):")
+    print_table(["records", "step ms", "read alone s", "exposed wait s", "read time hidden"], [r[1] for r in rows])
+    print("\nall backends, GB/s:")
+    for r in results:
+        print(f"  {r['model']} {r['seq']}x{r['hidden']} {r['dtype']}: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in r["ours_gbps"].items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=None, help="scratch folder on the disk to test (default: a temp dir)")
@@ -219,76 +297,14 @@ def main() -> None:
         configs = [("minilm", 64, 384, "fp16"), ("bert-base", 512, 768, "fp16")]
     if args.only:
         configs = [c for c in configs if args.only in f"{c[0]}-{c[1]}-{c[3]}"]
-    rows, results = [], []
-    overlap_rows = []
+    results = []
     try:
         for model, seq, hidden, dname in configs:
-            dtype = DTYPES[dname]
-            shape = (seq, hidden)
-            rec = seq * hidden * dtype.itemsize
-            n = max(64, args.mib * 2**20 // rec)
-            order = list(range(n))
-            random.Random(0).shuffle(order)
-            folder = os.path.join(root, f"{model}-{seq}-{dname}")
-            fill_store(folder, n, shape, dtype)
-            seg = next(os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("seg-"))
-            record_len = -(-(128 + rec) // 4096) * 4096
-            r: Dict[str, object] = {"model": model, "seq": seq, "hidden": hidden, "dtype": dname, "samples": n,
-                                    "record_bytes": rec}
-            gb = n * rec / 1e9
-            ours = {}
-            for backend, qd, direct in [("uring", 1, "auto"), ("uring", 4, "auto"), ("uring", 16, "auto"),
-                                        ("uring", 64, "auto"), ("threads", 16, "auto"), ("threads", 16, "off")]:
-                m = read_ours(folder, n, order, args.batch, backend, qd, direct)
-                ours[f"{m['backend']}/qd{qd}/{'direct' if m['direct'] == '1' else 'buffered'}"] = gb / m["s"]
-            r["ours_gbps"] = ours
-            r["fio_gbps"] = fio(seg, record_len, 16) * rec / record_len  # payload bytes, like ours
-            files = per_sample_files(os.path.join(root, f"files-{model}-{seq}-{dname}"), n, shape, dtype, order)
-            r["torch_load_gbps"] = gb / files["pt"]
-            r["numpy_load_gbps"] = gb / files["npy"]
-            dali = dali_read(os.path.join(root, f"files-{model}-{seq}-{dname}"), n, args.batch, order)
-            r["dali_gbps_by_setting"] = {k: gb / v for k, v in dali.items()}
-            r["dali_best"] = min(dali, key=dali.get) if dali else None
-            r["dali_gbps"] = gb / dali[r["dali_best"]] if dali else None
-            fwd = block_forward_s(model, seq, args.blocks, args.batch)
-            r["block_forward_ms_per_sample"] = [1e3 * f for f in fwd]
-            best_name = max(ours, key=ours.get)
-            read_s = rec / (ours[best_name] * 1e9)
-            r["read_ms_per_sample"] = 1e3 * read_s
-            r["break_even_blocks"] = next((k + 1 for k, f in enumerate(fwd) if f > read_s), None)
-            # prefetch overlap: a "training step" per batch that takes as long as 1 block's forward
-            step = fwd[0] * args.batch
-            sync = read_ours(folder, n, order, args.batch, "uring", 16, "auto")
-            over = read_ours(folder, n, order, args.batch, "uring", 16, "auto", compute_s=step)
-            hidden_frac = 1 - over["wait_s"] / max(sync["s"], 1e-9)
-            r["prefetch"] = {"step_s": step, "read_alone_s": sync["s"], "exposed_wait_s": over["wait_s"],
-                             "hidden_fraction": hidden_frac}
-            results.append(r)
-            fio_g = r["fio_gbps"]
-            rows.append([f"{model} {seq}x{hidden} {dname}", f"{rec / 1024:.0f} KiB", f"{ours[best_name]:.2f} ({best_name})",
-                         f"{fio_g:.2f}" if fio_g == fio_g else "-",
-                         f"{100 * ours[best_name] / fio_g:.0f}%" if fio_g == fio_g else "-",
-                         f"{r['torch_load_gbps']:.2f}", f"{ours[best_name] / r['torch_load_gbps']:.1f}x",
-                         f"{r['numpy_load_gbps']:.2f}",
-                         f"{r['dali_gbps']:.2f} ({r['dali_best']})" if r["dali_gbps"] else "-",
-                         f"{ours[best_name] / r['dali_gbps']:.2f}x" if r["dali_gbps"] else "-",
-                         f"{1e3 * read_s:.3f}", f"{1e3 * fwd[0]:.3f}", str(r["break_even_blocks"] or f">{args.blocks}")])
-            overlap_rows.append([f"{model} {seq}x{hidden} {dname}", f"{1e3 * step:.1f}", f"{sync['s']:.3f}",
-                                 f"{over['wait_s']:.3f}", f"{100 * hidden_frac:.0f}%"])
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.rmtree(os.path.join(root, f"files-{model}-{seq}-{dname}"), ignore_errors=True)
+            results.append(measure_config(root, model, seq, hidden, dname, args))
             print(f"done {model} {seq} {dname}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print("\nrandom-order reads, GB/s of payload (page cache dropped before each pass):")
-    print_table(["records", "size", "ours (best)", "fio", "ours/fio", "torch.load", "ours/torch.load", "numpy.load",
-                 "DALI (best setting)", "ours/DALI", "read ms/sample", "1 block fwd ms/sample", "break-even blocks"], rows)
-    print("\nprefetch overlap (io_uring qd16; a CPU-busy step per batch as long as one block's forward):")
-    print_table(["records", "step ms", "read alone s", "exposed wait s", "read time hidden"], overlap_rows)
-    print("\nall backends, GB/s:")
-    for r in results:
-        print(f"  {r['model']} {r['seq']}x{r['hidden']} {r['dtype']}: " +
-              ", ".join(f"{k} {v:.2f}" for k, v in r["ours_gbps"].items()))
+    print_results(results, args.blocks)
     write_json(args.json, {"machine": machine(), "results": results})
 
 
