@@ -15,6 +15,7 @@ from ..policies import FreezePolicy, GradientNormTest, IntervalStats
 from ..signals import Signal
 from .adapters import BlockLayout, ModuleOrList, resolve_layout
 from .soft_freeze import SoftFreeze
+from ..timing import now
 from .stats import GradientStatistics
 
 log = logging.getLogger("autofreeze_ext")
@@ -105,6 +106,8 @@ class FreezeController:
         self._check_signals()
         self.global_step = 0
         self.step_seconds = 0.0  #: time spent in step() (gradient statistics and decisions)
+        #: step() times itself on this device's clock (on CUDA it waits for the queued work)
+        self._clock_device = next(iter(model.parameters()), torch.empty(0)).device
         self.interval_steps = 0  #: optimizer steps in the running interval
         self.frozen_depth = 0
         self._epoch_clock: Optional[tuple] = None  # (epoch, its first global step, its steps): begin_epoch
@@ -152,14 +155,14 @@ class FreezeController:
         """
         if self._skip_for_scaler():
             return self.frozen_depth
-        t0 = time.perf_counter()
+        t0 = now(self._clock_device)  # the step boundary (a speed budget reads these intervals)
         if self._last_step_at is not None:
             self._step_times.append(t0 - self._last_step_at)
         self._last_step_at = t0
         try:
             return self._step()
         finally:
-            self.step_seconds += time.perf_counter() - t0
+            self.step_seconds += now(self._clock_device) - t0
 
     def _step(self) -> int:
         self.global_step += 1
