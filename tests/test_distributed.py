@@ -285,7 +285,9 @@ def test_cost_goal_sheds_workers_and_launch_relaunches(setup):
     assert first["world_size"] == 4 and first["chosen"] == 2 and first["depth"] >= 1
     assert r["resumed_at_steps"] == [first["step"]] and r["steps"] == 48
     assert first["measured_step_s"] is not None and first["predicted_step_s"] > 0
-    assert first["measured_at_depth"] == first["depth"]  # measured after the relaunch, at the decided depth
+    # measured after the relaunch (at the decided depth, or deeper when a block froze first: 48 steps
+    # of short intervals; the unit test in test_step_probe.py pins the depth)
+    assert first["measured_at_depth"] is not None and first["measured_at_depth"] >= first["depth"]
     assert {o["workers"] for o in first["options"]} == {4, 2}  # divisors of the global batch 8, >= 2
     assert len(r["startups"]) == 2 and r["worker_seconds_with_startups"] > r["worker_seconds"]
     depths = [d["depth"] for d in r["frozen_depth"]]
