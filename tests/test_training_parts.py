@@ -258,3 +258,16 @@ def test_model_saver_writes_only_a_finished_run_on_the_main_rank(tmp_path):
         ModelSaver(out).end(run)
         assert (saved == [("model", out), ("tokenizer", out)]) is wrote
         assert (run.saved_model == os.path.abspath(out)) is wrote
+
+
+def test_reporter_builds_the_report_last_from_the_parts_state(monkeypatch):
+    from autofreeze_ext.training.parts import reporter as rep_mod
+
+    seen = []
+    monkeypatch.setattr(rep_mod, "make_report", lambda run, packer, goal: seen.append((run, packer, goal)) or {"ok": 1})
+    packer, goal, run = Packer(StepTimer()), CostGoal(), fake_run()
+    r = rep_mod.Reporter(packer, goal)
+    r.after_step(run, res())
+    assert r.report is None and seen == []  # nothing before the loop ends
+    r.end(run)
+    assert r.report == {"ok": 1} and seen == [(run, packer, goal)]

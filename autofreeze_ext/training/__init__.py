@@ -20,7 +20,7 @@ from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
 from .parts import (Checkpointer, CostGoal, EpochEnd, Evaluator, ModelSaver, Packer, Part, Progress, ProgressBar,
-                    StepTimer)
+                    Reporter, StepTimer)
 from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table, final_score, make_report, score
 
 
@@ -47,8 +47,9 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     attach_cache_and_runner(run)
     try:
         saver = [ModelSaver(cfg.run.save_model)] if cfg.run.save_model else []
-        run_loop(run, [*core, Checkpointer(core), *saver, *(parts or ())])
-        return make_report(run, packer, cost_goal)
+        reporter = Reporter(packer, cost_goal)
+        run_loop(run, [*core, Checkpointer(core), *saver, *(parts or ()), reporter])
+        return reporter.report
     finally:
         run.clock.remove()
         if run.cache is not None:

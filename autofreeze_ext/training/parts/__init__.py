@@ -3,7 +3,7 @@
 The loop (``training.loop``) only runs steps; everything else it does is a part: the run's
 record and time accounting, the progress bar, evaluation, epoch ends, the step probe that the
 batch packer and the cost goal's worker planner read, saving the model, checkpoints (which
-hold every part's state) and, in tests, fault injection."""
+hold every part's state), the report and, in tests, fault injection."""
 from .base import Part
 from .checkpointer import Checkpointer
 from .cost_goal import CostGoal
@@ -14,7 +14,8 @@ from .model_saver import ModelSaver
 from .packer import Packer
 from .progress import Progress
 from .progress_bar import ProgressBar
+from .reporter import Reporter
 from .step_timer import StepTimer
 
 __all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "ModelSaver", "Packer", "Part", "Progress",
-           "ProgressBar", "StepTimer"]
+           "ProgressBar", "Reporter", "StepTimer"]
