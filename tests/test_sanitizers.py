@@ -39,5 +39,7 @@ def test_store_closed_mid_plan_is_clean_under_asan_and_ubsan(tmp_path):
         data = tmp_path / backend
         data.mkdir()
         r = subprocess.run([exe, str(data), backend], capture_output=True, text=True, env=env, timeout=600)
+        if "Shadow memory range interleaves" in r.stderr:  # ASan runtime vs this kernel's ASLR, not the store
+            pytest.skip("AddressSanitizer cannot map its shadow memory on this kernel")
         assert r.returncode == 0 and r.stdout.strip() == "ok", f"{backend}: {r.stderr[-4000:]}"
         assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr[-4000:]
