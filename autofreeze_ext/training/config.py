@@ -185,12 +185,9 @@ def validate(cfg: FinetuneConfig) -> None:
     """Every check of values and option combinations, before anything is loaded (``ValueError``
     names the option)."""
     o, g = cfg.optim, cfg.goal
-    for name, value in (("epochs", o.epochs), ("batch-size", o.batch_size), ("max-length", cfg.data.max_length),
-                        ("evals-per-epoch", cfg.run.evals_per_epoch), ("grad-accum", o.grad_accum)):
-        if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
-    if cfg.data.train_samples is not None and cfg.data.train_samples < 1:
-        raise ValueError(f"--train-samples must be >= 1, got {cfg.data.train_samples}")
+    _at_least(("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1), ("--max-length", cfg.data.max_length, 1),
+              ("--evals-per-epoch", cfg.run.evals_per_epoch, 1), ("--grad-accum", o.grad_accum, 1),
+              ("--train-samples", cfg.data.train_samples, 1))
     if cfg.run.resume and not cfg.run.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     if g.kind not in (None, "time", "cost"):
@@ -213,6 +210,13 @@ def validate(cfg: FinetuneConfig) -> None:
     _check_freeze(cfg.freeze)
 
 
+def _at_least(*checks) -> None:
+    """``(option, value, lowest allowed)`` each; a value of None (option not given) passes."""
+    for name, value, low in checks:
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 def _check_choices(cfg: FinetuneConfig) -> None:
     d = cfg.data
     if d.data_format not in (None,) + FORMATS:
@@ -226,25 +230,22 @@ def _check_choices(cfg: FinetuneConfig) -> None:
     if cfg.parallel.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {cfg.parallel.device!r}")
     if cfg.goal.batch_lr_scaling not in LR_SCALINGS:
-        raise ValueError(f"--batch-lr-scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.goal.batch_lr_scaling!r}")
+        raise ValueError(f"--batch-lr-scaling must be one of {', '.join(LR_SCALINGS)}, "
+                         f"got {cfg.goal.batch_lr_scaling!r}")
 
 
 def _check_ranges(cfg: FinetuneConfig) -> None:
     o, g, p = cfg.optim, cfg.goal, cfg.parallel
-    at_least = [("--checkpoint-every", cfg.run.checkpoint_every, 1), ("--probe-steps", g.probe_steps, 1),
-                ("--min-workers", g.min_workers, 1), ("--data-shards", p.data_shards, 1),
-                ("--reshuffle-shards-every", p.reshuffle_shards_every, 0), ("--stop-after-steps", cfg.run.stop_after_steps, 1)]
-    for name, value, low in at_least:
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+    _at_least(("--checkpoint-every", cfg.run.checkpoint_every, 1), ("--probe-steps", g.probe_steps, 1),
+              ("--min-workers", g.min_workers, 1), ("--data-shards", p.data_shards, 1),
+              ("--reshuffle-shards-every", p.reshuffle_shards_every, 0),
+              ("--stop-after-steps", cfg.run.stop_after_steps, 1),
+              ("--deadline-s", g.deadline_s, 0), ("--restart-s", g.restart_s, 0))
     if not o.lr > 0 or not 0 <= o.warmup_ratio < 1 or o.weight_decay < 0:
         raise ValueError(f"need lr > 0, 0 <= warmup ratio < 1 and weight decay >= 0, got {o.lr}, {o.warmup_ratio}, "
                          f"{o.weight_decay}")
     if not 0 <= g.min_packing_gain < 1:
         raise ValueError(f"--min-packing-gain must be in [0, 1), got {g.min_packing_gain}")
-    for name, value in (("--deadline-s", g.deadline_s), ("--restart-s", g.restart_s)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def _check_freeze(f: FreezeConfig) -> None:
@@ -259,11 +260,9 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"unknown policy {f.policy!r}; available: {', '.join(POLICIES)}")
     if f.signal not in STABILITY_SIGNALS:
         raise ValueError(f"--signal must be one of {', '.join(STABILITY_SIGNALS)}, got {f.signal!r}")
-    for name, value, low in (("--intervals-per-epoch", f.intervals_per_epoch, 1), ("--patience", f.patience, 1),
-                             ("--probe-samples", f.probe_samples, 1), ("--anneal-steps", f.anneal_steps, 0),
-                             ("--max-new-blocks", f.max_new_blocks, 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+    _at_least(("--intervals-per-epoch", f.intervals_per_epoch, 1), ("--patience", f.patience, 1),
+              ("--probe-samples", f.probe_samples, 1), ("--anneal-steps", f.anneal_steps, 0),
+              ("--max-new-blocks", f.max_new_blocks, 1))
     if not 0 < f.percentile <= 100:
         raise ValueError(f"--percentile must be in (0, 100], got {f.percentile}")
     if f.learned is not None and not 0 < f.learned <= 1:
