@@ -157,6 +157,8 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
     g.add_argument("--no-warmup-guard", action="store_true", help="allow freezing during the LR warm-up")
     g.add_argument("--target-speedup", type=float, default=None,
                    help="policy budget: the training-time speedup over full fine-tuning to meet, e.g. 2.0")
+    g.add_argument("--freeze-at", type=float, default=d.freeze_at, metavar="FRACTION",
+                   help="policy late: all blocks but the top one freeze after this fraction of the run's steps")
     g.add_argument("--anneal-steps", type=int, default=0, metavar="N",
                    help="soft transition (any mode that freezes during training): a freeze's updates fade to zero "
                         "over N optimizer steps before the blocks freeze (default 0: at once)")

@@ -66,6 +66,10 @@ POLICIES: Dict[str, tuple] = {
     # blocks frozen after one epoch: 2.7 active blocks on average): can *any* prefix schedule of
     # that cost keep accuracy?
     "static5@1ep+cache": (lambda task: f"static:5@{steps_per_epoch(task)}+cache", []),
+    # the matched static schedule as a setting chosen in advance: 5 of 6 blocks at 80% of the run
+    # (0.8: the mean of the six matched freeze steps of sweep 3, 0.65-0.93 of the run), behind the
+    # learning guard
+    "late+cache": ("autofreeze+cache", ["--policy", "late", "--freeze-at", "0.8"]),
 }
 MATCHED = "gradient+guards+cache"  # the most accurate adaptive policy of sweep 2
 

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from autofreeze_ext.policies import (POLICIES, GradientNormTest, GuardedGradientTest, Guards, IntervalStats,
-                                     PolicyOptions, SpeedBudget, StabilityPolicy, build_policy, make_policy)
+                                     LateFreeze, PolicyOptions, SpeedBudget, StabilityPolicy, build_policy, make_policy)
 
 pytestmark = pytest.mark.reference
 
@@ -101,7 +101,7 @@ def test_state_dict_round_trip_and_guard_mismatch():
 
 
 def test_registry_and_bad_options():
-    assert set(POLICIES) == {"stability", "gradient", "gradient+guards", "budget"}
+    assert set(POLICIES) == {"stability", "gradient", "gradient+guards", "budget", "late"}
     assert isinstance(make_policy("stability"), StabilityPolicy)
     assert isinstance(build_policy("gradient+guards"), GuardedGradientTest)
     b = build_policy("budget", PolicyOptions(target_speedup=2.0, total_steps=90, threshold=0.003, cached=False))
@@ -109,6 +109,13 @@ def test_registry_and_bad_options():
     assert b.signals == ("probe_drift", "probe_loss")
     with pytest.raises(ValueError, match="target speedup"):
         build_policy("budget")
+    late = build_policy("late", PolicyOptions(total_steps=750, freeze_at=0.5, learned=None))
+    assert isinstance(late, LateFreeze) and late.freeze_step == 375 and late.guards.learned is None
+    with pytest.raises(ValueError, match="total optimizer steps"):
+        build_policy("late")
+    for bad in (dict(freeze_at=0), dict(freeze_at=1.2), dict(total_steps=0)):
+        with pytest.raises(ValueError, match="freeze_at|total_steps"):
+            LateFreeze(**{"total_steps": 100, **bad})
     with pytest.raises(ValueError, match="unknown policy"):
         build_policy("nope")
     for bad in (dict(patience=0), dict(learned=1.5), dict(max_new_blocks=0), dict(warmup_steps=-1)):
@@ -130,3 +137,23 @@ def test_the_last_block_keeps_training_unless_asked():
         assert p.decide(stats_full(10, 0)) == want
     with pytest.raises(ValueError, match="keep_last"):
         Guards(keep_last=-1)
+
+
+def test_late_freeze_takes_all_but_the_top_block_at_once_at_its_step():
+    p = LateFreeze(freeze_at=0.8, total_steps=100)  # defaults: learning guard 0.75, top block trains
+    assert p.freeze_step == 80 and p.signals == ("probe_loss",)
+    assert run(p, [(MOVING, 0.3)] * 9) == [0] * 7 + [N - 1] * 2  # steps 10..90: nothing before 80, then 5 at once
+    assert p.last.signal == "run_fraction" and p.last.threshold == 0.8 and p.last.eta[N - 1] == 0.9
+    assert p.signals_needed() == ()  # learned at step 10: the probe forward stops
+
+
+def test_late_freeze_waits_for_learning_and_never_freezes_a_model_that_did_not_learn():
+    p = LateFreeze(freeze_at=0.3, total_steps=100)
+    assert run(p, [(STABLE, 1.0)] * 5 + [(STABLE, 0.6)] * 2) == [0] * 5 + [N - 1] * 2
+    assert p.learned_at == 60
+    never = LateFreeze(freeze_at=0.3, total_steps=100)
+    assert run(never, [(STABLE, 0.99)] * 10) == [0] * 10
+    assert never.last.held_by.startswith("not learning yet")
+    q = LateFreeze(freeze_at=0.3, total_steps=100)
+    q.load_state_dict(p.state_dict())
+    assert q.learned_at == 60

@@ -290,6 +290,21 @@ def test_policy_options_outside_autofreeze_mode_are_called_out(tiny_ckpt, task, 
     assert rc == 0 and "--policy, --threshold only apply to --mode autofreeze" in err
 
 
+def test_late_policy_freezes_all_but_the_top_block_at_its_fraction_of_the_run(tiny_ckpt, task, tmp_path, capsys):
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--policy", "late", "--freeze-at", "0.5",
+                      "--learned", "off")
+    assert rep["steps"] == 18 and rep["policy"].startswith("LateFreeze(at 0.5 of 18 steps = step 9")
+    n = rep["num_blocks"]
+    assert [(t["step"], t["depth"]) for t in rep["frozen_depth"]][:2] == [(0, 0), (10, n - 1)]  # interval end 10 >= 9
+    assert rep["frozen_depth"][-1]["depth"] == n - 1
+    tested = [h for h in rep["controller_history"] if h.get("signal") == "run_fraction"]
+    assert tested and all(h["decided"] == 0 for h in tested if h["step"] < 9)
+    assert rep["cache"]["counters"]["hits_ram"] > 0  # the frozen prefix is cached for the last epoch
+    rc, _, err = run(["finetune", "--policy", "late", "--freeze-at", "1.5", "--model", tiny_ckpt, "--train", task[0],
+                      "--dev", task[1], "--no-progress", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "--freeze-at" in err
+
+
 def test_block_drift_policy_measures_what_its_decisions_can_reach(tiny_ckpt, task, tmp_path, capsys):
     rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--policy", "stability", "--signal", "block_drift",
                       "--threshold", "1", "--learned", "off", "--patience", "1")

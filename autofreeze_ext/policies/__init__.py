@@ -10,6 +10,7 @@ never unfreezes, so a smaller answer than the current depth changes nothing.
 * ``guards``: :class:`Guards` and :class:`AdaptivePolicy` (per-block test, patience, guards).
 * ``stability``: :class:`StabilityPolicy` (absolute per-block signal), :class:`GuardedGradientTest`.
 * ``budget``: :class:`SpeedBudget` (a stated speedup, freezing as late as it allows).
+* ``late``: :class:`LateFreeze` (all but the top block at a fixed fraction of the run).
 * ``registry``: policies by name for the CLI and the Trainer callback.
 
 Writing a new policy::
@@ -24,10 +25,11 @@ from .base import (Decision, FreezePolicy, IntervalSchedule, IntervalStats, Neve
 from .budget import SpeedBudget
 from .gradient_test import GradientNormTest, ObserveOnly
 from .guards import AdaptivePolicy, Guards
+from .late import LateFreeze
 from .registry import DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy
 from .stability import GuardedGradientTest, StabilityPolicy
 
 __all__ = ["AdaptivePolicy", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
-           "Guards", "IntervalSchedule", "IntervalStats", "NeverFreeze", "ObserveOnly", "POLICIES", "PolicyOptions",
+           "Guards", "IntervalSchedule", "IntervalStats", "LateFreeze", "NeverFreeze", "ObserveOnly", "POLICIES", "PolicyOptions",
            "ScheduledFreeze", "SpeedBudget", "StabilityPolicy", "StaticFreeze", "build_policy", "make_policy",
            "percentile", "tiled_interval_ends"]

@@ -61,6 +61,9 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
     """
 
     reads: Tuple[str, ...] = ()  #: signals the test reads
+    #: what the tested values are, for the story when the test reads no signal (None: the
+    #: gradient-norm change)
+    value_name: Optional[str] = None
 
     def __init__(self, guards: Optional[Guards], intervals_per_epoch: int, interval_steps: Optional[int]) -> None:
         self._init_schedule(type(self).__name__, intervals_per_epoch, interval_steps)
@@ -84,7 +87,7 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
             self._streak = {}
         else:
             rec.eta, rec.threshold, passed = tested
-            rec.signal = self.reads[0] if self.reads else None
+            rec.signal = self.reads[0] if self.reads else self.value_name
             self._streak = {b: self._streak.get(b, 0) + 1 if ok else 0 for b, ok in passed.items()}
             cand, top = d0, min(stats.max_depth, stats.num_blocks - self.guards.keep_last)
             while cand < top and self._streak.get(cand, 0) >= self.guards.patience:

@@ -8,6 +8,7 @@ from .base import FreezePolicy, NeverFreeze, StaticFreeze
 from .budget import SpeedBudget
 from .gradient_test import GradientNormTest
 from .guards import Guards
+from .late import LateFreeze
 from .stability import GuardedGradientTest, StabilityPolicy
 
 
@@ -25,6 +26,7 @@ class PolicyOptions:
     warmup_steps: int = 0
     target_speedup: Optional[float] = None
     total_steps: Optional[int] = None
+    freeze_at: float = 0.8  #: policy late: the fraction of the run after which the prefix freezes
     cached: bool = True  #: the activation cache is on (the budget's model of a frozen block)
 
     def guards(self) -> Guards:
@@ -43,6 +45,12 @@ def _budget(o: PolicyOptions) -> SpeedBudget:
     return SpeedBudget(o.target_speedup, o.total_steps, inner=_stability(o), frozen_cost=0.05 if o.cached else 0.35)
 
 
+def _late(o: PolicyOptions) -> LateFreeze:
+    if o.total_steps is None:
+        raise ValueError("policy 'late' needs the run's total optimizer steps (PolicyOptions.total_steps)")
+    return LateFreeze(o.freeze_at, o.total_steps, guards=o.guards(), intervals_per_epoch=o.intervals_per_epoch)
+
+
 #: name -> (builder, one line for --help)
 POLICIES: Dict[str, tuple] = {
     "stability": (_stability, "a block freezes once its own probe-batch drift stays below --threshold "
@@ -51,6 +59,8 @@ POLICIES: Dict[str, tuple] = {
                  "the paper's gradient-norm test, exactly (reproduction)"),
     "gradient+guards": (lambda o: GuardedGradientTest(o.percentile, o.guards(), o.intervals_per_epoch),
                         "the paper's test per block behind the guards"),
+    "late": (_late, "all blocks but the top one freeze at once after --freeze-at of the run (default 0.8), once "
+                    "the model has started learning (guard); a late static freeze chosen in advance"),
     "budget": (_budget, "meet --target-speedup, freezing as late as it allows, in the order 'stability' suggests"),
 }
 #: the adaptive policy of ``--mode autofreeze`` when no ``--policy`` is given. It stays the paper's

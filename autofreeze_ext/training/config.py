@@ -81,6 +81,7 @@ class FreezeConfig:
     max_new_blocks: Optional[int] = 1  # guard: more blocks per interval at most (None: no cap)
     warmup_guard: bool = True  # guard: no freeze during the LR warm-up
     target_speedup: Optional[float] = None  # policy budget: the speedup to meet
+    freeze_at: float = 0.8  # policy late: the fraction of the run after which the prefix freezes
     anneal_steps: int = 0  # soft transition: a freeze's updates fade to zero over this many steps first
     freeze_word_embeddings: bool = False  # the word embeddings (half of MiniLM) frozen from step 0
     # Measure every per-block signal each interval into the report's controller history; full
@@ -269,6 +270,8 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"--learned must be in (0, 1] or off, got {f.learned}")
     if f.target_speedup is not None and f.target_speedup < 1:
         raise ValueError(f"--target-speedup must be >= 1, got {f.target_speedup}")
+    if not 0 < f.freeze_at <= 1:
+        raise ValueError(f"--freeze-at must be a fraction of the run in (0, 1], got {f.freeze_at}")
     if f.threshold is not None and f.threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
 

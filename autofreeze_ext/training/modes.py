@@ -42,6 +42,7 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_step
                              threshold=f.threshold, signal=f.signal, patience=f.patience, learned=f.learned,
                              max_new_blocks=f.max_new_blocks,
                              warmup_steps=int(cfg.optim.warmup_ratio * total_steps) if f.warmup_guard else 0,
-                             target_speedup=f.target_speedup, total_steps=total_steps or None, cached=cached)
+                             target_speedup=f.target_speedup, total_steps=total_steps or None, cached=cached,
+                             freeze_at=f.freeze_at)
         return build_policy(f.policy or DEFAULT_POLICY, opts)
     raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")
