@@ -135,7 +135,8 @@ def test_config_sections_take_and_give_back_the_flat_options():
     assert (cfg.optim.batch_size, cfg.cache.dir, cfg.goal.kind, cfg.goal.max_batch) == (8, "/ssd/c", "time", 16)
     assert cfg.freeze.policy == "x" and cfg.data.max_length == 64  # the rest keep their defaults
     opts = cfg.options()
-    assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and len(opts) == 58
+    assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and opts["freeze_at"] == 0.8
+    assert len(opts) == 59  # one per CLI option; a new option must be added to a section
     assert FinetuneConfig.from_options(**opts) == cfg
     with pytest.raises(TypeError, match="batchsize"):
         FinetuneConfig.from_options(batchsize=8)
