@@ -40,7 +40,7 @@ def main(out: str, cache: bool, save_steps: int = 0, resume: str = None) -> None
         save_steps=save_steps or 500, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     cls = AutoFreezeTrainer if cache else OnRankStableBatches
     trainer = cls(model=model, args=args, train_dataset=DS(), cache=cache, cache_dir=os.path.join(out, "cache"),
-                  cost_model=False)
+                  cost_model=False, policy="gradient")
     trainer.train(resume_from_checkpoint=resume)
     ctl = trainer.autofreeze.controller
     torch.save({"params": {k: v.detach().clone() for k, v in model.named_parameters()},

@@ -113,6 +113,10 @@ def test_registry_and_bad_options():
     assert isinstance(late, LateFreeze) and late.freeze_step == 375 and late.guards.learned is None
     with pytest.raises(ValueError, match="total optimizer steps"):
         build_policy("late")
+    auto = make_policy("autofreeze", total_steps=750)  # the default adaptive policy
+    assert isinstance(auto, LateFreeze) and auto.freeze_step == 600 and auto.guards.learned == 0.75
+    with pytest.raises(ValueError, match="total optimizer steps"):
+        make_policy("autofreeze")
     for bad in (dict(freeze_at=0), dict(freeze_at=1.2), dict(total_steps=0)):
         with pytest.raises(ValueError, match="freeze_at|total_steps"):
             LateFreeze(**{"total_steps": 100, **bad})

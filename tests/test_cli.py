@@ -36,9 +36,10 @@ def run(args, capsys):
 
 def test_finetune_writes_report_and_plot(tiny_ckpt, task, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, stdout, _ = run(["finetune", "--mode", "autofreeze", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
-                         "--epochs", "3", "--batch-size", "8", "--max-length", "12", "--intervals-per-epoch", "3",
-                         "--evals-per-epoch", "2", "--out", str(out), "--no-progress"], capsys)
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze", "--policy", "gradient", "--model", tiny_ckpt, "--train",
+                         task[0], "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
+                         "--intervals-per-epoch", "3", "--evals-per-epoch", "2", "--out", str(out), "--no-progress"],
+                        capsys)
     assert rc == 0, stdout
     rep = json.loads((out / "finetune_autofreeze.json").read_text())
     assert (out / "finetune_autofreeze.png").stat().st_size > 1000
@@ -182,7 +183,11 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
         assert "reused" in b["cache"]["info"]["disk"]
 
 
-def _cached_run(tiny_ckpt, task, out, capsys, *extra, mode="autofreeze+cache"):
+def _cached_run(tiny_ckpt, task, out, capsys, *extra, mode="autofreeze+cache", policy="gradient"):
+    """One cached run; ``policy``: the paper's test unless the extras name one (it freezes within
+    these 18 steps of 48 rows; ``None``: the default policy)."""
+    if policy and "--policy" not in extra:
+        extra = ("--policy", policy, *extra)
     rc, _, err = run(["finetune", "--mode", mode, "--model", tiny_ckpt, "--train", task[0],
                       "--dev", task[1], "--epochs", "3", "--batch-size", "8", "--max-length", "12",
                       "--intervals-per-epoch", "3", "--no-cost-model", "--out", str(out), "--no-progress",
@@ -290,9 +295,9 @@ def test_policy_options_outside_autofreeze_mode_are_called_out(tiny_ckpt, task, 
     assert rc == 0 and "--policy, --threshold only apply to --mode autofreeze" in err
 
 
-def test_late_policy_freezes_all_but_the_top_block_at_its_fraction_of_the_run(tiny_ckpt, task, tmp_path, capsys):
-    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--policy", "late", "--freeze-at", "0.5",
-                      "--learned", "off")
+def test_default_policy_late_freezes_all_but_the_top_block_at_its_fraction_of_the_run(tiny_ckpt, task, tmp_path,
+                                                                                      capsys):
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--freeze-at", "0.5", "--learned", "off", policy=None)
     assert rep["steps"] == 18 and rep["policy"].startswith("LateFreeze(at 0.5 of 18 steps = step 9")
     n = rep["num_blocks"]
     assert [(t["step"], t["depth"]) for t in rep["frozen_depth"]][:2] == [(0, 0), (10, n - 1)]  # interval end 10 >= 9

@@ -47,8 +47,9 @@ def test_csv_with_label_names_reports_f1_and_saves_a_usable_model(tiny_ckpt, tmp
     train = write(tmp_path / "train.csv", examples(40, 0, names=True))
     dev = write(tmp_path / "dev.csv", examples(16, 1, names=True))
     saved = tmp_path / "model"
-    rc, out, err = run(["finetune", "--mode", "autofreeze", "--model", tiny_ckpt, "--train", train, "--dev", dev,
-                        "--metric", "f1", "--save-model", str(saved), "--out", str(tmp_path / "o"), *ARGS], capsys)
+    rc, out, err = run(["finetune", "--mode", "autofreeze", "--policy", "gradient", "--model", tiny_ckpt, "--train",
+                        train, "--dev", dev, "--metric", "f1", "--save-model", str(saved), "--out", str(tmp_path / "o"),
+                        *ARGS], capsys)
     assert rc == 0, err
     rep = json.loads((tmp_path / "o" / "finetune_autofreeze.json").read_text())
     assert rep["metric"] == "f1" and rep["labels"]["id2label"] == {"0": "neg", "1": "pos"}

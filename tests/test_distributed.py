@@ -174,13 +174,18 @@ def setup(tmp_path_factory):
 
 
 CRASH_CLI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_cli.py")  # the CLI + a KillAt part
+#: these tests exercise what freezing does to a distributed run (DDP rebuilds, caches, goals), so
+#: they need a policy that freezes within a few dozen rows: the paper's test. The default policy
+#: ('late') waits for the model to learn; it is tested in test_cli.py.
+_POLICY = ("--policy", "gradient")
 
 
 def launch(setup, name, args, nproc=None, env=None, max_restarts=0, kill=()):
     """The CLI (under torchrun with ``nproc``); ``kill``: crash_cli.py options before ``--``."""
     out = setup["dir"] / name
     entry = [CRASH_CLI, *kill, "--"] if kill else ["-m", "autofreeze_ext.cli"]
-    cmd = [sys.executable, *entry, "finetune", *setup["args"], *args, "--out", str(out)]
+    cmd = [sys.executable, *entry, "finetune", *setup["args"], *args,
+           *(_POLICY if any(a.startswith("autofreeze") for a in args) else ()), "--out", str(out)]
     if nproc:
         cmd[1:1 + len(entry)] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                                  "--max-restarts", str(max_restarts), *entry]
@@ -268,7 +273,7 @@ def test_scale_down_from_4_to_2_workers(setup):
 def _launch_cost(setup, name, extra):
     out = setup["dir"] / name
     cmd = [sys.executable, "-m", "autofreeze_ext.cli", "launch", "--nproc", "4", "finetune", *setup["args"],
-           "--mode", "autofreeze", "--mode-goal", "cost", "--min-workers", "2",
+           "--mode", "autofreeze", *_POLICY, "--mode-goal", "cost", "--min-workers", "2",
            "--checkpoint-dir", str(setup["dir"] / f"ck_{name}"), "--out", str(out), *extra]
     p = subprocess.run(cmd, cwd=setup["dir"], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                        text=True, timeout=300)

@@ -6,6 +6,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from autofreeze_ext import GradientNormTest, ScheduledFreeze, StabilityPolicy  # noqa: E402
+from autofreeze_ext.policies import LateFreeze  # noqa: E402
 from autofreeze_ext.policies import PolicyOptions  # noqa: E402
 from autofreeze_ext.integrations.hf_callback import STATE_FILE, AutoFreezeCallback  # noqa: E402
 
@@ -71,11 +72,11 @@ def _intervals(ctl):
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-def test_default_policy_sees_gradients_and_freezes(tmp_path, accum):
-    """The default gradient test inside Trainer: it reads the update's gradients (Trainer zeroes
+def test_gradient_test_sees_gradients_and_freezes(tmp_path, accum):
+    """The paper's gradient test inside Trainer: it reads the update's gradients (Trainer zeroes
     them before on_step_end), so the norms are real and blocks freeze."""
     model = tiny_bert(num_layers=4)
-    cb = AutoFreezeCallback()  # GradientNormTest, 5 intervals per epoch
+    cb = AutoFreezeCallback("gradient")  # GradientNormTest, 5 intervals per epoch
     trainer = make_trainer(tmp_path, model, cb, epochs=4, accum=accum)
     trainer.train()
     ctl = cb.controller
@@ -90,6 +91,20 @@ def test_default_policy_sees_gradients_and_freezes(tmp_path, accum):
     assert ctl.frozen_depth >= 1
     frozen = {id(p) for p in model.bert.encoder.layer[0].parameters()}
     assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+def test_default_policy_freezes_all_but_the_top_block_late_in_the_run(tmp_path):
+    """No policy given: the default (``late``) is built with the Trainer's total steps, waits for
+    the model to learn (probe loss guard) and freezes 3 of 4 blocks at 80% of the run at once."""
+    model = tiny_bert(num_layers=4)
+    cb = AutoFreezeCallback()
+    trainer = make_trainer(tmp_path, model, cb, epochs=10, accum=1)
+    trainer.train()
+    ctl = cb.controller
+    assert isinstance(ctl.policy, LateFreeze) and ctl.policy.freeze_step == round(0.8 * 60)
+    freezes = [h for h in ctl.history if h["event"] == "freeze"]
+    assert ctl.policy.learned_at is not None and ctl.frozen_depth == 3, ctl.history[-3:]
+    assert len(freezes) == 1 and freezes[0]["step"] >= 48
 
 
 def test_updates_skipped_by_grad_scaler_are_not_counted(tmp_path):

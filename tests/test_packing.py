@@ -272,8 +272,8 @@ def job(tmp_path_factory):
                                "--train", write_tsv(d / "train.tsv", 96), "--dev", write_tsv(d / "dev.tsv", 24, seed=1),
                                "--epochs", "4", "--batch-size", "8", "--max-length", "12",
                                "--intervals-per-epoch", "3", "--evals-per-epoch", "2", "--no-progress", "--no-plot",
-                               "--threads", "1", "--mode", "autofreeze", "--mode-goal", "time", "--max-batch", "32",
-                               "--min-packing-gain", "0"]}
+                               "--threads", "1", "--mode", "autofreeze", "--policy", "gradient", "--mode-goal", "time",
+                               "--max-batch", "32", "--min-packing-gain", "0"]}
 
 
 def _go(job, name, extra=(), kill_at=None):

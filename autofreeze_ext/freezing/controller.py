@@ -48,7 +48,9 @@ class FreezeController:
         model: the model being trained.
         optimizer: its optimizer; must own every trainable parameter of the blocks.
         policy: a :class:`~autofreeze_ext.policies.FreezePolicy`; default
-            :class:`~autofreeze_ext.policies.GradientNormTest` (the paper's test).
+            :class:`~autofreeze_ext.policies.GradientNormTest` (the paper's test, which needs no
+            knowledge of the run). The CLI's and the Trainer callback's default, ``late``, needs
+            the run's length: ``make_policy("autofreeze", total_steps=N)`` builds it.
         blocks, embeddings: explicit layout for models the adapters do not know.
         steps_per_epoch: optimizer steps per epoch (needed by ``intervals_per_epoch``).
         max_depth: the most blocks that may freeze (default: all of them; the gradient test

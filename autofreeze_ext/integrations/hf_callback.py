@@ -33,7 +33,7 @@ import torch
 
 from .._io import atomic_write
 from ..freezing.controller import FreezeController
-from ..policies import POLICIES, FreezePolicy, GradientNormTest, PolicyOptions, build_policy
+from ..policies import DEFAULT_POLICY, POLICIES, FreezePolicy, PolicyOptions, build_policy
 from ..signals import NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
@@ -55,9 +55,10 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     Args:
         policy: a :class:`~autofreeze_ext.FreezePolicy`, or a policy name from
             :data:`~autofreeze_ext.policies.POLICIES` (``"stability"``, ``"gradient+guards"``,
-            ``"budget"``, ...), built when training begins with the Trainer's warm-up steps as
-            the warm-up guard and its total steps for a budget (default: the paper's
-            gradient-norm test, 5 intervals per epoch, median).
+            ``"budget"``, ``"gradient"`` ...), built when training begins with the Trainer's
+            warm-up steps as the warm-up guard and its total steps for ``late`` and ``budget``
+            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``late``: all blocks but
+            the top one freeze after 80% of the run, once the model has started learning).
         options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name
             (e.g. ``PolicyOptions(target_speedup=2.0)``).
         probe_samples: training samples in the probe batch of the probe signals a policy reads
@@ -74,7 +75,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             raise ImportError(_HF_ERROR)
         if isinstance(policy, str) and policy.strip().lower() not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
-        self.policy = policy if policy is not None else GradientNormTest()
+        self.policy = policy if policy is not None else DEFAULT_POLICY
         self.options = options
         self.probe_samples = probe_samples
         self.controller_kwargs = controller_kwargs
