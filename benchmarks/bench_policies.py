@@ -307,6 +307,7 @@ def main(argv=None) -> int:
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.policies = [p for p in args.policies.split(",") if p]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.out = os.path.abspath(args.out)  # each run's process works in its own run folder
     for t in args.tasks:
         if t not in TASKS:
             ap.error(f"unknown task {t!r}; known: {', '.join(TASKS)}")
