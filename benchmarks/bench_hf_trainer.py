@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policy", default="gradient", help="policy name (default: the paper's test, as the CLI)")
+    ap.add_argument("--policy", default="gradient", help="policy name (default: the paper's test, as in BENCHMARKS.md)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--progress", action="store_true")

@@ -1,6 +1,6 @@
-import functools
 """FreezeController: decisions, the freeze mechanics, memory, resume, adapters, bad input."""
 import copy
+import functools
 import gc
 import math
 import warnings
@@ -475,3 +475,27 @@ def test_soft_freeze_fades_the_update_then_freezes():
 def test_soft_freeze_needs_the_optimizer_hook():
     with pytest.raises(ValueError, match="attach=True"):
         blocknet_ctl(ScheduledFreeze([(2, 1)]), attach=False, anneal_steps=3)
+
+
+def test_default_policy_in_a_plain_loop_freezes_late_once_learned():
+    """README's plain-loop recipe for the default policy: LateFreeze with the run's length and a
+    probe batch; nothing freezes before 80% of the run, then all blocks but the top one at once."""
+    from autofreeze_ext import make_policy
+    from autofreeze_ext.signals import make_signals
+
+    torch.manual_seed(0)
+    model = tiny_bert(num_layers=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(1, 100, (64, 12))
+    rows = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 0] > 50).long()}
+    loader = [{k: v[i:i + 8] for k, v in rows.items()} for i in range(0, 64, 8)]
+    policy = make_policy("autofreeze", total_steps=10 * len(loader))
+    ctl = FreezeController(model, opt, policy, steps_per_epoch=len(loader),
+                           signals=make_signals(policy.signals, {k: v[:32] for k, v in rows.items()}))
+    for _ in range(10):
+        for batch in loader:
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    freezes = [(h["step"], h["to"]) for h in ctl.history if h["event"] == "freeze"]
+    assert freezes == [(64, 3)] and ctl.frozen_depth == 3
