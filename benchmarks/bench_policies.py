@@ -274,12 +274,17 @@ def pareto_plot(table: dict, path: str) -> None:
             t, pol = key.split("/", 1)
             if t != task:
                 continue
-            pts = [p for p in v["runs"] if p["speedup"] is not None]
-            ax.scatter([p["speedup"] for p in pts], [p["d_best"] for p in pts],
-                       marker=markers[pols.index(pol) % len(markers)], label=pol)
+            m, c = markers[pols.index(pol) % len(markers)], plt.cm.tab20(pols.index(pol) % 20)
+            measured = [p for p in v["runs"] if p["speedup"] is not None]
+            modelled = [p for p in v["runs"] if p["speedup"] is None and p.get("modelled_speedup")]
+            ax.scatter([p["speedup"] for p in measured], [p["d_best"] for p in measured], marker=m, color=c,
+                       label=pol if measured else None)
+            # a busy machine's run: its speed is the cost model's (hollow marker, same colour)
+            ax.scatter([p["modelled_speedup"] for p in modelled], [p["d_best"] for p in modelled], marker=m,
+                       facecolors="none", edgecolors=c, label=None if measured else f"{pol} (modelled)")
         ax.axhline(-0.5, ls="--", c="grey", lw=0.8)
         ax.axvline(2.0, ls="--", c="grey", lw=0.8)
-        ax.set_xlabel("speedup vs full (same seed)")
+        ax.set_xlabel("speedup vs full (same seed); hollow: modelled (busy machine)")
         ax.set_ylabel("Δ best dev metric (points)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
