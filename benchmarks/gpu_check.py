@@ -171,8 +171,9 @@ PAPER_TEST = ("--policy", "gradient")
 def step_nccl(out: str, budget: float) -> dict:
     r = sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
             "autofreeze_ext.cli", "finetune", "--device", "cuda", "--mode", "autofreeze+cache", *PAPER_TEST,
-            "--train-samples", "512", "--epochs", "2", "--no-progress", "--no-plot", "--out", os.path.join(out, "nccl")], budget,
-           os.path.join(out, "nccl.log"))
+            "--train-samples", "512", "--epochs", "2", "--no-progress", "--no-plot",
+            "--out", os.path.join(out, "nccl")],
+           budget, os.path.join(out, "nccl.log"))
     path = os.path.join(out, "nccl", "finetune_autofreeze_cache.json")
     if r["rc"] == 0 and os.path.exists(path):
         rep = json.load(open(path))
@@ -184,8 +185,9 @@ def step_nccl(out: str, budget: float) -> dict:
 
 def step_compare(out: str, budget: float) -> dict:
     r = sh([sys.executable, "-m", "autofreeze_ext.cli", "compare", "--device", "cuda", "--amp", "bf16", "--modes",
-            "full,autofreeze+cache", *PAPER_TEST, "--epochs", "3", "--no-progress", "--out", os.path.join(out, "compare")], budget,
-           os.path.join(out, "compare.log"))
+            "full,autofreeze+cache", *PAPER_TEST, "--epochs", "3", "--no-progress",
+            "--out", os.path.join(out, "compare")],
+           budget, os.path.join(out, "compare.log"))
     path = os.path.join(out, "compare", "compare.json")
     if r["rc"] == 0 and os.path.exists(path):
         full, af = json.load(open(path))["runs"]

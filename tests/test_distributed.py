@@ -184,8 +184,8 @@ def launch(setup, name, args, nproc=None, env=None, max_restarts=0, kill=()):
     """The CLI (under torchrun with ``nproc``); ``kill``: crash_cli.py options before ``--``."""
     out = setup["dir"] / name
     entry = [CRASH_CLI, *kill, "--"] if kill else ["-m", "autofreeze_ext.cli"]
-    cmd = [sys.executable, *entry, "finetune", *setup["args"], *args,
-           *(_POLICY if any(a.startswith("autofreeze") for a in args) else ()), "--out", str(out)]
+    adaptive = any(a.startswith("autofreeze") for a in args) and "--policy" not in args
+    cmd = [sys.executable, *entry, "finetune", *setup["args"], *args, *(_POLICY if adaptive else ()), "--out", str(out)]
     if nproc:
         cmd[1:1 + len(entry)] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                                  "--max-restarts", str(max_restarts), *entry]

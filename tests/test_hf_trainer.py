@@ -115,8 +115,8 @@ def test_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsys):
     train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
     rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "gradient", "--model", ckpt,
                          "--train", train_tsv, "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16",
-                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1", "--out", str(tmp_path / "cli"), "--no-progress",
-                         "--no-plot"], capsys)
+                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1",
+                         "--out", str(tmp_path / "cli"), "--no-progress", "--no-plot"], capsys)
     assert rc == 0, stdout
     rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
 
