@@ -35,7 +35,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hugging Face BERT-family checkpoint folder; default: packaged MiniLM")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--max-length", type=int, default=d.max_length, help="longest row in tokens (longer ones are cut)")
+    p.add_argument("--batching", choices=["grouped", "random", "padded"], default=d.batching,
+                   help="grouped (default): rows of similar length batched together, each batch padded to its "
+                        "longest row (a Trainer with group_by_length); random: shuffled, padded per batch; "
+                        "padded: every row padded to --max-length")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                   help="round each batch's length up to a multiple of N (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--intervals-per-epoch", type=int, default=d.intervals_per_epoch)

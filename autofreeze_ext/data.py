@@ -4,11 +4,12 @@ Reading task files lives in :mod:`autofreeze_ext.tasks`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .batching import grouped_batches
 from .tasks import DataError, encode  # noqa: F401  (re-exported: older imports)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sst2_sample"
@@ -62,12 +63,18 @@ class PlannedBatchSampler(_PlannedSampler):
     Shuffles like ``DataLoader(shuffle=True)`` but lets the caller take the order first
     (:meth:`plan_epoch`), e.g. to hand it to the activation cache's prefetcher; iterating then
     yields exactly those batches. ``state_dict()`` holds the generator state and the position
-    inside the epoch, so a resumed run continues with the same order.
+    inside the epoch, so a resumed run continues with the same order. With ``lengths`` (each
+    row's real tokens) the batches are grouped by length
+    (:func:`~autofreeze_ext.batching.grouped_batches`).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 lengths: Optional[Sequence[int]] = None):
         if n < 1 or batch_size < 1:
             raise ValueError("need at least one sample and a positive batch size")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} row lengths for {n} samples")
+        self.lengths = None if lengths is None else [int(v) for v in lengths]
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self._planned: Optional[List[List[int]]] = None
@@ -96,9 +103,12 @@ class PlannedBatchSampler(_PlannedSampler):
         if self._planned is None:
             order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
             order = order.tolist()
-            self._planned = [order[s:s + self.batch_size] for s in range(0, self.n, self.batch_size)]
-            if self.drop_last and len(self._planned[-1]) < self.batch_size:
-                self._planned.pop()
+            if self.lengths is not None:
+                self._planned = grouped_batches(order, self.lengths, self.batch_size, self.generator, self.drop_last)
+            else:
+                self._planned = [order[s:s + self.batch_size] for s in range(0, self.n, self.batch_size)]
+                if self.drop_last and len(self._planned[-1]) < self.batch_size:
+                    self._planned.pop()
             self.position = 0
         return self._planned
 
@@ -133,6 +143,10 @@ class ShardedBatchSampler(_PlannedSampler):
     ``rank=None`` yields the whole global batch: a single process then trains on exactly the
     batches a ``world_size``-rank job would (the reference for DDP tests).
 
+    With ``lengths`` (each row's real tokens) each shard's batches are grouped by length within
+    the shard (:func:`~autofreeze_ext.batching.grouped_batches`); every shard still gives the
+    same number of batches, so all ranks take the same number of steps.
+
     ``state_dict()`` is ``(epoch, position, shards of the running epoch)``, independent of the
     world size: a job restarted on fewer or more ranks finishes the running epoch with the same
     global batches (re-sliced over the new ranks), so nothing is skipped or seen twice, and
@@ -140,7 +154,8 @@ class ShardedBatchSampler(_PlannedSampler):
     """
 
     def __init__(self, n: int, global_batch: int, *, world_size: int = 1, rank: Optional[int] = 0,
-                 shards: Optional[int] = None, seed: int = 0, reshuffle_shards_every: int = 0):
+                 shards: Optional[int] = None, seed: int = 0, reshuffle_shards_every: int = 0,
+                 lengths: Optional[Sequence[int]] = None):
         if n < 1 or global_batch < 1:
             raise ValueError("need at least one sample and a positive batch size")
         shards = world_size if shards is None else int(shards)
@@ -154,6 +169,9 @@ class ShardedBatchSampler(_PlannedSampler):
                                  "every rank must take the same number of samples per step")
         if shards > n:
             raise ValueError(f"{shards} shards but only {n} samples")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} row lengths for {n} samples")
+        self.lengths = None if lengths is None else [int(v) for v in lengths]
         self.n, self.global_batch, self.world_size, self.rank = n, global_batch, world_size, rank
         self.shards, self.seed, self.reshuffle_every = shards, seed, int(reshuffle_shards_every)
         self.epoch = 0
@@ -179,15 +197,16 @@ class ShardedBatchSampler(_PlannedSampler):
         shards = shards or self.shards
         batch = batch or self.global_batch
         per_shard = batch // shards
-        out: List[List[int]] = []
-        parts = []
+        parts = []  # each shard's batches of the epoch
         for k, shard in enumerate(self._deal(epoch, shards, batch)):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * (epoch + 1) + k)
             perm = torch.randperm(len(shard), generator=g).tolist()
-            parts.append([shard[i] for i in perm])
-        for s in range(0, len(parts[0]), per_shard):
-            out.append([i for p in parts for i in p[s:s + per_shard]])
-        return out
+            order = [shard[i] for i in perm]
+            if self.lengths is not None:
+                parts.append(grouped_batches(order, self.lengths, per_shard, g))
+            else:
+                parts.append([order[s:s + per_shard] for s in range(0, len(order), per_shard)])
+        return [[i for p in parts for i in p[s]] for s in range(len(parts[0]))]
 
     def _mine(self, global_batch: List[int]) -> List[int]:
         if self.rank is None:

@@ -318,3 +318,33 @@ def test_block_drift_policy_measures_what_its_decisions_can_reach(tiny_ckpt, tas
         measured = [b for b, v in enumerate(h["signals"]["block_drift"]) if v is not None]
         assert len(measured) <= 2 and all(b >= h["frozen_before"] for b in measured)  # max_new_blocks 1 + 1
     assert any(h.get("signal") == "block_drift" for h in ivs) and rep["frozen_depth"][-1]["depth"] >= 1
+
+
+def test_per_batch_padding_changes_no_result_and_the_cache_keeps_rows_unpadded(tmp_path, capsys):
+    """Rows of 1-10 words: ``--batching random`` (each batch cut to its longest row) trains on the
+    same batches as ``--batching padded`` (every row at --max-length) and gets the same losses
+    and dev accuracy (padding is masked; no dropout, whose draws depend on the tensors' shape);
+    ``grouped`` with the cache stores each row's real tokens only."""
+    from models import save_tiny_checkpoint
+
+    (tmp_path / "m").mkdir()
+    ckpt = save_tiny_checkpoint(tmp_path / "m", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    rng = random.Random(0)
+    for name, n in (("train", 48), ("dev", 24)):
+        rows = [" ".join(rng.choices(WORDS, k=rng.randint(1, 10))) + f"\t{rng.randint(0, 1)}" for _ in range(n)]
+        (tmp_path / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    reps = {}
+    for batching, mode in (("padded", "full"), ("random", "full"), ("grouped", "static:2+cache")):
+        out = tmp_path / batching
+        rc, _, err = run(["finetune", "--mode", mode, "--model", ckpt, "--train", str(tmp_path / "train.tsv"),
+                          "--dev", str(tmp_path / "dev.tsv"), "--epochs", "2", "--batch-size", "8",
+                          "--max-length", "16", "--batching", batching, "--no-cost-model", "--out", str(out),
+                          "--no-progress", "--no-plot"], capsys)
+        assert rc == 0, err
+        reps[batching] = json.loads((out / f"finetune_{cli.mode_slug(mode)}.json").read_text())
+    assert reps["random"]["config"]["batching"] == "random"
+    assert reps["random"]["losses"] == pytest.approx(reps["padded"]["losses"], rel=1e-5, abs=1e-6)
+    assert [e["accuracy"] for e in reps["random"]["evals"]] == [e["accuracy"] for e in reps["padded"]["evals"]]
+    counters = reps["grouped"]["cache"]["counters"]
+    assert counters["hits_ram"] > 0
+    assert 0 < counters["bytes_per_row"] < 0.8 * 16 * 32 * 4  # under a row padded to --max-length

@@ -24,16 +24,18 @@ from test_hf_callback import DS  # noqa: E402
 pytestmark = pytest.mark.reference
 
 
-def make(out, cache=True, accum=1, epochs=4, cache_dir=None, save_steps=None, cache_memory="2GiB"):
+def make(out, cache=True, accum=1, epochs=4, cache_dir=None, save_steps=None, cache_memory="2GiB", dataset=None,
+         collator=None, **extra):
     torch.manual_seed(0)
     model = tiny_bert(num_layers=4)
     args = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=epochs,
         gradient_accumulation_steps=accum, learning_rate=1e-3, logging_steps=1, report_to=[],
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-        use_cpu=True, seed=0, disable_tqdm=True)
-    return AutoFreezeTrainer(model=model, args=args, train_dataset=DS(), cache=cache, cache_dir=cache_dir,
-                             cache_memory=cache_memory, cost_model=False, policy="gradient")  # freezes on these 48 rows
+        use_cpu=True, seed=0, disable_tqdm=True, **extra)
+    return AutoFreezeTrainer(model=model, args=args, train_dataset=dataset if dataset is not None else DS(),
+                             data_collator=collator, cache=cache, cache_dir=cache_dir, cache_memory=cache_memory,
+                             cost_model=False, policy="gradient")  # freezes on these 48 rows
 
 
 def losses_of(trainer):
@@ -214,30 +216,58 @@ def test_sampler_epoch_counts_updates_as_the_trainer_does():
 
 
 class Ragged(torch.utils.data.Dataset):
-    """Rows of 3 to 29 tokens; ``pad`` collates them padded to the batch's longest."""
+    """48 rows of 3 to 29 tokens, not padded (a collator pads each batch)."""
 
     def __len__(self):
-        return 32
+        return 48
 
     def __getitem__(self, i):
-        n = 3 + i % 27
-        return {"input_ids": torch.arange(1, n + 1), "labels": i % 2}
-
-    @staticmethod
-    def pad(rows):
-        n = max(len(r["input_ids"]) for r in rows)
-        ids = torch.stack([torch.nn.functional.pad(r["input_ids"], (0, n - len(r["input_ids"]))) for r in rows])
-        return {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": torch.tensor([r["labels"] for r in rows]),
-                INDEX: torch.tensor([r[INDEX] for r in rows])}
+        if not 0 <= i < len(self):
+            raise IndexError(i)  # iteration (the length-grouped sampler's) stops here
+        n = 3 + (i * 7) % 27
+        g = torch.Generator().manual_seed(i)
+        ids = torch.randint(5, 100, (n,), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones(n, dtype=torch.long), "labels": int(ids[0] > 50)}
 
 
-def test_rows_padded_per_batch_are_a_clear_error(tmp_path):
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1,
-                                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                                          remove_unused_columns=False)
-    trainer = AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Ragged(), data_collator=Ragged.pad)
-    with pytest.raises(ValueError, match="padded to one length"):
+def grouping(strategy):
+    """TrainingArguments for random or length-grouped sampling, in this transformers' spelling."""
+    fields = transformers.TrainingArguments.__dataclass_fields__
+    if "group_by_length" in fields:
+        return {"group_by_length": strategy == "group_by_length"}
+    return {"train_sampling_strategy": strategy}
+
+
+@pytest.mark.parametrize("strategy", ["random", "group_by_length"])
+def test_rows_padded_per_batch_train_as_without_the_cache(tmp_path, strategy):
+    """What a Trainer user runs: rows of different lengths, DataCollatorWithPadding, random or
+    length-grouped batches. The cache (disk tier) is read, rows land in batches of other lengths
+    across epochs, and the losses equal the same Trainer without the cache within 1e-4."""
+    (tmp_path / "tok").mkdir()
+    tok = transformers.AutoTokenizer.from_pretrained(save_tiny_checkpoint(tmp_path / "tok"))
+    collator = transformers.DataCollatorWithPadding(tok)
+    widths = {}
+
+    class Seen(transformers.DataCollatorWithPadding):  # records each row's batch lengths
+        def __call__(self, rows):
+            out = collator(rows)
+            for i in out[INDEX].tolist():
+                widths.setdefault(i, set()).add(out["input_ids"].shape[1])
+            return out
+
+    runs = {}
+    for cache in (False, True):
+        trainer = make(tmp_path / f"out{cache}", cache=cache, epochs=4, cache_dir=str(tmp_path / "cache"),
+                       dataset=Ragged(), collator=Seen(tok) if cache else collator, **grouping(strategy))
         trainer.train()
+        runs[cache] = trainer
+    assert freezes(runs[True]) and freezes(runs[True]) == freezes(runs[False])
+    assert list(losses_of(runs[True]).values()) == pytest.approx(list(losses_of(runs[False]).values()),
+                                                                 rel=1e-4, abs=1e-4)
+    c = runs[True].cache_counters
+    assert c["hits_ram"] + c["hits_disk"] > 0, c
+    assert any(len(w) > 1 for w in widths.values()), "no row met batches of two lengths"
+    assert c["bytes_per_row"] < 29 * 32 * 4  # rows stored without their padding
 
 
 def test_an_iterable_dataset_is_a_clear_error(tmp_path):

@@ -352,3 +352,14 @@ def test_time_goal_errors(job, extra, match):
     p = subprocess.run(args + extra + ["--out", str(job["dir"] / "err")], cwd=job["dir"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and match in p.stderr
+
+
+def test_packer_measures_memory_per_token_and_sizes_for_the_longest_row():
+    """Batches differ in length: a reading on a short batch must not make a batch of the longest
+    rows look cheap. Memory is per token, scaled to the longest row the run can see."""
+    p = _packer(row_tokens=64)
+    p.record_memory(0, nbytes=8 * 16 * 100, samples=8, tokens=8 * 16)  # a batch of 16-token rows
+    assert p.per_sample_bytes(0) == 100 * 64  # a 64-token row needs 4x what a 16-token row did
+    p.record_memory(1, nbytes=8 * 64 * 50, samples=8, tokens=8 * 64)  # a batch of the longest rows
+    assert p.per_sample_bytes(1) == 50 * 64
+    assert p.mem["budget"] == 100 * 64 * 8 / 2  # the start's: its batch of the longest rows per worker

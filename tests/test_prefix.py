@@ -49,6 +49,8 @@ def train(policy, cache_kind, tmp_path, epochs=3, shuffle=False):
             opt.step()
             opt.zero_grad()
             losses.append(out.loss.detach())
+        if runner is not None:
+            runner.cache.flush()  # as a loop does at each epoch's end: every record written
     return losses, [p.detach().clone() for p in model.parameters()], runner
 
 
@@ -174,3 +176,118 @@ def test_other_families_freeze_their_stem_and_cache_like_recomputation(tmp_path,
     torch.testing.assert_close(first, want)
     torch.testing.assert_close(again, want)
     cache.close()
+
+
+# ---------------------------------------------------------------- rows of different lengths
+def ragged_data(seed=0):
+    """Rows of 3-12 real tokens (growing with the row's index), right-padded with 0 to 12 (as
+    ``encode`` stores them)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = 3 + 9 * torch.arange(N) // (N - 1)
+    mask = (torch.arange(12)[None] < lengths[:, None]).long()
+    ids = torch.randint(1, 100, (N, 12), generator=g) * mask
+    return {"input_ids": ids, "attention_mask": mask, "labels": (ids[:, 0] > 50).long()}
+
+
+def train_grouped(policy, cache_kind, tmp_path, epochs=3, shuffle=True):
+    """Tiny-BERT training on length-grouped batches, each cut to its longest row, as the CLI
+    batches; returns losses, parameters, the runner and each sample's batch lengths. Without
+    ``shuffle`` every epoch has the same batches (their order shuffled)."""
+    from torch.utils.data import DataLoader
+
+    from autofreeze_ext.batching import TrimCollate, row_lengths
+    from autofreeze_ext.data import IndexedDataset, PlannedBatchSampler
+
+    model = tiny_bert(num_layers=4, seed=0)
+    data = ragged_data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sampler = PlannedBatchSampler(N, BS, seed=3, lengths=row_lengths(data), shuffle=shuffle)
+    loader = DataLoader(IndexedDataset(data), batch_sampler=sampler, collate_fn=TrimCollate(1))
+    ctl = FreezeController(model, opt, policy, steps_per_epoch=len(sampler))
+    runner = None
+    if cache_kind is not None:
+        path = None if cache_kind == "ram" else str(tmp_path / f"cache-{cache_kind}")
+        cache = ActivationCache(path, memory_budget="1GiB" if cache_kind == "ram" else 0, fingerprint="t")
+        runner = FrozenPrefixRunner(model, ctl, cache, cost_model=False)
+    torch.manual_seed(1)
+    losses, widths = [], {}
+    model.train()
+    for _ in range(epochs):
+        if runner is not None:
+            runner.cache.plan_epoch(sampler.plan_epoch())
+        for idx, batch in loader:
+            for i in idx.tolist():
+                widths.setdefault(i, set()).add(batch["input_ids"].shape[1])
+            out = runner(idx, **batch) if runner is not None else model(**batch)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(out.loss.detach())
+        if runner is not None:
+            runner.cache.flush()
+    return losses, [p.detach().clone() for p in model.parameters()], runner, widths
+
+
+def _records_hold_real_tokens_only(runner):
+    c = runner.cache.counters()
+    real = ragged_data()["attention_mask"].sum(1)
+    hits = runner.cache.get(range(N))
+    assert hits, "nothing cached"
+    for i, (_, row) in hits.items():
+        assert row.shape == (int(real[i]), 32), f"sample {i}: record {tuple(row.shape)}, {int(real[i])} real tokens"
+    # the mean stored row (rows rewritten deeper count each time): well under a padded row
+    assert c["bytes_per_row"] <= 0.7 * 12 * 32 * 4, c["bytes_per_row"]
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk"])
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_rows_cached_without_padding_train_bit_identically(tmp_path, kind, policy):
+    """Batches of different lengths (each cut to its longest row): training equals recomputation
+    bit for bit, and a record holds only the row's real tokens (fails if padding were stored, or
+    if real tokens were dropped or misplaced)."""
+    if kind == "disk" and not backend_info()["compiled"]:
+        pytest.skip("disk tier needs the compiled core")
+    ref_losses, ref_params, _, widths = train_grouped(POLICIES[policy](), None, tmp_path, shuffle=False)
+    losses, params, runner, _ = train_grouped(POLICIES[policy](), kind, tmp_path, shuffle=False)
+    assert len({w for ws in widths.values() for w in ws}) > 2, "batches of one length: nothing tested"
+    assert all(torch.equal(a, b) for a, b in zip(ref_losses, losses))
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, params))
+    c = runner.cache.counters()
+    assert c["hits_ram" if kind == "ram" else "hits_disk"] > 0, "the cache was never read"
+    _records_hold_real_tokens_only(runner)
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk"])
+def test_rows_read_into_batches_of_other_lengths(tmp_path, kind):
+    """Grouped batches drawn anew each epoch: a row cached in a batch of one length is read into
+    batches of other lengths. Recomputation is then no longer a bit-exact reference (the same
+    row's prefix output differs in the last bit between batch lengths: matrix products block by
+    shape), so the losses agree to float tolerance."""
+    if kind == "disk" and not backend_info()["compiled"]:
+        pytest.skip("disk tier needs the compiled core")
+    ref_losses, ref_params, _, widths = train_grouped(StaticFreeze(2), None, tmp_path)
+    losses, params, runner, _ = train_grouped(StaticFreeze(2), kind, tmp_path)
+    assert any(len(ws) > 1 for ws in widths.values()), "no row met batches of two lengths"
+    torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=1e-6, atol=1e-6)
+    for a, b in zip(ref_params, params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    c = runner.cache.counters()
+    assert c["hits_ram" if kind == "ram" else "hits_disk"] >= 2 * N, "the later epochs did not read the cache"
+    _records_hold_real_tokens_only(runner)
+
+
+def test_a_record_of_another_length_is_recomputed(tmp_path):
+    """A record whose length is not the row's real tokens (another tokenisation) is a miss."""
+    model = tiny_bert(num_layers=4)
+    ctl = FreezeController(model, torch.optim.SGD(model.parameters(), lr=0.1), StaticFreeze(2))
+    cache = ActivationCache(None, memory_budget="1GiB")
+    runner = FrozenPrefixRunner(model, ctl, cache, cost_model=False)
+    data = ragged_data()
+    model.eval()
+    with torch.no_grad():
+        ref = model(**data).logits
+        runner(torch.arange(N), **data)              # caches the real tokens of every row
+        cache.put([0], 2, [torch.full((1, 32), 7.0)])  # a wrong record for sample 0
+        again = runner(torch.arange(N), **data).logits
+    torch.testing.assert_close(again, ref)
+    assert cache.get([0])[0][1].shape[0] == int(data["attention_mask"][0].sum())  # rewritten

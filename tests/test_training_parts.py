@@ -136,7 +136,8 @@ def test_config_sections_take_and_give_back_the_flat_options():
     assert cfg.freeze.policy == "x" and cfg.data.max_length == 64  # the rest keep their defaults
     opts = cfg.options()
     assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and opts["freeze_at"] == 0.8
-    assert len(opts) == 59  # one per CLI option; a new option must be added to a section
+    assert len(opts) == 61  # one per CLI option; a new option must be added to a section
+    assert opts["batching"] == "grouped" and opts["pad_to_multiple_of"] is None
     assert FinetuneConfig.from_options(**opts) == cfg
     with pytest.raises(TypeError, match="batchsize"):
         FinetuneConfig.from_options(batchsize=8)
@@ -156,11 +157,15 @@ def test_config_checks_and_micro_batches():
                        (dict(mode="bogus"), "unknown mode"), (dict(mode="static:3@x"), "unknown mode"),
                        (dict(probe_samples=0), "probe-samples"), (dict(patience=0), "--patience"),
                        (dict(cache_memory="lots"), "--cache-memory"), (dict(learned=1.5), "--learned"),
-                       (dict(lr=0.0), "lr > 0"), (dict(target_speedup=0.5), "target-speedup")]:
+                       (dict(lr=0.0), "lr > 0"), (dict(target_speedup=0.5), "target-speedup"),
+                       (dict(batching="sorted"), "--batching"), (dict(pad_to_multiple_of=0), "--pad-to-multiple-of")]:
         with pytest.raises(ValueError, match=match):
             validate(FinetuneConfig.from_options(**bad))
     parts = micro_batches(list(range(5)), {"x": torch.arange(5)}, 2)
     assert [p[0] for p in parts] == [[0, 1], [2, 3, 4]] and parts[1][1]["x"].tolist() == [2, 3, 4]
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    parts = micro_batches(list(range(4)), {"attention_mask": mask, "input_ids": mask * 5}, 2, multiple=1)
+    assert [p[1]["input_ids"].shape[1] for p in parts] == [4, 2]  # each micro-batch cut to its longest row
 
 
 def test_checkpoint_keeps_and_restores_the_cuda_rng_stream(tmp_path, monkeypatch):

@@ -108,7 +108,7 @@ class ActivationCache:
         self._warned = set()
         self.path = path
         self.stats = {"hits_ram": 0, "hits_disk": 0, "misses": 0, "failed_reads": 0, "puts_ram": 0,
-                      "puts_disk": 0, "puts_rejected": 0, "read_s": 0.0, "write_s": 0.0, "prefetched": 0}
+                      "puts_disk": 0, "puts_rejected": 0, "bytes_put": 0, "read_s": 0.0, "write_s": 0.0, "prefetched": 0}
         self.disk_note = "no disk tier"
         if path is not None:
             env_backend = os.environ.get("AUTOFREEZE_IO_BACKEND")
@@ -145,6 +145,8 @@ class ActivationCache:
         out = dict(self.stats)
         n = out["hits_ram"] + out["hits_disk"] + out["misses"]
         out["hit_rate"] = (out["hits_ram"] + out["hits_disk"]) / n if n else 0.0
+        puts = out["puts_ram"] + out["puts_disk"]
+        out["bytes_per_row"] = out["bytes_put"] / puts if puts else 0.0  # payload of a stored row
         if self._store is not None:
             out["disk"] = self._store.stats()
         return out
@@ -163,16 +165,17 @@ class ActivationCache:
         return len(self._ram) + (len(self._store) if self._store is not None else 0)
 
     # ------------------------------------------------------------------ writes
-    def put(self, indices: Sequence[int], depth: int, outputs: torch.Tensor) -> int:
+    def put(self, indices: Sequence[int], depth: int, outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> int:
         """Store ``outputs[k]`` as sample ``indices[k]``'s block-``depth`` output; returns how many
-        were stored. Older entries of the same samples are superseded. Never raises for a full
-        disk: those samples stay uncached."""
+        were stored. ``outputs``: one tensor ``[n, ...]`` or ``n`` tensors, whose shapes may differ
+        (rows without their padding). Older entries of the same samples are superseded. Never
+        raises for a full disk: those samples stay uncached."""
         if depth < 1:
             raise ValueError("depth must be >= 1 (the number of frozen blocks the output has passed)")
-        if outputs.shape[0] != len(indices):
-            raise ValueError(f"{len(indices)} indices for {outputs.shape[0]} outputs")
+        if len(outputs) != len(indices):
+            raise ValueError(f"{len(indices)} indices for {len(outputs)} outputs")
         t0 = time.perf_counter()
-        host = outputs.detach().to("cpu").contiguous()
+        host = _to_host(outputs)
         stored = 0
         for k, i in enumerate(indices):
             i = int(i)
@@ -183,10 +186,12 @@ class ActivationCache:
                 self._ram[i] = (depth, row.clone())
                 self._ram_bytes += nbytes
                 self.stats["puts_ram"] += 1
+                self.stats["bytes_put"] += nbytes
                 stored += 1
             elif self._store is not None and row.dtype in _DTYPE_CODE and self._store.put(
                     i, depth, _DTYPE_CODE[row.dtype], list(row.shape), row.data_ptr(), nbytes):
                 self.stats["puts_disk"] += 1
+                self.stats["bytes_put"] += nbytes
                 stored += 1
             else:
                 self.stats["puts_rejected"] += 1
@@ -389,6 +394,17 @@ class ActivationCache:
                 self._store.close()
         except Exception:
             pass
+
+
+def _to_host(outputs) -> List[torch.Tensor]:
+    """Contiguous CPU rows, with one device-to-host copy for rows that are views of one tensor."""
+    if torch.is_tensor(outputs):
+        return list(outputs.detach().to("cpu").contiguous().unbind(0))
+    rows = [r.detach() for r in outputs]
+    if rows and rows[0].device.type != "cpu":
+        flat = torch.cat([r.reshape(-1) for r in rows]).to("cpu")
+        return [v.view(r.shape) for v, r in zip(flat.split([r.numel() for r in rows]), rows)]
+    return [r.contiguous() for r in rows]
 
 
 class _nullcontext:

@@ -11,6 +11,11 @@ indices, it
 3. runs the model once more with the embeddings and blocks ``1..L`` replaced by stubs that
    return the depth-``L`` tensor, so only the active suffix computes, with autograd as usual.
 
+Rows are cached without their padding: a sample's record holds its real tokens' hidden states
+(``[real tokens, hidden]``, found from the batch's ``attention_mask``), so the same row serves
+batches of any length (per-batch padding, length grouping); the runner pads cached rows to the
+batch's length with zeros, which the attention mask hides from every real token.
+
 It works on any model a :class:`~autofreeze_ext.BlockLayout` describes whose blocks take the
 previous block's output as their first argument (Hugging Face BERT family, ResNet stages,
 plain block lists). Frozen blocks run in eval mode (the controller keeps them there), so
@@ -90,12 +95,17 @@ class FrozenPrefixRunner:
         t0 = now(self._device)
         hits = self.cache.get(idx)
         self.timers["cache_io"] += now(self._device) - t0
+        mask = batch.get("attention_mask")
+        lengths = _real_tokens(mask)
         groups: Dict[int, List[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
             # Until a real block has run, the stubs do not know the blocks' output format:
-            # the first batch runs its prefix from the inputs.
-            d = hits[i][0] if i in hits and hits[i][0] <= depth and self._tuple_out is not None else 0
-            groups[d].append(pos)
+            # the first batch runs its prefix from the inputs. A record of another length than
+            # the row's real tokens is not this row's: recomputed.
+            hit = hits.get(i)
+            usable = (hit is not None and hit[0] <= depth and self._tuple_out is not None
+                      and (lengths is None or hit[1].shape[0] == lengths[pos]))
+            groups[hit[0] if usable else 0].append(pos)
         rows: List[Optional[torch.Tensor]] = [None] * len(idx)
         for d, positions in groups.items():
             if d == depth:
@@ -103,21 +113,22 @@ class FrozenPrefixRunner:
                     rows[p] = hits[idx[p]][1]
                 continue
             sub = _select(batch, positions, len(idx))
-            start = torch.stack([hits[idx[p]][1] for p in positions]) if d > 0 else None
+            sub_mask = sub.get("attention_mask") if lengths is not None else None
+            start = _pad([hits[idx[p]][1] for p in positions], sub_mask) if d > 0 else None
             t0 = now(self._device)
             h = self.advance(sub, d, start, depth)
             dt = now(self._device) - t0
+            parts = _unpad(h, sub_mask)
             if depth not in self._decided:
                 # the prefix's cost per sample, scaled up when only blocks d+1..L ran
-                self._decide(depth, h, dt / len(positions) * depth / (depth - d))
+                self._decide(depth, parts, dt / len(positions) * depth / (depth - d))
             if self._decided.get(depth, False):
                 t0 = now(self._device)
-                self.cache.put([idx[p] for p in positions], depth, h)
+                self.cache.put([idx[p] for p in positions], depth, parts)
                 self.timers["cache_io"] += now(self._device) - t0
             for k, p in enumerate(positions):
-                rows[p] = h[k]
-        hidden = torch.stack(rows)
-        return self.run_suffix(batch, hidden, depth)
+                rows[p] = parts[k]
+        return self.run_suffix(batch, _pad(rows, mask if lengths is not None else None), depth)
 
     def advance(self, batch: dict, from_depth: int, start: Optional[torch.Tensor], to_depth: int) -> torch.Tensor:
         """Block-``to_depth`` output of ``batch``, starting from the block-``from_depth`` output
@@ -175,8 +186,8 @@ class FrozenPrefixRunner:
             for m in patched:
                 del m.forward
 
-    def _decide(self, depth: int, sample: torch.Tensor, prefix_s_per_sample: float) -> None:
-        row_bytes = sample[0].numel() * sample.element_size()
+    def _decide(self, depth: int, rows: List[torch.Tensor], prefix_s_per_sample: float) -> None:
+        row_bytes = sum(r.numel() for r in rows) * rows[0].element_size() // len(rows)  # the mean row
         if self.cost_model:
             read_s, tier = self.cache.read_seconds_per_sample(row_bytes)
             ok = read_s < prefix_s_per_sample
@@ -194,6 +205,34 @@ def _make_stub(out):
     def stub(*args, **kwargs):
         return out
     return stub
+
+
+def _real_tokens(mask: Optional[torch.Tensor]) -> Optional[List[int]]:
+    """Real tokens per row of a ``[batch, length]`` attention mask (None without one)."""
+    if mask is None or not torch.is_tensor(mask) or mask.dim() != 2:
+        return None
+    return mask.sum(1).tolist()
+
+
+def _unpad(h: torch.Tensor, mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Each row of ``h`` (``[batch, length, ...]``) without its padded positions: ``[real, ...]``
+    (the whole row without a mask). The rows are views of one contiguous tensor."""
+    if mask is None:
+        return list(h.unbind(0))
+    keep = mask.to(h.device).bool()
+    return list(h[keep].split(keep.sum(1).tolist()))
+
+
+def _pad(rows: List[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The batch's ``[batch, length, ...]`` tensor from rows without padding: each row's values at
+    its real positions, zeros at padded ones (masked in attention: no real token reads them)."""
+    if mask is None:
+        return torch.stack(rows)
+    flat = torch.cat([r.to(rows[0].device) for r in rows]) if len(rows) > 1 else rows[0]
+    keep = mask.to(flat.device).bool()
+    out = flat.new_zeros((*keep.shape, *flat.shape[1:]))
+    out[keep] = flat
+    return out
 
 
 def _select(batch: dict, positions: List[int], n: int) -> dict:

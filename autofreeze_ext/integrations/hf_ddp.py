@@ -15,10 +15,12 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+from ..batching import grouped_batches
 
 try:
     from transformers import TrainerCallback
@@ -36,11 +38,15 @@ class RankStableSampler(torch.utils.data.Sampler):
 
     Each shard is padded with its own first samples of the epoch to a whole number of batches
     and to the longest shard's length (as ``DistributedSampler`` pads), so the cut stays aligned.
+    With ``lengths`` (each row's tokens; the Trainer's ``group_by_length``) each rank's batches
+    are grouped by length within its shard (:func:`~autofreeze_ext.batching.grouped_batches`).
     """
 
-    def __init__(self, num_samples: int, world: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, num_samples: int, world: int, batch_size: int, seed: int = 0,
+                 lengths: Optional[Sequence[int]] = None) -> None:
         if num_samples < world:
             raise ValueError(f"RankStableSampler: {num_samples} samples cannot feed {world} ranks")
+        self.lengths = None if lengths is None else [int(v) for v in lengths]
         self.n, self.world, self.batch, self.seed, self.epoch = num_samples, world, batch_size, seed, 0
         longest = -(-num_samples // world)
         self.batches_per_rank = -(-longest // batch_size)
@@ -62,7 +68,10 @@ class RankStableSampler(torch.utils.data.Sampler):
             shard = torch.tensor(self.shard(r))
             order = shard[torch.randperm(len(shard), generator=g)].tolist()
             need = self.batches_per_rank * self.batch
-            orders.append((order * (need // len(order) + 1))[:need])
+            order = (order * (need // len(order) + 1))[:need]
+            if self.lengths is not None:
+                order = [i for b in grouped_batches(order, self.lengths, self.batch, g) for i in b]
+            orders.append(order)
         for b in range(self.batches_per_rank):
             for r in range(self.world):
                 yield from orders[r][b * self.batch:(b + 1) * self.batch]

@@ -11,7 +11,10 @@ What it adds to :class:`~autofreeze_ext.integrations.hf_callback.AutoFreezeCallb
 row carries its index (``sample_index``, kept through the Trainer's column filter), and the
 training forward pass goes through a :class:`~autofreeze_ext.FrozenPrefixRunner` over an
 :class:`~autofreeze_ext.ActivationCache`, so once blocks freeze, later epochs read their output
-instead of recomputing it. Evaluation and prediction run the whole model unchanged. Gradient
+instead of recomputing it. Evaluation and prediction run the whole model unchanged. Rows are
+cached without their padding, so any collator that pads per batch (``DataCollatorWithPadding``,
+the Trainer's default once it has the tokenizer) and length-grouped batches (``group_by_length``,
+in transformers 5 ``train_sampling_strategy="group_by_length"``) work. Gradient
 accumulation works (the runner serves each micro-batch); ``train(resume_from_checkpoint=...)``
 re-freezes the checkpoint's frozen prefix itself (the cache refills).
 Under ``torchrun``/``accelerate`` with several processes each rank keeps a fixed shard of the
@@ -41,6 +44,13 @@ except ImportError:  # transformers is optional
     Trainer = object  # type: ignore[misc,assignment]
 
 INDEX = "sample_index"
+
+
+def groups_by_length(args) -> bool:
+    """Whether the Trainer's arguments ask for length-grouped batches: ``group_by_length=True``
+    (transformers 4) or ``train_sampling_strategy="group_by_length"`` (transformers 5)."""
+    return bool(getattr(args, "group_by_length", False)) or \
+        getattr(args, "train_sampling_strategy", None) == "group_by_length"
 
 
 class IndexedRows(torch.utils.data.Dataset):
@@ -105,7 +115,6 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         self._runner: Optional[FrozenPrefixRunner] = None
         self.cache_counters: dict = {}  #: the cache's counters when training ended
         self._through_runner = False  # the last training forward bypassed the DDP wrapper
-        self._length: Optional[int] = None  # the cached rows' sequence length
         self.allreduce_bytes: list = []  #: under several processes: gradient bytes averaged per update
 
     def _get_train_sampler(self, train_dataset=None):
@@ -113,7 +122,9 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if not self.use_cache or self.args.world_size <= 1:
             return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        self._epochs.sampler = RankStableSampler(len(ds), self.args.world_size, self._train_batch_size, self.args.seed)
+        lengths = [len(ds[i]["input_ids"]) for i in range(len(ds))] if groups_by_length(self.args) else None
+        self._epochs.sampler = RankStableSampler(len(ds), self.args.world_size, self._train_batch_size, self.args.seed,
+                                                 lengths=lengths)
         return self._epochs.sampler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -145,26 +156,10 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
         indices = inputs.pop(INDEX, None)
         runner = self._runner_for() if model.training and indices is not None else None
-        if runner is not None:
-            self._check_length(inputs)
         self._through_runner = runner is not None
         target = _ThroughRunner(runner, indices, model) if runner is not None else model
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
-
-    def _check_length(self, inputs) -> None:
-        """Cached rows must keep one length: a row's cached activation is reused in later
-        epochs whatever batch it lands in."""
-        ids = inputs.get("input_ids")
-        if ids is None:
-            return
-        if self._length is None:
-            self._length = ids.shape[-1]
-        elif ids.shape[-1] != self._length:
-            raise ValueError(f"AutoFreezeTrainer: a training batch of sequence length {ids.shape[-1]} after one of "
-                             f"{self._length}; the cache keeps each row's activations across epochs, so every row "
-                             "must be padded to one length: tokenize with padding='max_length' (and max_length=N), "
-                             "or pass a data_collator that pads to a fixed length")
 
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, *args, **kwargs):
         """``Trainer.train``; with ``resume_from_checkpoint`` (a folder, or True for the newest

@@ -107,7 +107,10 @@ class BatchPacker:
     an :class:`ActivationMeter` around the second step at a new depth (:meth:`wants_memory`).
     Then, once per depth:
 
-    * memory: ``budget / bytes_per_sample(depth)`` is the largest micro-batch a worker can hold;
+    * memory: measured per *token* (batches differ in length), then scaled to the longest row
+      the run can see (``row_tokens``): ``bytes_per_sample(depth)`` is what a row of that
+      length needs, so a batch of the longest rows still fits;
+      ``budget / bytes_per_sample(depth)`` is the largest micro-batch a worker can hold;
       the budget is ``max_activation_bytes`` or, by default, what the starting configuration
       needed (bytes per sample at the first depth measured x the starting micro-batch), i.e.
       the job keeps the memory it was sized for and fills what freezing frees;
@@ -134,7 +137,7 @@ class BatchPacker:
     def __init__(self, *, base_batch: int, max_batch: int, granularity: int, world_size: int, grad_accum: int,
                  max_activation_bytes: Optional[int], state: dict, epoch_samples: int,
                  padded: bool, allreduce_s: Callable[[], float], broadcast: Callable[[dict], dict],
-                 min_gain: float = 0.05) -> None:
+                 min_gain: float = 0.05, row_tokens: int = 1) -> None:
         if not 0.0 <= min_gain < 1.0:
             raise ValueError(f"the minimum packing gain must be in [0, 1), got {min_gain!r}")
         if max_batch < base_batch:
@@ -143,6 +146,7 @@ class BatchPacker:
         self.world, self.accum = int(world_size), int(grad_accum)
         self.state, self.n_epoch, self.padded = state, int(epoch_samples), bool(padded)
         self.min_gain = float(min_gain)
+        self.row_tokens = max(1, int(row_tokens))
         mem = state.setdefault("packer_memory", {"budget": max_activation_bytes, "per_sample": {}})
         if max_activation_bytes is not None:
             mem["budget"] = int(max_activation_bytes)
@@ -161,9 +165,11 @@ class BatchPacker:
         """Whether the activation memory per sample at ``depth`` is still to be measured."""
         return self.per_sample_bytes(depth) is None
 
-    def record_memory(self, depth: int, nbytes: int, samples: int) -> None:
-        """The meter's reading for ``samples`` samples of one micro-batch at ``depth``."""
-        per = nbytes / max(1, samples)
+    def record_memory(self, depth: int, nbytes: int, samples: int, tokens: Optional[int] = None) -> None:
+        """The meter's reading for one micro-batch of ``samples`` rows and ``tokens`` tokens
+        (padding included; None: rows of ``row_tokens``) at ``depth``."""
+        tokens = samples * self.row_tokens if tokens is None else tokens
+        per = nbytes / max(1, tokens) * self.row_tokens  # a row of the longest length
         self.mem["per_sample"][str(depth)] = per
         if self.mem["budget"] is None:  # the starting configuration's memory
             self.mem["budget"] = per * self.base / (self.world * self.accum)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ..batching import TrimCollate, row_lengths
 from ..cache.activation_cache import ActivationCache, CacheError
 from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 from ..freezing.adapters import resolve_layout
@@ -25,7 +26,7 @@ from ..policies import NeverFreeze, ObserveOnly
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
 from .checkpoint import load_checkpoint
-from .config import FinetuneConfig, packing, validate
+from .config import FinetuneConfig, packing, pad_multiple, validate
 from .data import load_tasks
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import make_mode_policy, split_mode
@@ -98,13 +99,16 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
         model.get_input_embeddings().requires_grad_(False)
     if ctx.distributed:  # same initial weights on every rank, different dropout masks
         torch.manual_seed(cfg.optim.seed * 7919 + ctx.rank)
-    train, dev = encode(train_task, tok, cfg.data.max_length), encode(dev_task, tok, cfg.data.max_length)
+    pad_to_max = cfg.data.batching == "padded"
+    train = encode(train_task, tok, cfg.data.max_length, pad_to_max=pad_to_max)
+    dev = encode(dev_task, tok, cfg.data.max_length)  # evaluation pads each batch to its longest row
     ckpt_path = os.path.join(cfg.run.checkpoint_dir, "checkpoint.pt") if cfg.run.checkpoint_dir else None
     state = load_checkpoint(ckpt_path) if cfg.run.resume and ckpt_path and os.path.exists(ckpt_path) else None
-    sampler = _sampler(cfg, ctx, len(train_task.labels), state)
+    lengths = row_lengths(train) if cfg.data.batching == "grouped" else None
+    sampler = _sampler(cfg, ctx, len(train_task.labels), state, lengths)
     # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
     # created, and a resumed run creates one mid-epoch (dropout would then differ)
-    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler,
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler, collate_fn=TrimCollate(pad_multiple(cfg)),
                         generator=torch.Generator().manual_seed(cfg.optim.seed))
     total = len(sampler) * cfg.optim.epochs
     opt, sched = _optimizer(cfg, model, total, len(train_task.labels))
@@ -123,12 +127,13 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     return run
 
 
-def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict]):
+def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict], lengths):
     if ctx.distributed or cfg.parallel.data_shards or (state is not None and "shards" in state["sampler"]):
         return ShardedBatchSampler(n, cfg.optim.batch_size, world_size=ctx.world_size,
                                    rank=ctx.rank if ctx.distributed else None, shards=cfg.parallel.data_shards,
-                                   seed=cfg.optim.seed, reshuffle_shards_every=cfg.parallel.reshuffle_shards_every)
-    return PlannedBatchSampler(n, cfg.optim.batch_size, shuffle=True, seed=cfg.optim.seed)
+                                   seed=cfg.optim.seed, reshuffle_shards_every=cfg.parallel.reshuffle_shards_every,
+                                   lengths=lengths)
+    return PlannedBatchSampler(n, cfg.optim.batch_size, shuffle=True, seed=cfg.optim.seed, lengths=lengths)
 
 
 def _optimizer(cfg: FinetuneConfig, model, total: int, epoch_samples: int):

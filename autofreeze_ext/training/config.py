@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from ..batching import BATCHING
 from ..cache.activation_cache import parse_bytes
 from ..data import SAMPLE_DIR
 from ..planning.packing import LR_SCALINGS
@@ -48,6 +49,11 @@ class DataConfig:
     metric: Optional[str] = None
     max_length: int = 64
     train_samples: Optional[int] = None  # the first N training rows (None: all)
+    # grouped: rows of similar length batched together, each batch padded to its longest row (as a
+    # Trainer with group_by_length and DataCollatorWithPadding); random: shuffled, padded per batch;
+    # padded: shuffled, every row padded to max_length
+    batching: str = "grouped"
+    pad_to_multiple_of: Optional[int] = None  # a batch's length rounded up to a multiple (None: 8 on CUDA, 1 on CPU)
 
 
 @dataclass
@@ -188,7 +194,7 @@ def validate(cfg: FinetuneConfig) -> None:
     o, g = cfg.optim, cfg.goal
     _at_least(("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1), ("--max-length", cfg.data.max_length, 1),
               ("--evals-per-epoch", cfg.run.evals_per_epoch, 1), ("--grad-accum", o.grad_accum, 1),
-              ("--train-samples", cfg.data.train_samples, 1))
+              ("--train-samples", cfg.data.train_samples, 1), ("--pad-to-multiple-of", cfg.data.pad_to_multiple_of, 1))
     if cfg.run.resume and not cfg.run.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     if g.kind not in (None, "time", "cost"):
@@ -224,6 +230,8 @@ def _check_choices(cfg: FinetuneConfig) -> None:
         raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {d.data_format!r}")
     if d.label_kind not in KINDS:
         raise ValueError(f"label kind must be one of {', '.join(KINDS)}, got {d.label_kind!r}")
+    if d.batching not in BATCHING:
+        raise ValueError(f"--batching must be one of {', '.join(BATCHING)}, got {d.batching!r}")
     if d.metric not in (None,) + METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {d.metric!r}")
     if cfg.optim.amp not in (None, "bf16", "fp16"):
@@ -274,6 +282,15 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"--freeze-at must be a fraction of the run in (0, 1], got {f.freeze_at}")
     if f.threshold is not None and f.threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
+
+
+def pad_multiple(cfg: FinetuneConfig) -> Optional[int]:
+    """What a batch's length is rounded up to (None: ``--batching padded``, no cut)."""
+    if cfg.data.batching == "padded":
+        return None
+    if cfg.data.pad_to_multiple_of is not None:
+        return cfg.data.pad_to_multiple_of
+    return 8 if cfg.parallel.device == "cuda" else 1
 
 
 def packing(cfg: FinetuneConfig) -> bool:

@@ -57,7 +57,10 @@ def _label_config(labels) -> dict:
 
 
 def probe_batch(data: dict, n: int, seed: int, labels: bool = False) -> dict:
-    """``n`` training samples picked by ``seed`` (own generator: the global RNG is untouched)."""
+    """``n`` training samples picked by ``seed`` (own generator: the global RNG is untouched),
+    padded to their longest row."""
     total = len(data["labels"])
+    from ..batching import trim_batch
+
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 1))[:min(n, total)]
-    return {k: v[idx] for k, v in data.items() if labels or k != "labels"}
+    return trim_batch({k: v[idx] for k, v in data.items() if labels or k != "labels"})

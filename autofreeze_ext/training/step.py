@@ -7,7 +7,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..batching import trim_batch
 from ..timing import now
+from .config import pad_multiple
 
 
 @dataclass
@@ -26,7 +28,7 @@ class StepResult:
     samples: int  #: samples in the global batch
     micro_batches: int
     depth_at_start: int
-    memory: Optional[Tuple[int, int, int]] = None  #: (depth, activation bytes, samples) when measured
+    memory: Optional[Tuple[int, int, int, Optional[int]]] = None  #: (depth, activation bytes, samples, tokens)
 
     @property
     def seconds(self) -> float:
@@ -37,12 +39,14 @@ def _bounds(n: int, k: int) -> list:
     return [round(i * n / k) for i in range(k + 1)]
 
 
-def micro_batches(indices, batch: dict, k: int):
-    """Split a batch (and its sample indices) into ``k`` micro-batches for gradient accumulation."""
+def micro_batches(indices, batch: dict, k: int, multiple: Optional[int] = None):
+    """Split a batch (and its sample indices) into ``k`` micro-batches for gradient accumulation,
+    each cut to its longest row (rounded up to ``multiple``; None: not cut)."""
     if k <= 1:
         return [(indices, batch)]
     b = _bounds(len(indices), k)
-    return [(indices[lo:hi], {name: v[lo:hi] for name, v in batch.items()}) for lo, hi in zip(b, b[1:]) if hi > lo]
+    parts = [(indices[lo:hi], {name: v[lo:hi] for name, v in batch.items()}) for lo, hi in zip(b, b[1:]) if hi > lo]
+    return [(i, trim_batch(p, multiple)) for i, p in parts] if multiple else parts
 
 
 def micro_plan(batches: list, k: int) -> list:
@@ -68,7 +72,7 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
     t0 = now(dev)
     depth, stats0 = ctl.frozen_depth, ctl.step_seconds
     io0, pre0 = run.timers["cache_io"], run.timers["prefix_forward"]
-    micro = micro_batches(indices, batch, run.cfg.optim.grad_accum)
+    micro = micro_batches(indices, batch, run.cfg.optim.grad_accum, pad_multiple(run.cfg))
     loss, bwd_s, memory = 0.0, 0.0, None
     for k, (idx_k, batch_k) in enumerate(micro):
         sync = run.ddp.no_sync() if run.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
@@ -76,7 +80,9 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
             with run.autocast, (meter if meter is not None and k == 0 else contextlib.nullcontext()):
                 out = run.runner(idx_k, **batch_k) if run.runner is not None else run.model(**batch_k)
             if meter is not None and k == 0:
-                memory = (ctl.frozen_depth, meter.bytes, len(idx_k))
+                ids = batch_k.get("input_ids")
+                tokens = ids.numel() if ids is not None and ids.dim() == 2 else None
+                memory = (ctl.frozen_depth, meter.bytes, len(idx_k), tokens)
             part = out.loss * (len(idx_k) / len(indices)) if len(micro) > 1 else out.loss  # the batch's mean
             tb = now(dev)
             (run.scaler.scale(part) if run.scaler is not None else part).backward()

@@ -16,6 +16,12 @@ from .step_timer import StepTimer
 log = logging.getLogger("autofreeze_ext")
 
 
+def _row_tokens(train: dict) -> int:
+    """The longest row the run can see: the stored width of its token tensors (1 without them)."""
+    ids = train.get("input_ids")
+    return int(ids.shape[1]) if ids is not None and ids.dim() == 2 else 1
+
+
 class Packer(Part):
     """Wraps :class:`~autofreeze_ext.planning.packing.BatchPacker`: at each new depth the second
     step's first forward runs under an :class:`~autofreeze_ext.planning.packing.ActivationMeter`
@@ -50,7 +56,7 @@ class Packer(Part):
             base_batch=cfg.optim.batch_size, max_batch=cfg.goal.max_batch, granularity=gran, world_size=ctx.world_size,
             grad_accum=cfg.optim.grad_accum, max_activation_bytes=parse_bytes(cfg.goal.max_activation_memory),
             state=self.state, epoch_samples=len(run.train_task.labels), padded=sharded,
-            min_gain=cfg.goal.min_packing_gain,
+            min_gain=cfg.goal.min_packing_gain, row_tokens=_row_tokens(run.train),
             allreduce_s=lambda: time_allreduce(ctx, 4 * run.ddp.comm[run.ctl.frozen_depth]["params"]),
             broadcast=lambda entry: from_rank0(entry, ctx))
         self.meter = ActivationMeter(run.model)
