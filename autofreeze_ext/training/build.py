@@ -143,12 +143,21 @@ def _optimizer(cfg: FinetuneConfig, model, total: int, epoch_samples: int):
     groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
                "weight_decay": cfg.optim.weight_decay},
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    opt = _adamw(groups, cfg.optim.lr)
     if packing(cfg):  # the batch may grow: schedule by samples, LR scaled with the batch
         o = cfg.optim
         return opt, SampleLinearSchedule(opt, o.epochs * epoch_samples, o.warmup_ratio, o.batch_size,
                                          cfg.goal.batch_lr_scaling)
     return opt, get_linear_schedule_with_warmup(opt, int(cfg.optim.warmup_ratio * total), total)
+
+
+def _adamw(groups, lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel over all parameters, the Trainer's default optimizer
+    ``adamw_torch_fused``) where this torch and device have it, else the for-each version."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
 def _controller(cfg: FinetuneConfig, model, opt, train: dict, steps_per_epoch: int, total: int) -> FreezeController:
