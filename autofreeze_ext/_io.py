@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, IO
 
@@ -28,5 +29,17 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -
 
 
 def atomic_json(path: str, obj: Any, indent: int = 1) -> None:
-    """:func:`atomic_write` of ``obj`` as JSON."""
-    atomic_write(path, lambda f: json.dump(obj, f, indent=indent))
+    """:func:`atomic_write` of ``obj`` as JSON (strict: a NaN or infinite float is written as
+    ``null``, which every JSON reader takes)."""
+    atomic_write(path, lambda f: json.dump(finite(obj), f, indent=indent, allow_nan=False))
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

@@ -24,6 +24,7 @@ from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 from .training.config import STABILITY_SIGNALS, option_fields, validate
+from .training.outputs import check_outputs
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -140,6 +141,8 @@ def _task_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
     t.add_argument("--save-model", default=None, metavar="DIR",
                    help="write the fine-tuned model and tokenizer here at the end (save_pretrained; loads with "
                         "AutoModelForSequenceClassification.from_pretrained(DIR))")
+    t.add_argument("--overwrite", action="store_true",
+                   help="let --save-model replace what a non-empty folder holds (refused otherwise)")
 
 
 def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
@@ -253,6 +256,9 @@ def main(argv: Optional[List[str]] = None, parts=None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs, prints and writes
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
+    if args.threads is not None and args.threads < 1:
+        print(f"autofreeze: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
@@ -268,29 +274,41 @@ def main(argv: Optional[List[str]] = None, parts=None) -> int:
 
 def _train(args, rank: int, parts=None) -> int:
     try:
+        cfgs = _configs(args)
+        reports = [finetune(cfg, parts) for cfg in cfgs]
+        if rank != 0:
+            return 0
+        print_table(compare_headers(reports), compare_table(reports))
+        _print_phases(reports)
         if args.cmd == "finetune":
-            _warn_unused_policy_options(args)
-            report = finetune(_config(args, args.mode), parts)
-            if rank != 0:
-                return 0
-            print_table(compare_headers([report]), compare_table([report]))
-            _print_phases([report])
-            _print_packing(report)
-            report["estimate"] = estimate_full_time(report)
-            print("\n".join(estimate_lines(report)))
-            _write(args, f"finetune_{mode_slug(args.mode)}", [report])
-        else:
-            modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-            reports = [finetune(_config(args, m, per_mode_dirs=True), parts) for m in modes]
-            if rank != 0:
-                return 0
-            print_table(compare_headers(reports), compare_table(reports))
-            _print_phases(reports)
-            _write(args, "compare", reports)
+            _print_packing(reports[0])
+            reports[0]["estimate"] = estimate_full_time(reports[0])
+            print("\n".join(estimate_lines(reports[0])))
+        _write(args, f"finetune_{mode_slug(args.mode)}" if args.cmd == "finetune" else "compare", reports)
     except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
+    errors = [r["save_error"] for r in reports if r.get("save_error")]
+    if errors:  # the run trained and its report is written; only the model could not be saved
+        print("autofreeze: error: " + "; ".join(errors) + f" (the report is in {args.out})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _configs(args) -> List[FinetuneConfig]:
+    """The run's configurations, every one checked (values, then output locations) before any
+    trains: a typo in the second mode of a comparison must not cost the first run."""
+    if args.cmd == "finetune":
+        _warn_unused_policy_options(args)
+        cfgs = [_config(args, args.mode)]
+    else:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if not modes:
+            raise ValueError("--modes: name at least one mode")
+        cfgs = [_config(args, m, per_mode_dirs=True) for m in modes]
+    for cfg in cfgs:
+        check_outputs(cfg, args.out)
+    return cfgs
 
 
 def info() -> int:

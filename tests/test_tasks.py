@@ -79,8 +79,13 @@ def test_dev_label_unseen_in_training_names_file_line_and_value(tmp_path):
 
 
 def test_integer_and_regression_labels(tmp_path):
-    ints = load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("c", "d", "2")]))
-    assert ints.label_space.kind == "ids" and ints.num_labels == 3 and ints.labels == [0, 2]
+    ints = load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("c", "d", "2"), ("e", "f", "1")]))
+    assert ints.label_space.kind == "ids" and ints.num_labels == 3 and ints.labels == [0, 2, 1]
+    # class ids with a gap: an error (class 1 would be a class no row teaches), unless asked for
+    with pytest.raises(DataError, match=r"class id\(s\) 1 never occur.*--label-kind classes to keep 3"):
+        load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("c", "d", "2")]))
+    gaps = load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("c", "d", "2")]), label_kind="classes")
+    assert gaps.num_labels == 3 and gaps.labels == [0, 2]
     reg = load_task(write(tmp_path, "jsonl", rows=[("a", "b", 3.8), ("c", "d", 5.0)]))
     assert reg.label_space.regression and reg.num_labels == 1 and reg.labels == [3.8, 5.0]
     forced = LabelSpace.infer(["1", "2"], lambda i: f"row {i}", kind="regression")
@@ -89,6 +94,16 @@ def test_integer_and_regression_labels(tmp_path):
         load_task(write(tmp_path, "tsv", rows=[("a", "b", "-1")]))
     with pytest.raises(DataError, match=r"data\.tsv:3: the label is empty"):
         load_task(write(tmp_path, "tsv", rows=[("a", "b", "1"), ("c", "d", " ")]))
+
+
+def test_labels_of_mixed_kinds_or_not_finite_are_errors(tmp_path):
+    with pytest.raises(DataError, match=r"data\.tsv:3: label 'nan' is not a finite number"):
+        load_task(write(tmp_path, "tsv", rows=[("a", "b", "1.5"), ("c", "d", "nan"), ("e", "f", "2.5")]))
+    with pytest.raises(DataError, match=r"mix numbers \(.*data\.tsv:2: '0'\) and names \(.*data\.tsv:4: "
+                                        r"'negative'\).*--label-kind classes"):
+        load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("c", "d", "1"), ("e", "f", "negative")]))
+    named = load_task(write(tmp_path, "tsv", rows=[("a", "b", "0"), ("e", "f", "negative")]), label_kind="classes")
+    assert named.label_space.names == ["0", "negative"]
 
 
 def test_records_and_datasets_objects():

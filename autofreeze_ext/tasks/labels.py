@@ -44,17 +44,24 @@ class LabelSpace:
     def infer(cls, values: Sequence, where: Callable[[int], str], kind: str = "auto") -> "LabelSpace":
         """The label space of the training labels ``values`` (``where(i)`` names row ``i``).
 
-        ``auto``: integers are class ids, other numbers regression targets, anything else
-        class names; ``classes`` treats numbers as class ids when integral, else as names;
-        ``regression`` needs numbers."""
+        ``auto``: integers are class ids (every id from 0 to the largest must occur), other
+        numbers regression targets, anything else class names; a file mixing numbers and names
+        is an error. ``classes`` treats numbers as class ids when integral (gaps allowed), else
+        everything as names; ``regression`` needs numbers. NaN or infinite labels are errors."""
         if kind not in KINDS:
             raise DataError(f"unknown label kind {kind!r}; known: {', '.join(KINDS)}")
         texts = [_text(v, where, i) for i, v in enumerate(values)]
+        _check_one_kind(texts, where, kind)
         ints = _all(texts, _as_int)
         if ints is not None and kind != "regression":
             for i, v in enumerate(ints):
                 if v < 0:
                     raise DataError(f"{where(i)}: label {v} is negative (class ids count from 0)")
+            missing = sorted(set(range(max(ints) + 1)) - set(ints))
+            if missing and kind == "auto":
+                raise DataError(f"class id(s) {', '.join(map(str, missing[:10]))} never occur in the training labels "
+                                f"(ids run 0..{max(ints)}): renumber the classes without gaps, or pass "
+                                f"--label-kind classes to keep {max(ints) + 1} classes")
             return cls("ids", [str(i) for i in range(max(ints) + 1)])
         if kind == "regression" or (kind == "auto" and _all(texts, _as_float) is not None):
             return cls("regression")  # encode() names any label that is not a number
@@ -78,6 +85,25 @@ class LabelSpace:
                                 f"(its classes: {', '.join(self.names[:20])})")
             out.append(ids[key])
         return out
+
+
+def _check_one_kind(texts: List[str], where, kind: str) -> None:
+    """No NaN or infinite label; in ``auto`` no file mixing numbers and names."""
+    numbers = []
+    for i, t in enumerate(texts):
+        try:
+            x = float(t)
+        except ValueError:
+            numbers.append(False)
+            continue
+        if not math.isfinite(x):
+            raise DataError(f"{where(i)}: label {t!r} is not a finite number")
+        numbers.append(True)
+    if kind == "auto" and any(numbers) and not all(numbers):
+        i, j = numbers.index(True), numbers.index(False)
+        raise DataError(f"the labels mix numbers ({where(i)}: {texts[i]!r}) and names ({where(j)}: {texts[j]!r}): a "
+                        "label file must be one kind; fix the file, or pass --label-kind classes to take every label "
+                        "as a class name")
 
 
 def _text(v, where, i: int) -> str:

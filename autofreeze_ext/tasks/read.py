@@ -81,5 +81,5 @@ def _read(pd, path: str, fmt: str, limit: Optional[int]):
             raise DataError(f"{path}: the file is empty")
         return pd.read_csv(path, **text)
     if fmt == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False, nrows=limit)
+        return pd.read_json(path, lines=True, dtype=False, nrows=limit, encoding="utf-8-sig")  # a BOM is skipped
     return pd.read_parquet(path)

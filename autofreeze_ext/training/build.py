@@ -28,6 +28,7 @@ from ..tasks import encode
 from .checkpoint import load_checkpoint
 from .config import FinetuneConfig, packing, pad_multiple, validate
 from .data import load_tasks
+from .outputs import check_outputs
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import make_mode_policy, split_mode
 from .prefix_clock import PrefixClock
@@ -72,6 +73,7 @@ class Run:
     checkpoint_due: bool = False  #: a part asks for a checkpoint at this step
     step_timing: Optional[StepTiming] = None  #: the step probe's reading when this step completed one
     saved_model: Optional[str] = None  #: where the ModelSaver part wrote the fine-tuned model
+    save_error: Optional[str] = None  #: why the ModelSaver part could not write it
     tokenizer: Any = None
     metric: str = "accuracy"  #: the dev metric that drives the comparison
 
@@ -89,11 +91,13 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     """Load data and model, build optimizer, schedule, controller, cache and runner; restore
     the checkpoint when resuming."""
     validate(cfg)
+    check_outputs(cfg)
     ctx = init_from_env(cfg.parallel.device)
     train_task, dev_task, metric = load_tasks(cfg)
     torch.manual_seed(cfg.optim.seed)
     model_path = cfg.run.model or default_model_path()
     model, tok = load_model_and_tokenizer(model_path, train_task.label_space)
+    _check_length_limit(cfg, model, model_path)
     model.to(ctx.device)
     if cfg.freeze.freeze_word_embeddings:
         model.get_input_embeddings().requires_grad_(False)
@@ -125,6 +129,18 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
               steps_per_epoch=len(sampler), cached=split_mode(cfg.freeze.mode)[1])
     _amp(run)
     return run
+
+
+def _check_length_limit(cfg: FinetuneConfig, model, model_path: str) -> None:
+    """``--max-length`` within the model's position embeddings (RoBERTa-style models keep two)."""
+    conf = model.config
+    limit = getattr(conf, "max_position_embeddings", None)
+    if limit and getattr(conf, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    if limit and cfg.data.max_length > limit:
+        raise ValueError(f"--max-length {cfg.data.max_length} is longer than the model's position limit ({limit} "
+                         f"tokens, max_position_embeddings in {model_path}/config.json): use --max-length {limit} "
+                         "or less")
 
 
 def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict], lengths):

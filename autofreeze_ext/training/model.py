@@ -37,6 +37,7 @@ def load_model_and_tokenizer(path: Optional[str], labels):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar per load would stand between the user and our messages
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # a head of another size (another task's checkpoint) is replaced by a fresh one

@@ -10,6 +10,7 @@ from .cost_goal import CostGoal
 from .epoch_end import EpochEnd
 from .evaluator import Evaluator
 from .faults import KillAt
+from .loss_guard import LossGuard, TrainingDiverged
 from .model_saver import ModelSaver
 from .packer import Packer
 from .progress import Progress
@@ -17,5 +18,5 @@ from .progress_bar import ProgressBar
 from .reporter import Reporter
 from .step_timer import StepTimer
 
-__all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "ModelSaver", "Packer", "Part", "Progress",
-           "ProgressBar", "Reporter", "StepTimer"]
+__all__ = ["Checkpointer", "CostGoal", "EpochEnd", "Evaluator", "KillAt", "LossGuard", "ModelSaver", "Packer", "Part",
+           "Progress", "ProgressBar", "Reporter", "StepTimer", "TrainingDiverged"]

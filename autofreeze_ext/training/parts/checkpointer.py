@@ -18,6 +18,17 @@ def rng_states(run) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
+def _check_finite(run) -> None:
+    """A model with NaN or infinite weights is never written over the last good checkpoint."""
+    from .loss_guard import TrainingDiverged
+
+    bad = next((n for n, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise TrainingDiverged(f"the weights became NaN or infinite by step {run.prog['step']} ({bad}): training "
+                               f"diverged; try a lower --lr (now {run.cfg.optim.lr:g}); the last good checkpoint "
+                               f"stays in {run.cfg.run.checkpoint_dir}")
+
+
 class Checkpointer(Part):
     """Writes the checkpoint (atomically; rank 0 writes, every rank's RNG stream is gathered):
     model, optimizer, schedule, controller, sampler position, AMP scaler, the cache's identity
@@ -37,6 +48,7 @@ class Checkpointer(Part):
     def save(self, run) -> None:
         if not run.ckpt_path:
             return
+        _check_finite(run)
         if run.cache is not None:
             run.cache.flush()
         rngs = [rng_states(run)]

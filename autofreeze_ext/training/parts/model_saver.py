@@ -13,7 +13,9 @@ class ModelSaver(Part):
     """Writes ``save_pretrained`` of the model (every block, frozen ones included) and of the
     tokenizer into ``folder`` once training has run to its end (not when a run stops to be
     relaunched). Only the main rank writes; the folder then loads with
-    ``AutoModelForSequenceClassification.from_pretrained(folder)``."""
+    ``AutoModelForSequenceClassification.from_pretrained(folder)``. A write that fails (the
+    folder was checked before training, but a disk can fill) is logged and kept in the report's
+    ``save_error``: the run's report is written all the same."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -22,9 +24,14 @@ class ModelSaver(Part):
         finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stop == "stop_after_steps"
         if not finished or not run.ctx.is_main:
             return
-        os.makedirs(self.folder, exist_ok=True)
-        run.model.save_pretrained(self.folder)
-        if run.tokenizer is not None:
-            run.tokenizer.save_pretrained(self.folder)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            run.model.save_pretrained(self.folder)
+            if run.tokenizer is not None:
+                run.tokenizer.save_pretrained(self.folder)
+        except OSError as exc:  # the report is still written; it says where saving failed
+            run.save_error = f"could not save the model to {self.folder}: {exc.strerror or exc}"
+            log.error("%s", run.save_error)
+            return
         run.saved_model = os.path.abspath(self.folder)
         log.info("model and tokenizer saved to %s", run.saved_model)

@@ -1,0 +1,128 @@
+"""Bad input and faults: a one-line error before anything trains, and nothing lost at the end.
+
+Each test names the fault it stands for in the README's "Faults and bad input" table."""
+import json
+import os
+
+import pytest
+
+from autofreeze_ext._io import atomic_json
+from test_cli import run, write_tsv
+
+pytestmark = pytest.mark.reference
+
+
+@pytest.fixture()
+def task(tmp_path):
+    return write_tsv(tmp_path / "train.tsv", 24), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+
+
+def finetune(tiny_ckpt, task, tmp_path, capsys, *extra, cmd="finetune"):
+    out = str(tmp_path / "out")
+    args = [cmd, "--model", tiny_ckpt, "--train", task[0], "--dev", task[1], "--epochs", "1", "--batch-size", "8",
+            "--max-length", "12", "--no-progress", "--no-plot", "--out", out, *extra]
+    if cmd == "finetune" and "--mode" not in extra:
+        args += ["--mode", "full"]
+    return run(args, capsys)
+
+
+def refused_before_training(rc, stdout, err, match):
+    assert rc == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("autofreeze: error:")]
+    assert len(errors) == 1 and match in errors[0], err
+    assert "Traceback" not in err and "train time" not in stdout  # nothing trained
+
+
+def test_compare_checks_every_mode_before_the_first_trains(tiny_ckpt, task, tmp_path, capsys):
+    saved = tmp_path / "saved"
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--modes", "full,autofreze+cache",
+                               "--save-model", str(saved), cmd="compare")
+    refused_before_training(rc, stdout, err, "unknown mode 'autofreze+cache'")
+    assert not (saved / "full").exists()  # the first mode did not train (and save) first
+
+
+@pytest.mark.parametrize("option", ["--out", "--save-model", "--checkpoint-dir"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_training(option, tiny_ckpt, task, tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, option, str(a_file))
+    refused_before_training(rc, stdout, err, f"{option} {a_file}: a file of that name exists")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, option, "/proc/self/autofreeze-out")
+    refused_before_training(rc, stdout, err, "cannot write there")
+
+
+def test_save_model_refuses_a_folder_with_files_unless_overwrite(tiny_ckpt, task, tmp_path, capsys):
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--save-model", str(folder))
+    refused_before_training(rc, stdout, err, "not empty; pass --overwrite")
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--save-model", str(folder), "--overwrite")
+    assert rc == 0, err
+    assert json.loads((folder / "config.json").read_text())["architectures"]
+
+
+def test_a_failed_save_at_the_end_still_writes_the_report(tiny_ckpt, task, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def full_disk(self, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full_disk)
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--save-model", str(tmp_path / "saved"))
+    assert rc == 1 and "could not save the model" in err and "No space left" in err, err
+    rep = json.loads((tmp_path / "out" / "finetune_full.json").read_text())
+    assert rep["saved_model"] is None and "No space left" in rep["save_error"] and rep["steps"] == 3
+
+
+def test_custom_train_without_dev_is_refused(tiny_ckpt, task, tmp_path, capsys):
+    rc, stdout, err = run(["finetune", "--model", tiny_ckpt, "--train", task[0], "--max-length", "12",
+                           "--no-progress", "--out", str(tmp_path / "o")], capsys)
+    refused_before_training(rc, stdout, err, "without --dev")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (("--max-length", "100"), "longer than the model's position limit (32 tokens"),
+    (("--threads", "0"), "--threads must be >= 1"),
+    (("--grad-accum", "16"), "--grad-accum 16 is larger than --batch-size 8"),
+])
+def test_numbers_out_of_range_are_refused(extra, match, tiny_ckpt, task, tmp_path, capsys):
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, *extra)
+    refused_before_training(rc, stdout, err, match)
+
+
+def test_stale_checkpoint_temporaries_are_removed(tiny_ckpt, task, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    stale = ck / "checkpoint.pt.tmp999999999"  # no such process: a write a kill -9 interrupted
+    stale.write_bytes(b"half a checkpoint")
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(ck))
+    assert rc == 0, err
+    assert not stale.exists() and (ck / "checkpoint.pt").exists()
+
+
+def test_report_json_is_strict_json(tmp_path):
+    path = str(tmp_path / "r.json")
+    atomic_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": 2.5})
+    text = open(path).read()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2.5}
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_reads(tmp_path):
+    from autofreeze_ext.tasks import load_task
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"sentence": "good film", "label": 1}\n{"sentence": "bad", "label": 0}\n')
+    assert load_task(str(path)).labels == [1, 0]
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_ckpt, task, tmp_path, capsys):
+    import torch
+
+    ck = tmp_path / "ck"
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--lr", "inf", "--checkpoint-dir", str(ck),
+                               "--checkpoint-every", "1")
+    assert rc == 2 and "training diverged" in err and "Traceback" not in err, err
+    if (ck / "checkpoint.pt").exists():  # whatever is on disk holds finite weights
+        state = torch.load(ck / "checkpoint.pt", weights_only=False)
+        assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
