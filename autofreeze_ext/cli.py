@@ -288,6 +288,12 @@ def _train(args, rank: int, parts=None) -> int:
     except (DataError, ModelError, CacheError, ValueError) as exc:
         print(f"autofreeze: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        ck = getattr(args, "checkpoint_dir", None)
+        where = (f"the last checkpoint is in {ck}: continue with the same command and --resume" if ck else
+                 "no --checkpoint-dir was given, so there is nothing to resume from")
+        print(f"autofreeze: interrupted; {where}", file=sys.stderr)
+        return 130
     errors = [r["save_error"] for r in reports if r.get("save_error")]
     if errors:  # the run trained and its report is written; only the model could not be saved
         print("autofreeze: error: " + "; ".join(errors) + f" (the report is in {args.out})", file=sys.stderr)

@@ -126,3 +126,100 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint(
     if (ck / "checkpoint.pt").exists():  # whatever is on disk holds finite weights
         state = torch.load(ck / "checkpoint.pt", weights_only=False)
         assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def _checkpointed(tiny_ckpt, task, tmp_path, capsys, *extra):
+    ck = tmp_path / "ck"
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(ck), "--checkpoint-every", "1",
+                          *extra)
+    assert rc == 0, err
+    return ck
+
+
+@pytest.mark.parametrize("changed, match", [
+    (("--max-length", "10"), "--max-length 12 there, 10 now"),
+    (("--batch-size", "4"), "--batch-size 8 there, 4 now"),
+])
+def test_resume_refuses_options_that_differ_from_the_checkpoint(changed, match, tiny_ckpt, task, tmp_path, capsys):
+    ck = _checkpointed(tiny_ckpt, task, tmp_path, capsys, "--stop-after-steps", "2")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(ck), "--resume", *changed)
+    refused_before_training(rc, stdout, err, match)
+
+
+def test_resume_on_an_empty_folder_says_it_starts_fresh(tiny_ckpt, task, tmp_path, capsys, caplog):
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "empty"), "--resume")
+    assert rc == 0, err
+    assert "no checkpoint in" in caplog.text and "starting fresh" in caplog.text
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(tiny_ckpt, task, tmp_path, capsys, caplog):
+    ck = _checkpointed(tiny_ckpt, task, tmp_path, capsys, "--stop-after-steps", "2")
+    assert (ck / "checkpoint.pt.prev").exists()  # step 1's, kept until step 2's was complete
+    data = (ck / "checkpoint.pt").read_bytes()
+    (ck / "checkpoint.pt").write_bytes(data[:len(data) // 2])  # truncated
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(ck), "--resume")
+    assert rc == 0, err
+    assert "resuming from the checkpoint before it" in caplog.text
+    assert json.loads((tmp_path / "out" / "finetune_full.json").read_text())["resumed_at_steps"] == [1]
+    (ck / "checkpoint.pt").write_bytes(b"junk")
+    (ck / "checkpoint.pt.prev").write_bytes(b"junk")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(ck), "--resume")
+    refused_before_training(rc, stdout, err, "neither checkpoint can be read")
+
+
+def test_a_truncated_model_file_is_a_clear_error(tiny_ckpt, task, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    rc, stdout, err = run(["finetune", "--model", str(broken), "--train", task[0], "--dev", task[1],
+                           "--max-length", "12", "--no-progress", "--out", str(tmp_path / "o")], capsys)
+    refused_before_training(rc, stdout, err, "cannot load a sequence classifier")
+
+
+def test_ctrl_c_stops_cleanly_and_names_the_checkpoint(tiny_ckpt, task, tmp_path, capsys):
+    from autofreeze_ext.training.parts import Part
+
+    class CtrlC(Part):
+        def after_step(self, run, res):
+            if run.prog["step"] == 2:
+                raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    rc = __import__("autofreeze_ext.cli", fromlist=["main"]).main(
+        ["finetune", "--mode", "full", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1], "--epochs", "1",
+         "--batch-size", "8", "--max-length", "12", "--no-progress", "--no-plot", "--out", str(tmp_path / "o"),
+         "--checkpoint-dir", str(ck), "--checkpoint-every", "1"], parts=[CtrlC()])
+    err = capsys.readouterr().err
+    assert rc == 130 and f"interrupted; the last checkpoint is in {ck}" in err and "Traceback" not in err, err
+    assert (ck / "checkpoint.pt").exists()
+
+
+def test_a_cache_folder_in_use_by_another_run_is_refused(tiny_ckpt, task, tmp_path, capsys):
+    """Two runs on one --cache-dir would read each other's records: the second is refused while
+    the first holds the folder, and may use it once the first is gone (a crash releases it too)."""
+    from autofreeze_ext.cache import ActivationCache
+
+    other = ActivationCache(str(tmp_path / "c" / "activations"), memory_budget=0, fingerprint="another run")
+    rc, stdout, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--mode", "static:2+cache", "--cache-dir",
+                               str(tmp_path / "c"))
+    refused_before_training(rc, stdout, err, "is in use by process")
+    other.close()
+    rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--mode", "static:2+cache", "--cache-dir",
+                          str(tmp_path / "c"))
+    assert rc == 0, err
+
+
+def test_two_trainers_on_one_cache_dir_each_get_a_folder(tmp_path):
+    pytest.importorskip("transformers")
+    from autofreeze_ext.cache import ActivationCache
+    from test_hf_trainer import make
+
+    other = ActivationCache(str(tmp_path / "shared"), memory_budget=0, fingerprint="another run")
+    trainer = make(tmp_path / "t", cache=True, epochs=4, cache_dir=str(tmp_path / "shared"), cache_memory="0")
+    trainer.train()
+    assert trainer.cache_counters["hits_disk"] > 0  # it cached on disk, in a folder of its own
+    assert [p.name.startswith("run-") for p in (tmp_path / "shared").iterdir() if p.is_dir()] == [True]
+    other.close()

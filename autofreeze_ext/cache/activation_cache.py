@@ -50,6 +50,10 @@ class CacheError(OSError):
     """The cache cannot be used as configured (e.g. its path is not writable)."""
 
 
+class CacheInUse(CacheError):
+    """Another live process holds the cache's folder (two runs must not share one)."""
+
+
 def parse_bytes(v: Bytes) -> Optional[int]:
     """``1024``, ``"512MiB"``, ``"2G"``, ``"1.5GB"`` -> bytes; ``None`` -> None (no limit)."""
     if v is None or isinstance(v, int):
@@ -110,17 +114,22 @@ class ActivationCache:
         self.stats = {"hits_ram": 0, "hits_disk": 0, "misses": 0, "failed_reads": 0, "puts_ram": 0,
                       "puts_disk": 0, "puts_rejected": 0, "bytes_put": 0, "read_s": 0.0, "write_s": 0.0, "prefetched": 0}
         self.disk_note = "no disk tier"
+        self._lock = None
         if path is not None:
             env_backend = os.environ.get("AUTOFREEZE_IO_BACKEND")
             store = _C.RecordStore if _C is not None else PyRecordStore
             try:
                 os.makedirs(path, exist_ok=True)
+                self._lock = _lock_folder(path)
                 self._store = store(
                     path, backend=env_backend or io_backend, direct=direct, queue_depth=int(queue_depth),
                     segment_bytes=parse_bytes(segment_bytes), write_queue_bytes=parse_bytes(write_queue_bytes),
                     disk_budget=self.disk_budget or 0, fingerprint=self.fingerprint,
                     pin=self.device.type == "cuda")
+            except CacheInUse:
+                raise
             except (OSError, RuntimeError) as exc:
+                self._unlock()
                 raise CacheError(f"cannot use {path} as an activation cache: {exc}") from exc
             if _C is None:
                 self._warn_once("nocore", f"autofreeze_ext._C is not available: the cache at {path} uses the "
@@ -381,6 +390,12 @@ class ActivationCache:
             finally:
                 self._store.close()
                 self._store = None
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # closing the descriptor releases the lock (a crash releases it too)
+            self._lock = None
 
     def __enter__(self) -> "ActivationCache":
         return self
@@ -394,6 +409,27 @@ class ActivationCache:
                 self._store.close()
         except Exception:
             pass
+
+
+def _lock_folder(path: str):
+    """An exclusive advisory lock on ``path/.lock`` held while the cache is open (released by the
+    kernel when the process dies); :class:`CacheInUse` when another process holds it."""
+    import fcntl
+
+    f = open(os.path.join(path, ".lock"), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise CacheInUse(f"the activation cache folder {path} is in use by {holder}: two runs sharing one folder "
+                         "would read each other's records; give each run its own --cache-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()}")
+    f.flush()
+    return f
 
 
 def _to_host(outputs) -> List[torch.Tensor]:

@@ -26,13 +26,14 @@ communication for frozen blocks.
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import Optional, Union
 
 import torch
 
-from ..cache.activation_cache import ActivationCache
+from ..cache.activation_cache import ActivationCache, CacheInUse
 from ..freezing.prefix import FrozenPrefixRunner
 from ..policies import FreezePolicy, PolicyOptions
 from .hf_callback import AutoFreezeCallback
@@ -44,6 +45,7 @@ except ImportError:  # transformers is optional
     Trainer = object  # type: ignore[misc,assignment]
 
 INDEX = "sample_index"
+logger = logging.getLogger("autofreeze_ext")
 
 
 def groups_by_length(args) -> bool:
@@ -147,8 +149,13 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if self._runner is None or self._runner.controller is not ctl:
             device = next(self.model.parameters()).device
             # a fresh fingerprint per training run: a disk tier left by an earlier run is never read
-            self.cache = ActivationCache(device=device, fingerprint={"trainer_run": uuid.uuid4().hex},
-                                         **self.cache_options)
+            run = uuid.uuid4().hex
+            try:
+                self.cache = ActivationCache(device=device, fingerprint={"trainer_run": run}, **self.cache_options)
+            except CacheInUse as exc:  # another live run holds the folder: this one takes a folder of its own
+                opts = {**self.cache_options, "path": os.path.join(self.cache_options["path"], f"run-{run}")}
+                logger.warning("%s; this run caches in %s instead", exc, opts["path"])
+                self.cache = ActivationCache(device=device, fingerprint={"trainer_run": run}, **opts)
             self._runner = FrozenPrefixRunner(self.model, ctl, self.cache, cost_model=self.cost_model)
         return self._runner
 

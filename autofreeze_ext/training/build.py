@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..batching import TrimCollate, row_lengths
-from ..cache.activation_cache import ActivationCache, CacheError
+from ..cache.activation_cache import ActivationCache, CacheError, CacheInUse
 from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 from ..freezing.adapters import resolve_layout
 from ..freezing.controller import FreezeController
@@ -107,7 +107,7 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     train = encode(train_task, tok, cfg.data.max_length, pad_to_max=pad_to_max)
     dev = encode(dev_task, tok, cfg.data.max_length)  # evaluation pads each batch to its longest row
     ckpt_path = os.path.join(cfg.run.checkpoint_dir, "checkpoint.pt") if cfg.run.checkpoint_dir else None
-    state = load_checkpoint(ckpt_path) if cfg.run.resume and ckpt_path and os.path.exists(ckpt_path) else None
+    state = _resume_state(cfg, ckpt_path)
     lengths = row_lengths(train) if cfg.data.batching == "grouped" else None
     sampler = _sampler(cfg, ctx, len(train_task.labels), state, lengths)
     # its own generator: a DataLoader iterator otherwise draws from the global RNG when it is
@@ -129,6 +129,16 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
               steps_per_epoch=len(sampler), cached=split_mode(cfg.freeze.mode)[1])
     _amp(run)
     return run
+
+
+def _resume_state(cfg: FinetuneConfig, ckpt_path: Optional[str]) -> Optional[dict]:
+    """The checkpoint to resume from (``--resume``), or None with a word when there is none."""
+    if not cfg.run.resume or not ckpt_path:
+        return None
+    if os.path.exists(ckpt_path) or os.path.exists(ckpt_path + ".prev"):
+        return load_checkpoint(ckpt_path)
+    log.warning("--resume: no checkpoint in %s, starting fresh", cfg.run.checkpoint_dir)
+    return None
 
 
 def _check_length_limit(cfg: FinetuneConfig, model, model_path: str) -> None:
@@ -234,6 +244,8 @@ def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistCont
     try:
         return ActivationCache(path, memory_budget=cfg.cache.memory, disk_budget=cfg.cache.disk, fingerprint=fp,
                                device=ctx.device)
+    except CacheInUse:
+        raise
     except CacheError as exc:
         warnings.warn(f"{exc}; the disk tier is off, caching in RAM only", RuntimeWarning, stacklevel=2)
         log.warning("%s; the disk tier is off, caching in RAM only", exc)

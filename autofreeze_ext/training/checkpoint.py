@@ -1,8 +1,8 @@
 """The checkpoint file: versioned, written atomically, migrated once from older versions."""
 from __future__ import annotations
 
-import functools
 import logging
+import os
 
 import torch
 
@@ -13,9 +13,35 @@ log = logging.getLogger("autofreeze_ext")
 VERSION = 3
 
 
+#: options a resumed run may change (where it writes, how it reports); every other must match
+MAY_DIFFER = frozenset({"resume", "progress", "checkpoint_every", "stop_after_steps", "save_model", "overwrite",
+                        "cache_dir", "cache_memory", "cache_disk", "device", "evals_per_epoch", "dev", "metric"})
+
+
+def previous(path: str) -> str:
+    """Where the checkpoint before the newest is kept until the newest is complete."""
+    return path + ".prev"
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint and bring it to :data:`VERSION` (one migration function per old version)."""
-    state = torch.load(path, weights_only=False)
+    """Read the newest checkpoint, or the one before it when the newest cannot be read (truncated,
+    damaged): :class:`ValueError` when neither can. Brought to :data:`VERSION`."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+        older = previous(path)
+        if not os.path.exists(older):
+            raise ValueError(f"{path}: the checkpoint cannot be read ({exc}) and there is no earlier one: start "
+                             "fresh without --resume, or in another --checkpoint-dir") from None
+        log.warning("%s cannot be read (%s): resuming from the checkpoint before it, %s", path, exc, older)
+        try:
+            state = torch.load(older, weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise ValueError(f"{path} and {older}: neither checkpoint can be read ({exc2})") from None
+    return _migrate(path, state)
+
+
+def _migrate(path: str, state: dict) -> dict:
     if state.get("version", 1) == 1:
         state = _from_v1(state)
     if state["version"] == 2:
@@ -26,8 +52,23 @@ def load_checkpoint(path: str) -> dict:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` as a version-:data:`VERSION` checkpoint, atomically."""
-    atomic_write(path, functools.partial(torch.save, {**state, "version": VERSION}), binary=True)
+    """Write ``state`` as a version-:data:`VERSION` checkpoint, atomically; the checkpoint it
+    replaces is kept as :func:`previous` (the fallback when the newest is damaged)."""
+    def write(f):
+        torch.save({**state, "version": VERSION}, f)
+        if os.path.exists(path):  # the new one is complete in its temporary file by now
+            os.replace(path, previous(path))
+    atomic_write(path, write, binary=True)
+
+
+def check_options(path: str, saved: dict, now: dict) -> None:
+    """A resumed run's options against the checkpoint's: every one outside :data:`MAY_DIFFER`
+    must match (``ValueError`` naming both values)."""
+    diff = [(k, saved[k], now[k]) for k in sorted(saved) if k in now and k not in MAY_DIFFER and saved[k] != now[k]]
+    if diff:
+        said = "; ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, a, b in diff)
+        raise ValueError(f"{path} was written with other options ({said}): resume with the checkpoint's options, "
+                         "or start fresh in another --checkpoint-dir")
 
 
 def _from_v1(state: dict) -> dict:
@@ -58,10 +99,17 @@ def _from_v2(state: dict) -> dict:
     return state
 
 
+def resume_options(run) -> dict:
+    """What a checkpoint records of the run's options: all of them, with the model's real path."""
+    return {**run.cfg.options(), "model": run.model_path}
+
+
 def restore(run, state: dict) -> None:
     """Load model, controller (before the optimizer: it removes frozen parameters), optimizer,
     schedule, sampler, AMP scaler and this rank's RNG stream."""
     cfg, ctx = run.cfg, run.ctx
+    if "options" in state:
+        check_options(run.ckpt_path, state["options"], resume_options(run))
     if state["mode"] != cfg.freeze.mode:
         raise ValueError(f"{run.ckpt_path} was written by mode {state['mode']!r}, not {cfg.freeze.mode!r}")
     if state.get("packing", False) != run.packing:

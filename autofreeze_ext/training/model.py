@@ -43,8 +43,9 @@ def load_model_and_tokenizer(path: Optional[str], labels):
         # a head of another size (another task's checkpoint) is replaced by a fresh one
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, ignore_mismatched_sizes=True,
                                                                    **_label_config(labels))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{path}: cannot load a sequence classifier and its tokenizer from it ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged weights file fails in the loader's own exception types
+        raise ModelError(f"{path}: cannot load a sequence classifier and its tokenizer from it "
+                         f"({type(exc).__name__}: {exc})") from exc
     return model, tok
 
 

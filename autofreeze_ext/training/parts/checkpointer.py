@@ -6,7 +6,7 @@ from typing import List
 
 import torch
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import resume_options, save_checkpoint
 from .base import Part
 
 
@@ -63,6 +63,7 @@ class Checkpointer(Part):
         cache = run.cache
         save_checkpoint(run.ckpt_path, {
             "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog["step"],
+            "options": resume_options(run),
             "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
             "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0]["cpu"],
