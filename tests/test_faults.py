@@ -223,3 +223,20 @@ def test_two_trainers_on_one_cache_dir_each_get_a_folder(tmp_path):
     assert trainer.cache_counters["hits_disk"] > 0  # it cached on disk, in a folder of its own
     assert [p.name.startswith("run-") for p in (tmp_path / "shared").iterdir() if p.is_dir()] == [True]
     other.close()
+
+
+def test_parse_errors_name_the_line_and_the_separator(tmp_path):
+    from autofreeze_ext.tasks import DataError, load_task
+
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad" "label": 0}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2: cannot read it as JSONL"):
+        load_task(str(bad))
+    semi = tmp_path / "s.csv"
+    semi.write_text("sentence;label\ngood;1\nbad;0\n")
+    with pytest.raises(DataError, match="looks separated by semicolons; TSV needs tabs and CSV commas"):
+        load_task(str(semi))
+    commas = tmp_path / "c.tsv"
+    commas.write_text("sentence,label\ngood,1\n")
+    with pytest.raises(DataError, match=r"separated by commas \(name it \.csv or pass --format csv\)"):
+        load_task(str(commas))

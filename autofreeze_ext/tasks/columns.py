@@ -49,7 +49,19 @@ def _default_texts(lower: dict, names: Sequence[str], where: str):
             return lower[a], (lower[b] if b else None)
     known: List[str] = [a if b is None else f"{a}/{b}" for a, b in DEFAULT_TEXT_COLUMNS]
     raise DataError(f"{where}: no text column found among {list(names)}; expected one of {', '.join(known)}, "
-                    "or pass --text-column (and --text-pair-column for pairs)")
+                    f"or pass --text-column (and --text-pair-column for pairs){_separator_hint(names)}")
+
+
+def _separator_hint(names: Sequence[str]) -> str:
+    """A header read as one column that holds another separator: say which."""
+    if len(names) != 1:
+        return ""
+    for sep, what in (("\t", "tabs (name it .tsv or pass --format tsv)"),
+                      (",", "commas (name it .csv or pass --format csv)"), (";", "semicolons"), ("|", "bars")):
+        if sep in str(names[0]):
+            return (f"; the header reads as one column: the file looks separated by {what}"
+                    + ("; TSV needs tabs and CSV commas" if sep in ";|" else ""))
+    return ""
 
 
 def _default_label(lower: dict, names: Sequence[str], where: str) -> str:

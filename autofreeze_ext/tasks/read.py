@@ -47,6 +47,20 @@ class Table:
         return f"{self.path} (row {i})"
 
 
+def _bad_json_line(path: str) -> Optional[str]:
+    """``path:LINE`` of the first line of a JSON Lines file that is not one JSON value."""
+    import json
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return f"{path}:{n}"
+    return None
+
+
 def read_table(path: str, fmt: Optional[str] = None, limit: Optional[int] = None) -> Table:
     """The first ``limit`` rows (all when ``None``) of ``path``. TSV is read without quoting
     (GLUE's files hold bare ``"`` characters), CSV with standard quoting."""
@@ -61,8 +75,9 @@ def read_table(path: str, fmt: Optional[str] = None, limit: Optional[int] = None
         frame = _read(pd, path, fmt, limit)
     except DataError:
         raise
-    except Exception as exc:  # pandas/pyarrow parser errors name the line
-        raise DataError(f"{path}: cannot read it as {fmt.upper()} ({exc})") from exc
+    except Exception as exc:  # pandas/pyarrow parser errors name the line (JSON's a byte offset)
+        where = _bad_json_line(path) if fmt == "jsonl" else None
+        raise DataError(f"{where or path}: cannot read it as {fmt.upper()} ({exc})") from exc
     if limit is not None:
         frame = frame.iloc[:limit]
     if len(frame) == 0:
