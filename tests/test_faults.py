@@ -240,3 +240,20 @@ def test_parse_errors_name_the_line_and_the_separator(tmp_path):
     commas.write_text("sentence,label\ngood,1\n")
     with pytest.raises(DataError, match=r"separated by commas \(name it \.csv or pass --format csv\)"):
         load_task(str(commas))
+
+
+def test_the_trainer_callback_stops_a_diverging_run(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from autofreeze_ext.integrations import AutoFreezeCallback
+    from autofreeze_ext.training.parts import TrainingDiverged
+    from models import tiny_bert
+    from test_hf_callback import DS
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=2,
+                                          learning_rate=float("inf"), logging_steps=1, report_to=[], use_cpu=True,
+                                          save_strategy="no", disable_tqdm=True)
+    trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=DS(),
+                                   callbacks=[AutoFreezeCallback("gradient")])
+    with pytest.raises(TrainingDiverged, match="training diverged by step"):
+        trainer.train()
+    assert trainer.state.global_step < 12  # it stopped, not ran to the end

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 from typing import Optional, Union
 
@@ -144,6 +145,20 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             m.requires_grad_(False)
         self._pending_state = state
         return depth
+
+    def on_log(self, args, state, control, logs=None, model=None, **kw):
+        """Training diverged (a NaN/infinite logged loss, or weights that became NaN/infinite,
+        which the Trainer's NaN filter would hide from the log): stop with an error."""
+        loss = (logs or {}).get("loss")
+        bad = loss is not None and not math.isfinite(float(loss))
+        if not bad and model is not None:
+            bad = any(not bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+        if bad:
+            from ..training.parts.loss_guard import TrainingDiverged
+
+            raise TrainingDiverged(f"AutoFreezeCallback: training diverged by step {state.global_step} (the loss or "
+                                   f"the weights became NaN or infinite); try a lower learning_rate "
+                                   f"(now {args.learning_rate:g})")
 
     def on_save(self, args, state, control, **kw):
         if self.controller is None:
