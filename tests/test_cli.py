@@ -251,7 +251,7 @@ def test_policy_option_runs_the_stability_policy_and_plots_its_story(tiny_ckpt, 
 
 def test_policy_option_errors(tiny_ckpt, task, tmp_path, capsys):
     rc, _, err = run(["finetune", "--policy", "budget", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
-                      "--no-progress", "--out", str(tmp_path)], capsys)
+                      "--max-length", "12", "--no-progress", "--out", str(tmp_path)], capsys)
     assert rc == 2 and "--target-speedup" in err
     with pytest.raises(SystemExit):
         cli.main(["finetune", "--policy", "nope"])
@@ -269,7 +269,7 @@ def test_scheduled_static_mode_soft_freeze_and_frozen_word_embeddings(tiny_ckpt,
     assert events == [("anneal", 6), ("freeze", 8)]  # decided at step 6, faded over 2 steps
     assert rep["frozen_depth"][-1]["depth"] == 3 and rep["policy"].startswith("ScheduledFreeze")
     rc, _, err = run(["finetune", "--mode", "static:9@2", "--model", tiny_ckpt, "--train", task[0], "--dev", task[1],
-                      "--no-progress", "--out", str(out)], capsys)
+                      "--max-length", "12", "--no-progress", "--out", str(out)], capsys)
     assert rc == 2 and "static:K@STEP" in err
 
 

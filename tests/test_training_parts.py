@@ -136,8 +136,8 @@ def test_config_sections_take_and_give_back_the_flat_options():
     assert cfg.freeze.policy == "x" and cfg.data.max_length == 64  # the rest keep their defaults
     opts = cfg.options()
     assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and opts["freeze_at"] == 0.8
-    assert len(opts) == 61  # one per CLI option; a new option must be added to a section
-    assert opts["batching"] == "grouped" and opts["pad_to_multiple_of"] is None
+    assert len(opts) == 62  # one per CLI option; a new option must be added to a section
+    assert opts["batching"] == "grouped" and opts["pad_to_multiple_of"] is None and opts["overwrite"] is False
     assert FinetuneConfig.from_options(**opts) == cfg
     with pytest.raises(TypeError, match="batchsize"):
         FinetuneConfig.from_options(batchsize=8)
@@ -206,6 +206,7 @@ def test_checkpointer_writes_every_parts_state_into_the_file(tmp_path):
                         ctl=types.SimpleNamespace(frozen_depth=1, num_blocks=4, state_dict=lambda: {"depth": 1}),
                         sampler=types.SimpleNamespace(position=3, state_dict=lambda: {"position": 3}),
                         ckpt_path=str(tmp_path / "ck" / "checkpoint.pt"), run_id="r", packing=False, scaler=None,
+                        model_path="m",
                         cfg=FinetuneConfig.from_options(checkpoint_dir=str(tmp_path / "ck")))
     run.ctx.device = torch.device("cpu")
     Checkpointer([prog, timer, Packer(timer)]).save(run)
