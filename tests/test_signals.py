@@ -201,3 +201,28 @@ def test_probe_loss_stops_once_the_learning_guard_passed_and_decisions_stay_the_
     k = learned // 5  # intervals up to and including the one that passed
     assert all(isinstance(v, float) for v in losses[:k]) and losses[k:] == [None] * (len(losses) - k)
     assert calls == k < calls_b == len(losses_b)
+
+
+def test_probe_signals_see_the_same_tokens_whatever_the_padding():
+    """The probe batch padded to 64 or cut to its longest row: the same real tokens reach the
+    drift signals and the same loss the learning guard (padding is masked and dropped)."""
+    from autofreeze_ext.batching import trim_batch
+    from autofreeze_ext.signals.probe import ProbeForward
+
+    from models import tiny_bert
+
+    model = tiny_bert(num_layers=2)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 20, (6,), generator=g)
+    mask = (torch.arange(30)[None] < lengths[:, None]).long()
+    probe = {"input_ids": torch.randint(1, 100, (6, 30), generator=g) * mask, "attention_mask": mask,
+             "labels": torch.tensor([0, 1, 0, 1, 1, 0])}
+    ctl = type("C", (), {"model": model, "global_step": 0,
+                         "layout": __import__("autofreeze_ext").freezing.adapters.resolve_layout(model)})()
+    wide, wide_loss = ProbeForward(probe).run(ctl, [0, 1])
+    cut, cut_loss = ProbeForward(trim_batch(probe)).run(ctl, [0, 1])
+    assert trim_batch(probe)["input_ids"].shape[1] == int(lengths.max()) < 30
+    for b in (0, 1):
+        assert wide[b].shape == cut[b].shape == (int(lengths.sum()), 32)
+        torch.testing.assert_close(wide[b], cut[b], rtol=1e-5, atol=1e-6)
+    assert wide_loss == pytest.approx(cut_loss, rel=1e-6)
