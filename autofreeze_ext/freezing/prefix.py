@@ -95,8 +95,8 @@ class FrozenPrefixRunner:
         t0 = now(self._device)
         hits = self.cache.get(idx)
         self.timers["cache_io"] += now(self._device) - t0
-        mask = batch.get("attention_mask")
-        lengths = _real_tokens(mask)
+        mask = _token_mask(batch)
+        lengths = mask.sum(1).tolist() if mask is not None else None
         groups: Dict[int, List[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
             # Until a real block has run, the stubs do not know the blocks' output format:
@@ -113,7 +113,7 @@ class FrozenPrefixRunner:
                     rows[p] = hits[idx[p]][1]
                 continue
             sub = _select(batch, positions, len(idx))
-            sub_mask = sub.get("attention_mask") if lengths is not None else None
+            sub_mask = sub["attention_mask"] if mask is not None else None
             start = _pad([hits[idx[p]][1] for p in positions], sub_mask) if d > 0 else None
             t0 = now(self._device)
             h = self.advance(sub, d, start, depth)
@@ -128,7 +128,7 @@ class FrozenPrefixRunner:
                 self.timers["cache_io"] += now(self._device) - t0
             for k, p in enumerate(positions):
                 rows[p] = parts[k]
-        return self.run_suffix(batch, _pad(rows, mask if lengths is not None else None), depth)
+        return self.run_suffix(batch, _pad(rows, mask), depth)
 
     def advance(self, batch: dict, from_depth: int, start: Optional[torch.Tensor], to_depth: int) -> torch.Tensor:
         """Block-``to_depth`` output of ``batch``, starting from the block-``from_depth`` output
@@ -207,11 +207,11 @@ def _make_stub(out):
     return stub
 
 
-def _real_tokens(mask: Optional[torch.Tensor]) -> Optional[List[int]]:
-    """Real tokens per row of a ``[batch, length]`` attention mask (None without one)."""
-    if mask is None or not torch.is_tensor(mask) or mask.dim() != 2:
-        return None
-    return mask.sum(1).tolist()
+def _token_mask(batch: dict) -> Optional[torch.Tensor]:
+    """The batch's ``[batch, length]`` attention mask, which says each row's real tokens (None
+    without one: rows are then cached whole)."""
+    mask = batch.get("attention_mask")
+    return mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
 
 def _unpad(h: torch.Tensor, mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
