@@ -138,6 +138,13 @@ def _task_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
     t.add_argument("--metric", choices=METRICS, default=None,
                    help="the dev metric that drives the comparison (default: accuracy for classification, "
                         "pearson for regression); every metric of the task's kind is reported")
+    t.add_argument("--val", default=None, metavar="FILE",
+                   help="a validation file (the training data's columns) for the plateau policy and the early-"
+                        "stopping readout; never the dev set the run reports (default: the plateau policy holds "
+                        "out 5%% of the training rows)")
+    t.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="hold out this fraction of the training rows (stratified, at most 2,000 rows) as the "
+                        "validation slice, whatever the policy (default: 0.05 when the policy reads one)")
     t.add_argument("--save-model", default=None, metavar="DIR",
                    help="write the fine-tuned model and tokenizer here at the end (save_pretrained; loads with "
                         "AutoModelForSequenceClassification.from_pretrained(DIR))")
@@ -168,6 +175,18 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
                    help="policy budget: the training-time speedup over full fine-tuning to meet, e.g. 2.0")
     g.add_argument("--freeze-at", type=float, default=d.freeze_at, metavar="FRACTION",
                    help="policy late: all blocks but the top one freeze after this fraction of the run's steps")
+    g.add_argument("--keep-top", type=int, default=d.keep_top, metavar="K",
+                   help="policies late/plateau: the top K blocks always train (default 1)")
+    g.add_argument("--plateau-patience", type=int, default=d.plateau_patience, metavar="N",
+                   help="policy plateau: validation checks in a row without a better score or a lower loss that "
+                        "make a plateau (default 2)")
+    g.add_argument("--min-improvement", type=float, default=d.min_improvement, metavar="DELTA",
+                   help="policy plateau: how much the validation score must beat its best to count (default 0)")
+    g.add_argument("--val-checks-per-epoch", type=int, default=d.val_checks_per_epoch, metavar="N",
+                   help="policy plateau: validation slice checks per epoch (default 2)")
+    g.add_argument("--stop-when-converged", action="store_true",
+                   help="policy plateau: after the freeze, end the run when the validation slice plateaus again "
+                        "(early stopping built in); the dev set is scored and the model saved where it stops")
     g.add_argument("--anneal-steps", type=int, default=0, metavar="N",
                    help="soft transition (any mode that freezes during training): a freeze's updates fade to zero "
                         "over N optimizer steps before the blocks freeze (default 0: at once)")

@@ -70,7 +70,22 @@ POLICIES: Dict[str, tuple] = {
     # (0.8: the mean of the six matched freeze steps of sweep 3, 0.65-0.93 of the run), behind the
     # learning guard
     "late+cache": ("autofreeze+cache", ["--policy", "late", "--freeze-at", "0.8"]),
+    # issue 27: freeze once the validation slice (5% of the training rows, held out in every run of a
+    # regime) stops improving; with the built-in early stop; or at 0.8 of the run at the latest
+    "plateau+cache": ("autofreeze+cache", ["--policy", "plateau"]),
+    "plateau+stop+cache": ("autofreeze+cache", ["--policy", "plateau", "--stop-when-converged"]),
+    "plateau-or-late+cache": ("autofreeze+cache", ["--policy", "plateau-or-late"]),
 }
+#: run lengths (issue 27): epochs, and what every run of the regime adds. Full fine-tuning there
+#: records the validation slice at 10 checks per epoch (the plateau policy's 2 per epoch among
+#: them) for the early-stopping readout; every run holds out the same slice, so all train on the
+#: same rows.
+REGIMES = {
+    "short": {"epochs": 3},  # full fine-tuning still improving at the end
+    "overlong": {"epochs": 10},  # the paper's regime: full fine-tuning peaks well before the end
+}
+REGIME_ARGS = ["--val-fraction", "0.05"]
+REGIME_FULL_ARGS = ["--intervals-per-epoch", "10"]
 MATCHED = "gradient+guards+cache"  # the most accurate adaptive policy of sweep 2
 
 
@@ -110,6 +125,8 @@ def command(task: str, policy: str, seed: int, d: str, args) -> List[str]:
            "--train", os.path.join(DATA, train), "--dev", os.path.join(DATA, dev), "--train-samples", str(n),
            "--seed", str(seed), "--epochs", str(args.epochs), "--threads", "1", "--no-progress", "--no-plot",
            "--out", d, "--checkpoint-dir", ck, "--checkpoint-every", "100", *extra]
+    if args.regime:
+        cmd += REGIME_ARGS + (REGIME_FULL_ARGS if policy == "full" else [])
     if os.path.exists(os.path.join(ck, "checkpoint.pt")):
         cmd.append("--resume")
     return cmd
@@ -306,9 +323,18 @@ def main(argv=None) -> int:
                     help="cores to pin runs to, e.g. 1 (default: all this process may use); lets two sweeps share "
                          "a machine")
     ap.add_argument("--max-hours", type=float, default=None, help="start no new run after this long")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "policies"))
+    ap.add_argument("--out", default=None,
+                    help="results folder (default: results/policies, or results/regimes with --regime)")
     ap.add_argument("--summarize", action="store_true", help="only summarize the reports on disk")
+    ap.add_argument("--regime", choices=sorted(REGIMES), default=None,
+                    help="issue 27's run lengths: sets --epochs, holds out a 5%% validation slice in every run, "
+                         "and writes under OUT/REGIME (default: the earlier sweeps' setting, no slice)")
     args = ap.parse_args(argv)
+    base = os.path.join(HERE, "results", "regimes" if args.regime else "policies")
+    args.out = args.out or base
+    if args.regime:
+        args.epochs = REGIMES[args.regime]["epochs"]
+        args.out = os.path.join(args.out, args.regime)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.policies = [p for p in args.policies.split(",") if p]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]

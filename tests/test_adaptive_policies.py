@@ -101,7 +101,7 @@ def test_state_dict_round_trip_and_guard_mismatch():
 
 
 def test_registry_and_bad_options():
-    assert set(POLICIES) == {"stability", "gradient", "gradient+guards", "budget", "late"}
+    assert set(POLICIES) == {"stability", "gradient", "gradient+guards", "budget", "late", "plateau", "plateau-or-late"}
     assert isinstance(make_policy("stability"), StabilityPolicy)
     assert isinstance(build_policy("gradient+guards"), GuardedGradientTest)
     b = build_policy("budget", PolicyOptions(target_speedup=2.0, total_steps=90, threshold=0.003, cached=False))

@@ -136,7 +136,8 @@ def test_config_sections_take_and_give_back_the_flat_options():
     assert cfg.freeze.policy == "x" and cfg.data.max_length == 64  # the rest keep their defaults
     opts = cfg.options()
     assert opts["cache_dir"] == "/ssd/c" and opts["batch_size"] == 8 and opts["freeze_at"] == 0.8
-    assert len(opts) == 62  # one per CLI option; a new option must be added to a section
+    assert len(opts) == 69  # one per CLI option; a new option must be added to a section
+    assert opts["val_fraction"] is None and opts["plateau_patience"] == 2 and opts["stop_when_converged"] is False
     assert opts["batching"] == "grouped" and opts["pad_to_multiple_of"] is None and opts["overwrite"] is False
     assert FinetuneConfig.from_options(**opts) == cfg
     with pytest.raises(TypeError, match="batchsize"):

@@ -207,10 +207,18 @@ class FreezeController:
             t0 = time.perf_counter()
             v = sig.interval_end(active)
             if self._sync is not None:
-                v = self._sync.norms(v, self.num_blocks) if sig.per_block else self._sync.norms([v], 1)[0]
+                v = self._sync_value(v, sig.per_block)
             values[sig.name] = v
             sig.seconds += time.perf_counter() - t0
         return values
+
+    def _sync_value(self, v, per_block: bool):
+        """Rank 0's value of a signal: per block, one float, or a dict of floats."""
+        if per_block:
+            return self._sync.norms(v, self.num_blocks)
+        if isinstance(v, dict):
+            return dict(zip(v, self._sync.norms(list(v.values()), len(v))))
+        return self._sync.norms([v], 1)[0]
 
     def begin_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
         """Tell the controller that epoch ``epoch`` (from 0) has ``steps`` optimizer steps, of

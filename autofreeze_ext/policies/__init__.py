@@ -11,6 +11,7 @@ never unfreezes, so a smaller answer than the current depth changes nothing.
 * ``stability``: :class:`StabilityPolicy` (absolute per-block signal), :class:`GuardedGradientTest`.
 * ``budget``: :class:`SpeedBudget` (a stated speedup, freezing as late as it allows).
 * ``late``: :class:`LateFreeze` (all but the top block at a fixed fraction of the run).
+* ``plateau``: :class:`PlateauFreeze` (all but the top block once a validation slice stops improving).
 * ``registry``: policies by name for the CLI and the Trainer callback.
 
 Writing a new policy::
@@ -26,10 +27,14 @@ from .budget import SpeedBudget
 from .gradient_test import GradientNormTest, ObserveOnly
 from .guards import AdaptivePolicy, Guards
 from .late import LateFreeze
-from .registry import DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy
+from .plateau import PlateauFreeze
+from .registry import (DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy,
+                       reads_val_slice)
 from .stability import GuardedGradientTest, StabilityPolicy
 
 __all__ = ["AdaptivePolicy", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
-           "Guards", "IntervalSchedule", "IntervalStats", "LateFreeze", "NeverFreeze", "ObserveOnly", "POLICIES", "PolicyOptions",
+           "Guards", "IntervalSchedule", "IntervalStats", "LateFreeze", "NeverFreeze", "ObserveOnly", "POLICIES",
+           "PlateauFreeze", "PolicyOptions",
            "ScheduledFreeze", "SpeedBudget", "StabilityPolicy", "StaticFreeze", "build_policy", "make_policy",
+           "reads_val_slice",
            "percentile", "tiled_interval_ends"]

@@ -73,6 +73,11 @@ class FreezePolicy:
     def on_invalid_interval(self, stats: IntervalStats) -> None:
         """Called instead of :meth:`decide` when the interval's statistics were NaN/Inf."""
 
+    def should_stop(self) -> bool:
+        """True once the policy judges that training has converged and the run may end (the
+        loop stops after this step; default: never)."""
+        return False
+
     def state_dict(self) -> dict:
         return {}
 

@@ -9,6 +9,7 @@ from .budget import SpeedBudget
 from .gradient_test import GradientNormTest
 from .guards import Guards
 from .late import LateFreeze
+from .plateau import PlateauFreeze
 from .stability import GuardedGradientTest, StabilityPolicy
 
 
@@ -28,10 +29,15 @@ class PolicyOptions:
     total_steps: Optional[int] = None
     freeze_at: float = 0.8  #: policy late: the fraction of the run after which the prefix freezes
     cached: bool = True  #: the activation cache is on (the budget's model of a frozen block)
+    keep_top: int = 1  #: the top blocks that always train
+    plateau_patience: int = 2  #: policy plateau: validation checks without improvement that make a plateau
+    min_improvement: float = 0.0  #: policy plateau: how much the score must beat its best to count
+    val_checks_per_epoch: int = 2  #: policy plateau: validation slice checks per epoch
+    stop_when_converged: bool = False  #: policy plateau: stop the run when the top block plateaus too
 
     def guards(self) -> Guards:
         return Guards(warmup_steps=self.warmup_steps, learned=self.learned, max_new_blocks=self.max_new_blocks,
-                      patience=self.patience)
+                      patience=self.patience, keep_last=self.keep_top)
 
 
 def _stability(o: PolicyOptions) -> StabilityPolicy:
@@ -51,6 +57,18 @@ def _late(o: PolicyOptions) -> LateFreeze:
     return LateFreeze(o.freeze_at, o.total_steps, guards=o.guards(), intervals_per_epoch=o.intervals_per_epoch)
 
 
+def _plateau(o: PolicyOptions, freeze_by: Optional[float] = None) -> PlateauFreeze:
+    return PlateauFreeze(o.plateau_patience, o.min_improvement, guards=o.guards(),
+                         checks_per_epoch=o.val_checks_per_epoch, stop_when_converged=o.stop_when_converged,
+                         freeze_by=freeze_by, total_steps=o.total_steps)
+
+
+def _plateau_or_late(o: PolicyOptions) -> PlateauFreeze:
+    if o.total_steps is None:
+        raise ValueError("policy 'plateau-or-late' needs the run's total optimizer steps (PolicyOptions.total_steps)")
+    return _plateau(o, freeze_by=o.freeze_at)
+
+
 #: name -> (builder, one line for --help)
 POLICIES: Dict[str, tuple] = {
     "stability": (_stability, "a block freezes once its own probe-batch drift stays below --threshold "
@@ -61,12 +79,21 @@ POLICIES: Dict[str, tuple] = {
                         "the paper's test per block behind the guards"),
     "late": (_late, "all blocks but the top one freeze at once after --freeze-at of the run (default 0.8), once "
                     "the model has started learning (guard); a late static freeze chosen in advance"),
+    "plateau": (_plateau, "all blocks but the top one (--keep-top) freeze at once when a validation slice "
+                          "(5% of the training rows held out, or --val FILE) has not improved for "
+                          "--plateau-patience checks; --stop-when-converged ends the run when it plateaus again"),
+    "plateau-or-late": (_plateau_or_late, "as plateau, and at --freeze-at of the run at the latest"),
     "budget": (_budget, "meet --target-speedup, freezing as late as it allows, in the order 'stability' suggests"),
 }
 #: the adaptive policy of ``--mode autofreeze`` and of the Trainer callback when no policy is given,
 #: chosen by the policy sweep's rule (BENCHMARKS.md, "Choosing the default policy", sweep 4). The
 #: paper's test stays available as ``gradient``.
 DEFAULT_POLICY = "late"
+
+
+def reads_val_slice(name: str) -> bool:
+    """Policy ``name`` reads the validation slice (the run must hold one out)."""
+    return name.strip().lower() in ("plateau", "plateau-or-late")
 
 
 def build_policy(name: str, options: Optional[PolicyOptions] = None) -> FreezePolicy:

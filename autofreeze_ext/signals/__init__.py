@@ -19,6 +19,8 @@ replayed offline against any policy.
   without the cascade from blocks below that freezing causes in ``probe_drift``).
 * :class:`ProbeLoss` (``probe_loss``, one value for the model): the loss on a fixed probe batch
   of training samples over the loss of the best constant guess (1.0 until the model learns).
+* :class:`ValSlice` (``val_slice``, one ``{"score", "loss"}`` for the model): the task metric and
+  loss on a validation slice of rows never trained on (the plateau policy's signal).
 """
 from .base import Signal
 from .block_drift import BlockDrift
@@ -26,6 +28,8 @@ from .displacement import ParameterDisplacement
 from .probe import ProbeForward
 from .probe_drift import ProbeDrift, linear_cka
 from .probe_loss import ProbeLoss, prior_loss
+from .val_slice import ValSlice
 from .factory import ALL_SIGNALS, NEEDS_PROBE, make_signals
 
-__all__ = ["ALL_SIGNALS", "BlockDrift", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "linear_cka", "make_signals", "prior_loss"]
+__all__ = ["ALL_SIGNALS", "BlockDrift", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "ValSlice",
+           "linear_cka", "make_signals", "prior_loss"]

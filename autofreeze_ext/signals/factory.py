@@ -11,6 +11,7 @@ from .displacement import ParameterDisplacement
 from .probe import ProbeForward
 from .probe_drift import ProbeDrift
 from .probe_loss import ProbeLoss
+from .val_slice import ValSlice
 
 #: every signal by name; the probe ones need a probe batch of training samples (with labels)
 #: (block_drift first: its shared probe forward also captures block inputs, which the others reuse)
@@ -20,20 +21,28 @@ FACTORIES: Dict[str, Callable[[Optional[Mapping[str, Tensor]]], Signal]] = {
     "probe_drift": lambda probe: ProbeDrift(probe),
     "probe_loss": lambda probe: ProbeLoss(probe),
 }
-ALL_SIGNALS = tuple(FACTORIES)
+#: every signal by name (``val_slice`` needs a validation slice instead of a probe batch)
+ALL_SIGNALS = (*FACTORIES, "val_slice")
 NEEDS_PROBE = ("probe_drift", "probe_loss", "block_drift")
 
 
 def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None,
-                 lookahead: Optional[int] = None) -> List[Signal]:
+                 lookahead: Optional[int] = None, val: Optional[Mapping[str, Tensor]] = None,
+                 metric: str = "accuracy") -> List[Signal]:
     """One signal object per distinct name (the controller's ``grad_norm`` is built in and
     skipped); ``lookahead`` limits ``block_drift`` to the lowest active blocks (a policy's
-    decision reaches no further). Raises ``ValueError`` for an unknown name or a probe signal
-    without a probe."""
+    decision reaches no further); ``val`` (encoded rows with labels) and ``metric`` make
+    ``val_slice``. Raises ``ValueError`` for an unknown name, a probe signal without a probe
+    or ``val_slice`` without a slice."""
     out = []
     shared = ProbeForward(probe) if probe else None  # one probe forward per interval for all of them
     for name in dict.fromkeys(names):
         if name == "grad_norm":
+            continue
+        if name == "val_slice":
+            if val is None:
+                raise ValueError("signal 'val_slice' needs a validation slice (encoded rows with labels)")
+            out.append(ValSlice(val, metric))
             continue
         if name not in FACTORIES:
             raise ValueError(f"unknown signal {name!r}: available {', '.join(ALL_SIGNALS)}")

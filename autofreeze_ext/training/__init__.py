@@ -19,8 +19,8 @@ from .evaluate import evaluate
 from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
-from .parts import (Checkpointer, CostGoal, EpochEnd, Evaluator, LossGuard, ModelSaver, Packer, Part, Progress,
-                    ProgressBar, Reporter, StepTimer)
+from .parts import (Checkpointer, ConvergedStop, CostGoal, EpochEnd, Evaluator, LossGuard, ModelSaver, Packer, Part,
+                    Progress, ProgressBar, Reporter, StepTimer)
 from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table, final_score, make_report, score
 
 
@@ -37,7 +37,7 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     progress, timer, cost_goal = Progress(), StepTimer(), CostGoal()
     packer = Packer(timer)
     core: List[Part] = [progress, LossGuard(), *([ProgressBar()] if cfg.run.progress and run.ctx.is_main else []),
-                        Evaluator(), EpochEnd(progress), timer, packer, cost_goal]
+                        Evaluator(), EpochEnd(progress), timer, packer, cost_goal, ConvergedStop()]
     if run.state is not None:
         for p in core:
             if p.name and run.state["parts"].get(p.name) is not None:

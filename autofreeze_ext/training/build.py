@@ -76,6 +76,7 @@ class Run:
     save_error: Optional[str] = None  #: why the ModelSaver part could not write it
     tokenizer: Any = None
     metric: str = "accuracy"  #: the dev metric that drives the comparison
+    val: Optional[dict] = None  #: the encoded validation slice (None: the run has none)
 
     @property
     def num_blocks(self) -> int:
@@ -93,7 +94,8 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     validate(cfg)
     check_outputs(cfg)
     ctx = init_from_env(cfg.parallel.device)
-    train_task, dev_task, metric = load_tasks(cfg)
+    tasks = load_tasks(cfg)
+    train_task, dev_task, metric = tasks.train, tasks.dev, tasks.metric
     torch.manual_seed(cfg.optim.seed)
     model_path = cfg.run.model or default_model_path()
     model, tok = load_model_and_tokenizer(model_path, train_task.label_space)
@@ -106,6 +108,7 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     pad_to_max = cfg.data.batching == "padded"
     train = encode(train_task, tok, cfg.data.max_length, pad_to_max=pad_to_max)
     dev = encode(dev_task, tok, cfg.data.max_length)  # evaluation pads each batch to its longest row
+    val = encode(tasks.val, tok, cfg.data.max_length) if tasks.val is not None else None
     ckpt_path = os.path.join(cfg.run.checkpoint_dir, "checkpoint.pt") if cfg.run.checkpoint_dir else None
     state = _resume_state(cfg, ckpt_path)
     lengths = row_lengths(train) if cfg.data.batching == "grouped" else None
@@ -121,10 +124,10 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
         # run without autograd (dynamo keeps a graph per variant)
         for blk in resolve_layout(model).blocks:
             blk.compile(backend=cfg.optim.compile, dynamic=False)
-    ctl = _controller(cfg, model, opt, train, len(sampler), total)
+    ctl = _controller(cfg, model, opt, train, (val, metric), len(sampler), total)
     run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
               model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
-              opt=opt, sched=sched,
+              opt=opt, sched=sched, val=val,
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
               steps_per_epoch=len(sampler), cached=split_mode(cfg.freeze.mode)[1])
     _amp(run)
@@ -186,18 +189,21 @@ def _adamw(groups, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
-def _controller(cfg: FinetuneConfig, model, opt, train: dict, steps_per_epoch: int, total: int) -> FreezeController:
+def _controller(cfg: FinetuneConfig, model, opt, train: dict, val, steps_per_epoch: int,
+                total: int) -> FreezeController:
+    """``val``: (the encoded validation slice or None, the metric its score is)."""
     policy = make_mode_policy(cfg.freeze.mode, cfg, resolve_layout(model).num_blocks, total)
     if cfg.freeze.record_signals and isinstance(policy, NeverFreeze):
         policy = ObserveOnly(intervals_per_epoch=cfg.freeze.intervals_per_epoch)
-    names = [*policy.signals, *(ALL_SIGNALS if cfg.freeze.record_signals else ())]
+    recorded = [n for n in ALL_SIGNALS if n != "val_slice" or val[0] is not None] if cfg.freeze.record_signals else []
+    names = [*policy.signals, *recorded]
     needs_probe = set(names) & set(NEEDS_PROBE)
     probe = probe_batch(train, cfg.freeze.probe_samples, cfg.optim.seed, labels=True) if needs_probe else None
     guards = getattr(policy, "guards", None)  # a decision reaches at most max_new_blocks (+1 for patience)
     capped = not cfg.freeze.record_signals and guards is not None and guards.max_new_blocks is not None
     reach = guards.max_new_blocks + 1 if capped else None
-    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch,
-                            signals=make_signals(names, probe, lookahead=reach), anneal_steps=cfg.freeze.anneal_steps)
+    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, anneal_steps=cfg.freeze.anneal_steps,
+                            signals=make_signals(names, probe, lookahead=reach, val=val[0], metric=val[1]))
 
 
 def _amp(run: Run) -> None:

@@ -54,6 +54,11 @@ class DataConfig:
     # padded: shuffled, every row padded to max_length
     batching: str = "grouped"
     pad_to_multiple_of: Optional[int] = None  # a batch's length rounded up to a multiple (None: 8 on CUDA, 1 on CPU)
+    # a validation slice (rows never trained on, for the plateau policy and the early-stopping readout): a file
+    # with the training data's columns, or a fraction of the training rows held out (stratified); None: 5% when
+    # the policy reads the slice, else none
+    val: Optional[str] = None
+    val_fraction: Optional[float] = None
 
 
 @dataclass
@@ -94,6 +99,11 @@ class FreezeConfig:
     # fine-tuning then observes (ObserveOnly) instead of NeverFreeze. Training is unchanged.
     record_signals: bool = False
     probe_samples: int = 64  # training samples in the probe batch of the drift and loss signals
+    keep_top: int = 1  # late/plateau: the top blocks that always train
+    plateau_patience: int = 2  # plateau: validation checks in a row without improvement that make a plateau
+    min_improvement: float = 0.0  # plateau: how much the slice's score must beat its best to count
+    val_checks_per_epoch: int = 2  # plateau: validation slice checks per epoch
+    stop_when_converged: bool = False  # plateau: after the freeze, stop when the slice plateaus again
 
 
 @dataclass
@@ -202,6 +212,10 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.data.train != DataConfig.train and cfg.data.dev == DataConfig.dev:
         raise ValueError(f"--train {cfg.data.train} without --dev: the built-in SST-2 dev set would score it; pass "
                          "--dev FILE, held-out rows with the same columns and labels")
+    if cfg.data.val_fraction is not None and not 0 < cfg.data.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.data.val is not None and cfg.data.val_fraction is not None:
+        raise ValueError("--val FILE and --val-fraction both name the validation slice: pass one")
     if cfg.run.resume and not cfg.run.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     if g.kind not in (None, "time", "cost"):
@@ -289,6 +303,8 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"--freeze-at must be a fraction of the run in (0, 1], got {f.freeze_at}")
     if f.threshold is not None and f.threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
+    _at_least(("--keep-top", f.keep_top, 0), ("--plateau-patience", f.plateau_patience, 1),
+              ("--val-checks-per-epoch", f.val_checks_per_epoch, 1), ("--min-improvement", f.min_improvement, 0))
 
 
 def pad_multiple(cfg: FinetuneConfig) -> Optional[int]:

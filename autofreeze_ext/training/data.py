@@ -1,23 +1,52 @@
-"""The run's training and dev tasks, read as the configuration says."""
+"""The run's training, dev and validation tasks, read as the configuration says."""
 from __future__ import annotations
 
-from typing import Tuple
+import logging
+from typing import NamedTuple, Optional
 
 from ..tasks import Columns, Task, check_metric, load_task
+from ..tasks.split import DEFAULT_FRACTION, FEW_ROWS, hold_out
 from .config import FinetuneConfig
+from .modes import wants_val_slice
+
+log = logging.getLogger("autofreeze_ext")
 
 
-def load_tasks(cfg: FinetuneConfig) -> Tuple[Task, Task, str]:
-    """Training task (its labels define the label space), dev task (labels must fit it) and the
-    metric that drives the comparison (checked against the task's kind)."""
+class Tasks(NamedTuple):
+    train: Task  #: the rows trained on (its labels define the label space)
+    dev: Task  #: the rows the report scores
+    val: Optional[Task]  #: the validation slice (None: the run has none)
+    metric: str  #: the dev metric that drives the comparison
+
+
+def load_tasks(cfg: FinetuneConfig) -> Tasks:
+    """Training task, dev task (labels must fit the training label space), the validation slice
+    (``--val FILE``, or held out of the training rows when the policy reads one) and the metric
+    (checked against the task's kind)."""
     cols = Columns(cfg.data.text_column, cfg.data.text_pair_column, cfg.data.label_column)
     train = load_task(cfg.data.train, columns=cols, fmt=cfg.data.data_format, limit=cfg.data.train_samples,
                       label_kind=cfg.data.label_kind)
     dev = load_task(cfg.data.dev, columns=cols, fmt=cfg.data.data_format, label_space=train.label_space,
                     train_path=cfg.data.train)
-    if (train.text_pairs is None) != (dev.text_pairs is None):
-        raise ValueError(f"{cfg.data.train} has {'pairs' if train.text_pairs else 'single texts'} "
-                         f"({train.columns.text}/{train.columns.text_pair}) but {cfg.data.dev} has "
-                         f"{'pairs' if dev.text_pairs else 'single texts'} "
-                         f"({dev.columns.text}/{dev.columns.text_pair})")
-    return train, dev, check_metric(cfg.data.metric, train.label_space.regression)
+    _same_shape(cfg.data.train, train, cfg.data.dev, dev)
+    val = None
+    if cfg.data.val is not None:
+        val = load_task(cfg.data.val, columns=cols, fmt=cfg.data.data_format, label_space=train.label_space,
+                        train_path=cfg.data.train)
+        _same_shape(cfg.data.train, train, cfg.data.val, val)
+    elif wants_val_slice(cfg):
+        train, val = hold_out(train, cfg.data.val_fraction or DEFAULT_FRACTION, seed=cfg.optim.seed)
+        log.info("validation slice: %d of the training rows held out (never trained on); %d train", len(val),
+                 len(train))
+    if val is not None and len(val) < FEW_ROWS:
+        log.warning("the validation slice has only %d rows: its score moves in coarse steps; pass --val FILE or "
+                    "a larger --val-fraction", len(val))
+    return Tasks(train, dev, val, check_metric(cfg.data.metric, train.label_space.regression))
+
+
+def _same_shape(train_path: str, train: Task, path: str, other: Task) -> None:
+    if (train.text_pairs is None) != (other.text_pairs is None):
+        raise ValueError(f"{train_path} has {'pairs' if train.text_pairs else 'single texts'} "
+                         f"({train.columns.text}/{train.columns.text_pair}) but {path} has "
+                         f"{'pairs' if other.text_pairs else 'single texts'} "
+                         f"({other.columns.text}/{other.columns.text_pair})")

@@ -43,6 +43,19 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_step
                              max_new_blocks=f.max_new_blocks,
                              warmup_steps=int(cfg.optim.warmup_ratio * total_steps) if f.warmup_guard else 0,
                              target_speedup=f.target_speedup, total_steps=total_steps or None, cached=cached,
-                             freeze_at=f.freeze_at)
+                             freeze_at=f.freeze_at, keep_top=f.keep_top, plateau_patience=f.plateau_patience,
+                             min_improvement=f.min_improvement, val_checks_per_epoch=f.val_checks_per_epoch,
+                             stop_when_converged=f.stop_when_converged)
         return build_policy(f.policy or DEFAULT_POLICY, opts)
     raise ValueError(f"unknown mode {mode!r}; available modes: {MODES_HELP} (any but full may end in +cache)")
+
+
+def wants_val_slice(cfg: FinetuneConfig) -> bool:
+    """The run holds out (or reads) a validation slice: the user named one, or the mode's policy
+    reads it (``plateau``)."""
+    from ..policies import reads_val_slice
+
+    if cfg.data.val is not None or cfg.data.val_fraction is not None:
+        return True
+    m, _ = split_mode(cfg.freeze.mode)
+    return m == "autofreeze" and reads_val_slice(cfg.freeze.policy or DEFAULT_POLICY)

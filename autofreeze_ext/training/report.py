@@ -35,7 +35,9 @@ def make_report(run, packer, cost_goal) -> dict:
         "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
         "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
         "depth_seconds": prog["depth_seconds"], "saved_model": run.saved_model,
-        "save_error": run.save_error,
+        "save_error": run.save_error, "stopped": run.stop,
+        "val_samples": len(run.val["labels"]) if run.val is not None else None,
+        "val_source": (run.cfg.data.val or "held out of the training rows") if run.val is not None else None,
         # 1/5/15-minute load averages when the run ended, and the CPUs it could use: a timing
         # taken while other work shared the cores is flagged by the benchmarks, not compared
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -6,6 +6,7 @@ import logging
 from ...policies import tiled_interval_ends
 from ..evaluate import evaluate_metrics
 from .base import Part
+from .converged import CONVERGED
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -21,9 +22,17 @@ class Evaluator(Part):
         self.epoch = epoch
 
     def after_step(self, run, res) -> None:
+        if run.sampler.position in self.ends:
+            self._evaluate(run)
+
+    def end(self, run) -> None:
+        """A run the policy stopped mid-epoch is scored where it stopped."""
+        evals = run.prog["evals"]
+        if run.stop == CONVERGED and (not evals or evals[-1]["step"] != run.prog["step"]):
+            self._evaluate(run)
+
+    def _evaluate(self, run) -> None:
         in_epoch = run.sampler.position
-        if in_epoch not in self.ends:
-            return
         metrics = evaluate_metrics(run.model, run.dev, ctx=run.ctx)
         at = self.epoch + in_epoch / run.steps_per_epoch
         entry = {"step": run.prog["step"], "epoch": at, "train_time_s": run.prog["train_time"],

@@ -5,6 +5,7 @@ import logging
 import os
 
 from .base import Part
+from .converged import CONVERGED
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -21,7 +22,7 @@ class ModelSaver(Part):
         self.folder = folder
 
     def end(self, run) -> None:
-        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stop == "stop_after_steps"
+        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stop in ("stop_after_steps", CONVERGED)
         if not finished or not run.ctx.is_main:
             return
         try:

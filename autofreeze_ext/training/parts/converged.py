@@ -1,0 +1,24 @@
+"""End the run when the policy judges training converged (``--stop-when-converged``)."""
+from __future__ import annotations
+
+import logging
+
+from .base import Part
+
+log = logging.getLogger("autofreeze_ext")
+
+#: ``run.stop`` once the policy has asked the run to end
+CONVERGED = "converged"
+
+
+class ConvergedStop(Part):
+    """After each step: the policy's :meth:`~autofreeze_ext.policies.FreezePolicy.should_stop`
+    ends the run (a finished run: the dev set is scored at the stop, the model is saved). The
+    decision is the same on every rank (policies see rank 0's statistics)."""
+
+    def after_step(self, run, res) -> None:
+        if run.stop is None and run.ctl.policy.should_stop():
+            run.stop = CONVERGED
+            if run.ctx.is_main:
+                log.info("step %d: the policy judged training converged; stopping (%s)", run.prog["step"],
+                         run.ctl.policy.describe())

@@ -1,0 +1,169 @@
+"""Issue 27: the plateau policy, its validation slice (held out of the training rows) and the
+built-in early stop, from the policy's rules up to the CLI."""
+import json
+import math
+
+import pytest
+import torch
+
+from autofreeze_ext import cli
+from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, make_policy, reads_val_slice
+from autofreeze_ext.tasks import LabelSpace, Task
+from autofreeze_ext.tasks.split import hold_out, slice_size
+from test_cli import run, write_tsv
+
+pytestmark = pytest.mark.reference
+
+N = 6
+
+
+def check(step, score, loss, frozen=0, probe_loss=0.5):
+    return IntervalStats(step=step, epoch=math.nan, frozen_depth=frozen, num_blocks=N, max_depth=N, interval_steps=10,
+                         signals={"val_slice": {"score": score, "loss": loss}, "probe_loss": probe_loss})
+
+
+def drive(policy, values, probe_loss=0.5):
+    """Feed ``(score, loss)`` checks 10 steps apart; the depth after each (the controller applies it)."""
+    depth, out = 0, []
+    for k, (s, l) in enumerate(values):
+        depth = max(depth, policy.decide(check(10 * (k + 1), s, l, depth, probe_loss)))
+        out.append(depth)
+    return out
+
+
+def test_improving_score_or_loss_never_freezes():
+    rising = [(0.5 + 0.01 * k, 1.0) for k in range(12)]
+    assert drive(PlateauFreeze(), rising) == [0] * 12
+    flat_score_falling_loss = [(0.8, 1.0 - 0.01 * k) for k in range(12)]
+    assert drive(PlateauFreeze(), flat_score_falling_loss) == [0] * 12
+
+
+def test_plateau_freezes_all_but_the_top_block_after_patience_checks():
+    vals = [(0.6, 0.9), (0.7, 0.8), (0.75, 0.7), (0.74, 0.72), (0.75, 0.71), (0.73, 0.8)]
+    assert drive(PlateauFreeze(patience=2), vals) == [0, 0, 0, 0, N - 1, N - 1]
+    assert drive(PlateauFreeze(patience=3), vals) == [0, 0, 0, 0, 0, N - 1]
+    keep2 = PlateauFreeze(patience=2, guards=Guards(keep_last=2))
+    assert drive(keep2, vals)[-1] == N - 2
+    # a gain smaller than min_improvement does not count (the loss does not fall either)
+    small = [(0.7, 0.5), (0.701, 0.6), (0.702, 0.6)]
+    assert drive(PlateauFreeze(patience=2, min_improvement=0.005), small) == [0, 0, N - 1]
+    assert drive(PlateauFreeze(patience=2), small) == [0, 0, 0]
+
+
+def test_learning_guard_holds_a_plateau_of_a_model_that_has_not_learned():
+    flat = [(0.5, 0.69)] * 6
+    assert drive(PlateauFreeze(), flat, probe_loss=1.0) == [0] * 6
+    assert drive(PlateauFreeze(guards=Guards(learned=None)), flat, probe_loss=1.0)[-1] == N - 1
+
+
+def test_stop_when_converged_after_a_second_plateau_and_slice_skipped_otherwise():
+    vals = [(0.7, 0.5), (0.7, 0.6), (0.7, 0.6)]  # plateau: freeze at the third check
+    p = PlateauFreeze(patience=2, stop_when_converged=True)
+    assert drive(p, vals) == [0, 0, N - 1] and p.frozen_at == 30 and not p.should_stop()
+    assert "val_slice" in p.signals_needed()  # measured on, to stop
+    depth = N - 1
+    for k, (s, l) in enumerate([(0.72, 0.55), (0.71, 0.6), (0.72, 0.56)]):  # a new baseline, then two without gain
+        p.decide(check(40 + 10 * k, s, l, depth))
+        assert p.should_stop() == (k == 2)
+    q = PlateauFreeze(patience=2)
+    drive(q, vals)
+    assert "val_slice" not in q.signals_needed() and not q.should_stop()  # no cost after the freeze
+
+
+def test_freeze_by_freezes_at_the_deadline_while_still_improving():
+    p = PlateauFreeze(freeze_by=0.5, total_steps=100)
+    assert drive(p, [(0.5 + 0.01 * k, 1.0) for k in range(8)]) == [0, 0, 0, 0, N - 1, N - 1, N - 1, N - 1]
+    with pytest.raises(ValueError, match="freeze_by"):
+        PlateauFreeze(freeze_by=0.5)
+    with pytest.raises(ValueError, match="patience"):
+        PlateauFreeze(patience=0)
+
+
+def test_state_round_trip_gives_the_same_decisions():
+    vals = [(0.6, 0.9), (0.7, 0.8), (0.69, 0.85), (0.7, 0.81), (0.65, 0.9), (0.7, 0.9)]
+    a = PlateauFreeze(patience=3, stop_when_converged=True)
+    whole = drive(a, vals)
+    b = PlateauFreeze(patience=3, stop_when_converged=True)
+    first = drive(b, vals[:3])
+    c = PlateauFreeze(patience=3, stop_when_converged=True)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    depth, rest = first[-1], []
+    for k, (s, l) in enumerate(vals[3:]):
+        depth = max(depth, c.decide(check(10 * (k + 4), s, l, depth)))
+        rest.append(depth)
+    assert first + rest == whole
+
+
+def test_registry_names_and_what_reads_the_slice():
+    assert isinstance(make_policy("plateau"), PlateauFreeze)
+    assert make_policy("plateau-or-late", total_steps=100).freeze_by_step == 80
+    assert reads_val_slice("plateau") and reads_val_slice("plateau-or-late") and not reads_val_slice("late")
+
+
+def _task(labels):
+    return Task([f"row {i}" for i in range(len(labels))], labels, LabelSpace.infer(labels, lambda i: i, "auto"),
+                "t.tsv")
+
+
+def test_hold_out_is_stratified_disjoint_and_repeatable():
+    labels = [0] * 900 + [1] * 100
+    train, val = hold_out(_task(labels), 0.05, seed=3)
+    assert len(val) == 50 and len(train) == 950
+    assert sorted(val.labels) == [0] * 45 + [1] * 5  # each class keeps its share
+    assert not set(val.texts) & set(train.texts)
+    assert hold_out(_task(labels), 0.05, seed=3)[1].texts == val.texts
+    assert hold_out(_task(labels), 0.05, seed=4)[1].texts != val.texts
+    assert slice_size(100_000, 0.05) == 2000 and slice_size(10, 0.05) == 1
+    reg = _task([0.5 * i for i in range(40)])
+    tr, va = hold_out(reg, 0.1)
+    assert len(va) == 4 and not set(va.texts) & set(tr.texts)
+
+
+def test_val_slice_scores_as_the_dev_evaluation_does(tiny_ckpt):
+    from autofreeze_ext.signals import ValSlice
+    from autofreeze_ext.tasks import encode
+    from autofreeze_ext.training.evaluate import evaluate_metrics
+    from autofreeze_ext.training.model import load_model_and_tokenizer
+
+    t = _task([i % 2 for i in range(37)])
+    t.texts = [" ".join(["good", "bad", "movie", "fine"][: 1 + i % 4]) for i in range(37)]
+    model, tok = load_model_and_tokenizer(tiny_ckpt, t.label_space)
+    data = encode(t, tok, 16)
+    v = ValSlice(data, "accuracy", batch_size=8).measure(model)
+    assert v["score"] == pytest.approx(evaluate_metrics(model, data)["accuracy"])
+    with torch.no_grad():
+        model.eval()
+        ref = torch.nn.functional.cross_entropy(model(**{k: x for k, x in data.items() if k != "labels"}).logits,
+                                                data["labels"])
+    assert v["loss"] == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_cli_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", 200)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    out, saved = tmp_path / "out", tmp_path / "model"
+    # lr so small the slice never improves after its first check: a plateau at the third check
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "plateau", "--stop-when-converged",
+                         "--learned", "off", "--lr", "1e-12", "--model", tiny_ckpt, "--train", train, "--dev", dev,
+                         "--epochs", "4", "--batch-size", "8", "--val-checks-per-epoch", "4", "--max-length", "16",
+                         "--out", str(out), "--no-progress", "--no-plot", "--save-model", str(saved)], capsys)
+    assert rc == 0
+    r = json.load(open(out / "finetune_autofreeze_cache.json"))
+    assert r["val_samples"] == 10 and r["train_samples"] == 190 and r["steps_per_epoch"] == 24
+    freeze = next(h for h in r["controller_history"] if h.get("event") == "freeze")
+    assert freeze["step"] == 18 and freeze["to"] == 3  # checks at 6, 12, 18: the third one; top block trains
+    assert r["stopped"] == "converged" and r["steps"] == 36  # a baseline at 24, no gain at 30 and 36
+    assert r["evals"][-1]["step"] == 36  # scored where it stopped
+    assert (saved / "config.json").exists()
+
+
+def test_cli_validation_options_are_checked(tiny_ckpt, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", 40)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    base = ["finetune", "--model", tiny_ckpt, "--train", train, "--dev", dev, "--out", str(tmp_path / "o"),
+            "--no-progress", "--no-plot"]
+    for extra, msg in ((["--val-fraction", "1.5"], "--val-fraction"),
+                       (["--val-fraction", "0.1", "--val", dev], "pass one"),
+                       (["--plateau-patience", "0"], "--plateau-patience")):
+        rc, _, err = run(base + extra, capsys)
+        assert rc == 2 and msg in err, err
