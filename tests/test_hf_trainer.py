@@ -299,3 +299,63 @@ def test_rank_stable_sampler_groups_by_length_within_each_rank_shard():
         g, p = rank_batches(grouped, rank), rank_batches(plain, rank)
         assert set(i for b in g for i in b) == set(grouped.shard(rank)) == set(i for b in p for i in b)
         assert len(g) == len(p) and waste(g) < 0.6 * waste(p)  # megabatches of 3 batches here (13 per rank)
+
+
+def test_plateau_holds_out_the_same_slice_and_decides_as_the_cli(tmp_path, capsys):
+    """Policy plateau with the built-in stop through the CLI and through AutoFreezeTrainer,
+    each holding out its own validation slice (25% of 40 rows, stratified, same seed): the same
+    slice, the same freeze and stop steps, losses equal within 1e-4 (one batch holds the rest
+    of the training set; dropout off)."""
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 40), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "plateau", "--stop-when-converged",
+                         "--learned", "off", "--val-fraction", "0.25", "--model", ckpt, "--train", train_tsv,
+                         "--dev", dev_tsv, "--epochs", "20", "--batch-size", "30", "--max-length", "12", "--lr", "3e-3",
+                         "--seed", "0", "--evals-per-epoch", "1", "--out", str(tmp_path / "cli"), "--no-progress",
+                         "--no-plot"], capsys)
+    assert rc == 0, stdout
+    rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+    cli_freezes = [(h["step"], h["to"]) for h in rep["controller_history"] if h["event"] == "freeze"]
+    assert cli_freezes and rep["stopped"] == "converged" and rep["steps"] < 20
+
+    from autofreeze_ext.policies import PolicyOptions
+
+    enc = encode(load_task(train_tsv), transformers.AutoTokenizer.from_pretrained(ckpt), 12)
+    rows = [{k: v[i] for k, v in enc.items()} for i in range(40)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=30, num_train_epochs=20, learning_rate=3e-3,
+        weight_decay=0.01, warmup_steps=2,  # the CLI: 10% of 20 steps
+        lr_scheduler_type="linear", max_grad_norm=0.0, optim="adamw_torch",
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt)
+    trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=rows, policy="plateau", val_fraction=0.25,
+                                options=PolicyOptions(learned=None, stop_when_converged=True))
+    assert len(trainer.autofreeze.val_data) == 10 and len(trainer.train_dataset) == 30
+    trainer.train()
+    assert freezes(trainer) == cli_freezes
+    assert trainer.state.global_step == rep["steps"]  # stopped where the CLI stopped
+    assert list(losses_of(trainer).values()) == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)
+
+
+def test_a_freeze_in_the_last_epoch_writes_nothing_to_the_cache(tmp_path):
+    """Two epochs of 6 updates: blocks freeze at update 8 (in the last epoch), whose rows no
+    later pass reads: nothing is written, and the losses equal the uncached run's."""
+    from autofreeze_ext.policies import ScheduledFreeze
+
+    def trained(cache):
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / f"o{cache}"), per_device_train_batch_size=8, num_train_epochs=2,
+            learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+            disable_tqdm=True)
+        t = AutoFreezeTrainer(model=tiny_bert(num_layers=4), args=args, train_dataset=DS(), cache=cache,
+                              cost_model=False, policy=ScheduledFreeze([(8, 2)]))
+        t.train()
+        return t
+
+    cached, plain = trained(True), trained(False)
+    assert freezes(cached) == [(8, 2)]
+    c = cached.cache_counters
+    assert c["puts_ram"] + c["puts_disk"] == 0 and c["writes_skipped"] == 8 * 4  # updates 9-12
+    assert list(losses_of(cached).values()) == pytest.approx(list(losses_of(plain).values()), abs=1e-5)

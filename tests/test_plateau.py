@@ -167,3 +167,29 @@ def test_cli_validation_options_are_checked(tiny_ckpt, tmp_path, capsys):
                        (["--plateau-patience", "0"], "--plateau-patience")):
         rc, _, err = run(base + extra, capsys)
         assert rc == 2 and msg in err, err
+
+
+@pytest.mark.parametrize("freeze_step,writes", [(8, False), (4, True)])
+def test_the_cache_writes_only_rows_a_later_epoch_reads(tiny_ckpt, tmp_path, capsys, freeze_step, writes):
+    """Two epochs of 6 steps: a freeze in the last epoch writes nothing (no pass reads it back);
+    a freeze in the first writes the rows seen after it, and the last epoch reads them and writes
+    none of the rows it recomputes. Losses equal the same freeze without the cache."""
+    train = write_tsv(tmp_path / "train.tsv", 48)
+    dev = write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    reps = {}
+    for cached in ("", "+cache"):
+        out = tmp_path / f"o{cached}"
+        mode = f"static:2@{freeze_step}{cached}"
+        rc, _, _ = run(["finetune", "--mode", mode, "--model", tiny_ckpt, "--train", train, "--dev", dev,
+                        "--epochs", "2", "--batch-size", "8", "--max-length", "16", "--no-cost-model",
+                        "--out", str(out), "--no-progress", "--no-plot", "--evals-per-epoch", "1"], capsys)
+        assert rc == 0
+        reps[cached] = json.load(open(next(out.glob("finetune_*.json"))))
+    c = reps["+cache"]["cache"]
+    puts = c["counters"]["puts_ram"] + c["counters"]["puts_disk"]
+    assert c["writes_skipped"] > 0
+    if writes:
+        assert puts == 8 * (6 - freeze_step) and c["counters"]["hits_ram"] == puts  # every written row read back
+    else:
+        assert puts == 0 and c["counters"]["hits_ram"] == 0
+    assert reps["+cache"]["losses"] == pytest.approx(reps[""]["losses"], abs=1e-5)

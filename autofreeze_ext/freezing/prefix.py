@@ -78,6 +78,10 @@ class FrozenPrefixRunner:
         self.timers = timers if timers is not None else defaultdict(float)
         self._device = next(model.parameters()).device  # timings synchronise a CUDA device first
         self.decisions: List[dict] = []
+        #: a later pass over the data will read what this one writes; the training loop sets it
+        #: False for its last epoch, whose rows no pass reads back (nothing is written then)
+        self.later_passes = True
+        self.writes_skipped = 0  #: rows not written because no later pass reads them
         self._decided: Dict[int, bool] = {}
         self._tuple_out: Optional[bool] = None
         self._fmt_hook = self.layout.blocks[0].register_forward_hook(self._learn_format)
@@ -87,8 +91,12 @@ class FrozenPrefixRunner:
         depth = self.controller.frozen_depth
         idx = [int(i) for i in (indices.tolist() if torch.is_tensor(indices) else indices)]
         if self.cache is None or depth < self.min_depth or (
-                self._decided.get(depth) is False and max(self.cache.depths(idx), default=0) == 0):
-            # no cache, or caching does not pay at this depth and nothing is cached
+                (self._decided.get(depth) is False or not self.later_passes)
+                and max(self.cache.depths(idx), default=0) == 0):
+            # no cache, or caching does not pay at this depth (or no later pass reads it) and
+            # nothing is cached
+            if self.cache is not None and depth >= self.min_depth and self._decided.get(depth) is not False:
+                self.writes_skipped += len(idx)
             if self.split and depth > 0 and self._tuple_out is not None:
                 return self.run_suffix(batch, self.advance(batch, 0, None, depth), depth)
             return self.suffix(**batch)
@@ -122,7 +130,9 @@ class FrozenPrefixRunner:
             if depth not in self._decided:
                 # the prefix's cost per sample, scaled up when only blocks d+1..L ran
                 self._decide(depth, parts, dt / len(positions) * depth / (depth - d))
-            if self._decided.get(depth, False):
+            if self._decided.get(depth, False) and not self.later_passes:
+                self.writes_skipped += len(positions)
+            elif self._decided.get(depth, False):
                 t0 = now(self._device)
                 self.cache.put([idx[p] for p in positions], depth, parts)
                 self.timers["cache_io"] += now(self._device) - t0

@@ -64,14 +64,21 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             (e.g. ``PolicyOptions(target_speedup=2.0)``).
         probe_samples: training samples in the probe batch of the probe signals a policy reads
             (the first ones of the training set, collated by the Trainer's collator).
+        val_data: rows never trained on (a map-style dataset of tokenized rows with labels, e.g.
+            ``ds.train_test_split(test_size=0.05, stratify_by_column="label")["test"]``), the
+            validation slice of a policy that reads one (``"plateau"``); collated by the
+            Trainer's collator. :class:`~autofreeze_ext.integrations.hf_trainer.AutoFreezeTrainer`
+            holds one out of ``train_dataset`` itself.
         **controller_kwargs: passed to :class:`~autofreeze_ext.FreezeController` (``blocks=``,
             ``embeddings=``, ``max_depth=`` ...).
 
-    After training begins, :attr:`controller` is the live controller.
+    After training begins, :attr:`controller` is the live controller. A policy that judges
+    training converged (``PolicyOptions(stop_when_converged=True)`` with ``"plateau"``) ends
+    training through ``control.should_training_stop``.
     """
 
     def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
-                 probe_samples: int = 64, **controller_kwargs) -> None:
+                 probe_samples: int = 64, val_data=None, **controller_kwargs) -> None:
         if _HF_ERROR:
             raise ImportError(_HF_ERROR)
         if isinstance(policy, str) and policy.strip().lower() not in POLICIES:
@@ -79,6 +86,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         self.policy = policy if policy is not None else DEFAULT_POLICY
         self.options = options
         self.probe_samples = probe_samples
+        self.val_data = val_data
         self.controller_kwargs = controller_kwargs
         self.controller: Optional[FreezeController] = None
         self._pending_state: Optional[dict] = None
@@ -96,7 +104,8 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         if isinstance(self.policy, str):
             self.policy = build_policy(self.policy, self._options(args, state))
         signals = make_signals(self.policy.signals, self._probe(train_dataloader, model)
-                               if set(self.policy.signals) & set(NEEDS_PROBE) else None)
+                               if set(self.policy.signals) & set(NEEDS_PROBE) else None,
+                               val=self._val(train_dataloader) if "val_slice" in self.policy.signals else None)
         # attach=True: the controller runs in the inner optimizer's step post-hook, where the
         # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
         self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
@@ -124,6 +133,26 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         batch = loader.collate_fn(rows)
         dev = next(model.parameters()).device
         return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def _val(self, loader) -> dict:
+        """The validation slice's rows, collated as the Trainer collates training rows."""
+        if self.val_data is None or len(self.val_data) == 0:
+            raise ValueError(f"AutoFreezeCallback: {self.policy.describe()} reads a validation slice: pass "
+                             "AutoFreezeCallback(val_data=rows never trained on), e.g. ds.train_test_split("
+                             "test_size=0.05)['test'] (AutoFreezeTrainer holds one out itself)")
+        if loader is None:
+            raise RuntimeError("AutoFreezeCallback: the validation slice needs the Trainer's train dataloader")
+        rows = [{k: v for k, v in self.val_data[i].items() if k != "sample_index"} for i in range(len(self.val_data))]
+        batch = loader.collate_fn(rows)
+        if "labels" not in batch:
+            raise ValueError("AutoFreezeCallback: val_data rows need a label (a 'label' or 'labels' column)")
+        return {k: v.cpu() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def on_step_end(self, args, state, control, **kw):
+        """The policy judged training converged: end it (the Trainer then evaluates and saves as
+        at a normal end)."""
+        if self.controller is not None and self.controller.policy.should_stop():
+            control.should_training_stop = True
 
     def prepare_resume(self, model: torch.nn.Module, checkpoint: str) -> int:
         """Call before ``trainer.train(resume_from_checkpoint=checkpoint)``.

@@ -27,6 +27,7 @@ communication for frozen blocks.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from typing import Optional, Union
@@ -81,6 +82,50 @@ class _ThroughRunner:
         return getattr(self.model, name)
 
 
+class Rows(torch.utils.data.Dataset):
+    """The rows ``indices`` of a map-style dataset."""
+
+    def __init__(self, rows, indices) -> None:
+        self.rows, self.indices = rows, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[self.indices[i]]
+
+
+def hold_out_rows(rows, fraction: float, seed: int = 0):
+    """``(training rows, validation rows)`` of a map-style dataset of dicts with a ``label`` or
+    ``labels``: :func:`~autofreeze_ext.tasks.split.hold_out`'s stratified slice."""
+    from ..tasks.split import pick_rows, slice_size
+
+    if len(rows) < 2:
+        raise ValueError(f"AutoFreezeTrainer: {len(rows)} training row(s): too few to hold out a validation slice")
+    first = rows[0]
+    key = next((k for k in ("labels", "label") if k in first), None)
+    if key is None:
+        raise ValueError("AutoFreezeTrainer: the validation slice is stratified by label: train_dataset rows need a "
+                         "'label' or 'labels' (or pass val_data=)")
+    labels = [rows[i][key] for i in range(len(rows))]
+    regression = any(isinstance(y, float) and not float(y).is_integer() for y in labels)
+    val = set(pick_rows(labels, slice_size(len(rows), fraction), seed, regression))
+    return Rows(rows, [i for i in range(len(rows)) if i not in val]), Rows(rows, sorted(val))
+
+
+def _reads_val_slice(policy) -> bool:
+    from ..policies import reads_val_slice
+
+    if isinstance(policy, str):
+        return reads_val_slice(policy)
+    return policy is not None and "val_slice" in getattr(policy, "signals", ())
+
+
+def _seed(kwargs) -> int:
+    args = kwargs.get("args")
+    return int(getattr(args, "seed", 0) or 0)
+
+
 class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     """A ``transformers.Trainer`` with AutoFreeze's freezing and activation cache.
 
@@ -90,6 +135,12 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         cache_dir: folder of the cache's disk tier (default: RAM tier only).
         cache_memory, cache_disk: budgets, e.g. ``"2GiB"``.
         cost_model: cache only at depths where reading beats recomputing (default True).
+        val_data: the validation slice of a policy that reads one (``"plateau"``): rows never
+            trained on. Default: ``val_fraction`` of ``train_dataset`` held out (stratified by
+            its ``label``/``labels``) and removed from the rows the Trainer trains on; never the
+            ``eval_dataset``.
+        val_fraction: the share held out when ``val_data`` is not given (default 0.05, at most
+            2,000 rows).
         *args, **kwargs: ``Trainer``'s; ``train_dataset`` must be map-style, of dicts.
 
     :attr:`autofreeze` is the installed callback (its ``controller`` once training began),
@@ -98,10 +149,14 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
 
     def __init__(self, *args, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
                  cache: bool = True, cache_dir: Optional[str] = None, cache_memory: str = "2GiB",
-                 cache_disk: Optional[str] = None, cost_model: bool = True, **kwargs) -> None:
+                 cache_disk: Optional[str] = None, cost_model: bool = True, val_data=None, val_fraction: float = 0.05,
+                 **kwargs) -> None:
         if Trainer is object:
             raise ImportError("transformers is not installed: pip install \".[hf]\"")
-        self.autofreeze = AutoFreezeCallback(policy, options)
+        if val_data is None and _reads_val_slice(policy) and kwargs.get("train_dataset") is not None:
+            kwargs["train_dataset"], val_data = hold_out_rows(kwargs["train_dataset"], val_fraction, seed=_seed(kwargs))
+            logger.info("AutoFreezeTrainer: %d training rows held out as the validation slice", len(val_data))
+        self.autofreeze = AutoFreezeCallback(policy, options, val_data=val_data)
         self._epochs = SamplerEpoch()
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze, self._epochs]
         super().__init__(*args, **kwargs)
@@ -163,6 +218,8 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         """``Trainer.compute_loss``, the training forward going through the frozen-prefix runner."""
         indices = inputs.pop(INDEX, None)
         runner = self._runner_for() if model.training and indices is not None else None
+        if runner is not None:  # the last epoch's rows are never read back: nothing is written then
+            runner.later_passes = int(self.state.epoch or 0) + 1 < math.ceil(self.state.num_train_epochs or 1)
         self._through_runner = runner is not None
         target = _ThroughRunner(runner, indices, model) if runner is not None else model
         return super().compute_loss(target, inputs, return_outputs=return_outputs,
@@ -191,9 +248,13 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         return str(ckpt)
 
     def _close_cache(self) -> None:
+        counters = {}
         if self._runner is not None:
+            counters["writes_skipped"] = self._runner.writes_skipped  # rows of the last epoch, never read back
             self._runner.close()
             self._runner = None
         if self.cache is not None:
-            self.cache_counters = self.cache.counters()
+            counters.update(self.cache.counters())
             self.cache.close()
+        if counters:
+            self.cache_counters = counters

@@ -28,7 +28,7 @@ NEEDS_PROBE = ("probe_drift", "probe_loss", "block_drift")
 
 def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None,
                  lookahead: Optional[int] = None, val: Optional[Mapping[str, Tensor]] = None,
-                 metric: str = "accuracy") -> List[Signal]:
+                 metric: Optional[str] = None) -> List[Signal]:
     """One signal object per distinct name (the controller's ``grad_norm`` is built in and
     skipped); ``lookahead`` limits ``block_drift`` to the lowest active blocks (a policy's
     decision reaches no further); ``val`` (encoded rows with labels) and ``metric`` make

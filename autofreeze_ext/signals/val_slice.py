@@ -26,19 +26,21 @@ class ValSlice(Signal):
 
     Args:
         data: encoded rows with ``labels`` (``input_ids``, ``attention_mask``, ...).
-        metric: the task metric that is the ``score`` (``accuracy``, ``f1``, ``pearson``, ...).
+        metric: the task metric that is the ``score`` (``accuracy``, ``f1``, ``pearson``, ...;
+            None: accuracy for class labels, Pearson for float targets).
         batch_size: rows per forward.
     """
 
     name = "val_slice"
     per_block = False
 
-    def __init__(self, data: Mapping[str, Tensor], metric: str = "accuracy", batch_size: int = 128) -> None:
+    def __init__(self, data: Mapping[str, Tensor], metric: Optional[str] = None, batch_size: int = 128) -> None:
         super().__init__()
         if "labels" not in data or len(data["labels"]) == 0:
             raise ValueError("ValSlice needs encoded rows with 'labels' (a non-empty validation slice)")
-        self.data, self.metric, self.batch_size = dict(data), metric, int(batch_size)
         self.regression = data["labels"].is_floating_point()
+        self.data, self.batch_size = dict(data), int(batch_size)
+        self.metric = metric or ("pearson" if self.regression else "accuracy")
         lengths = row_lengths(self.data)
         self.order = sorted(range(len(data["labels"])), key=lambda i: -lengths[i])
         self._ctl = None

@@ -23,16 +23,16 @@ def slice_size(n: int, fraction: float, max_rows: int = MAX_ROWS) -> int:
     return max(1, min(max_rows, round(fraction * n), n - 1))
 
 
-def _pick(task: Task, k: int, seed: int) -> List[int]:
-    """``k`` row indices, stratified by class for classification (each class keeps its share;
-    rounding goes to the largest remainders), uniform for regression."""
+def pick_rows(labels, k: int, seed: int, regression: bool = False) -> List[int]:
+    """``k`` row indices (sorted) drawn with ``seed``: stratified by class for classification
+    (each class keeps its share; rounding goes to the largest remainders), uniform for regression."""
     rng = random.Random(seed)
-    if task.label_space.regression:
-        return sorted(rng.sample(range(len(task)), k))
+    if regression:
+        return sorted(rng.sample(range(len(labels)), k))
     by_class = defaultdict(list)
-    for i, y in enumerate(task.labels):
+    for i, y in enumerate(labels):
         by_class[int(y)].append(i)
-    n = len(task)
+    n = len(labels)
     want = {c: k * len(rows) / n for c, rows in by_class.items()}
     take = {c: int(w) for c, w in want.items()}
     for c in sorted(want, key=lambda c: want[c] - take[c], reverse=True)[: k - sum(take.values())]:
@@ -53,7 +53,7 @@ def hold_out(task: Task, fraction: float = DEFAULT_FRACTION, seed: int = 0,
     task, fraction and seed always give the same slice."""
     if len(task) < 2:
         raise DataError(f"{task.path}: {len(task)} training row(s): too few to hold out a validation slice")
-    val = _pick(task, slice_size(len(task), fraction, max_rows), seed)
+    val = pick_rows(task.labels, slice_size(len(task), fraction, max_rows), seed, task.label_space.regression)
     held = set(val)
     keep = [i for i in range(len(task)) if i not in held]
     return _subset(task, keep, task.path), _subset(task, val, f"{task.path} (validation slice)")

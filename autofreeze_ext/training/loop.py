@@ -31,6 +31,7 @@ def run_loop(run, parts: List[Part]) -> None:
         run.ctl.begin_epoch(epoch, len(planned), done=run.sampler.position)
         if run.cache is not None:
             run.cache.plan_epoch(micro_plan(planned[run.sampler.position:], cfg.optim.grad_accum))
+            run.runner.later_passes = epoch + 1 < cfg.optim.epochs  # the last epoch's rows are never read back
         for p in parts:
             p.epoch_start(run, epoch, planned)
         for indices, batch in run.loader:

@@ -51,6 +51,7 @@ def make_report(run, packer, cost_goal) -> dict:
     }
     if run.cache is not None:
         report["cache"] = {"decisions": run.runner.decisions, "counters": run.cache.counters(),
+                           "writes_skipped": run.runner.writes_skipped,
                            "info": run.cache.info()}
     return report
 
