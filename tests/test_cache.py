@@ -295,3 +295,29 @@ def test_record_store_compiles_against_kernel_headers_without_statx_dioalign():
     p = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-DAUTOFREEZE_TEST_OLD_KERNEL_HEADERS", f"-I{root}",
                         f"-I{os.path.join(root, 'io')}", src], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_record_of_another_run_is_never_served(tmp_path):
+    """Each record carries its producer's run tag (a hash of the fingerprint). Run B's index
+    pointing at run A's records (a segment copied over, as two runs writing one folder would
+    leave it) passes every other check (each record is self-consistent): the tag alone makes
+    them misses, never A's data."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    xs_a, xs_b = rows(4, seq=(16,), seed=1), rows(4, seq=(16,), seed=2)
+    for d, fp, xs in ((a_dir, "run-a", xs_a), (b_dir, "run-b", xs_b)):
+        with disk_cache(d, fingerprint=fp) as c:
+            put_rows(c, range(4), 2, xs)
+            c.flush()
+    (seg_a,), (seg_b,) = segments(a_dir), segments(b_dir)
+    assert os.path.getsize(seg_a) == os.path.getsize(seg_b)
+    with open(seg_a, "rb") as src, open(seg_b, "r+b") as dst:
+        dst.write(src.read())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with disk_cache(b_dir, fingerprint="run-b") as c:
+            assert c.depths(range(4)) == [2] * 4  # B's index still lists them
+            got = c.get(range(4))
+            c.plan_epoch([[0, 1], [2, 3]])
+            got.update(c.get([0, 1]))
+            got.update(c.get([2, 3]))
+            assert got == {} and c.counters()["disk"]["reads_corrupt"] == 4

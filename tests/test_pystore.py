@@ -37,16 +37,32 @@ def test_round_trip_reuse_and_fingerprint(tmp_path):
     assert len(other) == 0 and other.info()["opened"].startswith("created")
 
 
+def test_a_record_of_another_run_is_never_served(tmp_path):
+    """Run B's index over run A's records (the data file copied over, as two runs writing one
+    folder would leave it). Same bytes in both, so the index's CRC passes: the record's run tag
+    alone says it is A's: misses. (With other bytes the CRC catches it too.)"""
+    for name, fp in (("a", "run-a"), ("b", "run-b")):
+        s = PyRecordStore(str(tmp_path / name), fingerprint=fp)
+        g = torch.Generator().manual_seed(1)
+        assert all(put(s, i, torch.randn(3, 4, generator=g)) for i in range(3))
+        s.close()
+    (tmp_path / "b" / _pystore.DATA).write_bytes((tmp_path / "a" / _pystore.DATA).read_bytes())
+    b = PyRecordStore(str(tmp_path / "b"), fingerprint="run-b")
+    assert len(b) == 3 and [read(b, i, (3, 4))[0] for i in range(3)] == [_pystore.CORRUPT] * 3
+    assert _pystore.run_tag_of("run-b") == b.run_tag != _pystore.run_tag_of("run-a")
+
+
 def test_corruption_budget_evict_and_plan(tmp_path):
     s = PyRecordStore(str(tmp_path), disk_budget=3 * 48)
     for i in range(3):
         assert put(s, i, torch.full((3, 4), float(i)), depth=1 + i)
     assert not put(s, 3, torch.zeros(3, 4)) and s.stats()["rejected_budget"] == 1
     s.flush()
-    with open(tmp_path / _pystore.DATA, "r+b") as f:  # flip a byte of record 1
-        f.seek(48 + 5)
+    rec = _pystore._HEADER.size + 48  # a record: its header, then 3x4 floats
+    with open(tmp_path / _pystore.DATA, "r+b") as f:  # flip a payload byte of record 1
+        f.seek(rec + _pystore._HEADER.size + 5)
         b = f.read(1)
-        f.seek(48 + 5)
+        f.seek(rec + _pystore._HEADER.size + 5)
         f.write(bytes([b[0] ^ 0xFF]))
     assert read(s, 1, (3, 4))[0] == _pystore.CORRUPT
     s.plan([[2, 0], [1, 7]])

@@ -3,7 +3,8 @@
 Used where the compiled core is missing (or ``AUTOFREEZE_FORCE_REFERENCE=1``), so the
 activation cache keeps a real disk tier everywhere. Same interface and semantics as the C++
 store as :class:`~autofreeze_ext.ActivationCache` uses it: records appended to one data file
-with a CRC32 each, an index written atomically at :meth:`flush` and reused by a later run with
+with a CRC32 each and a header naming the run that wrote it (a hash of the fingerprint, as
+the C++ store's ``run_tag``: a record of another run is never served), an index written atomically at :meth:`flush` and reused by a later run with
 the same fingerprint, a disk budget, planned batches served in order by :meth:`next`. What it
 does not have: io_uring, O_DIRECT, a writer thread and read-ahead (reads are synchronous
 ``pread`` calls), pinned slots. Its file names differ from the C++ store's, so neither reads
@@ -14,12 +15,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import struct
 import zlib
 from typing import Dict, List, Optional, Sequence
 
 from .._io import atomic_json
 
 DATA, INDEX = "py_records.bin", "py_index.json"
+_HEADER = struct.Struct("<QQ")  # the writer's run tag, the row id; before each record's payload
 OK, CORRUPT, SHORT, ERROR, MISSING = 0, 1, 2, 3, 4
 _STAT_KEYS = ("puts", "rejected_budget", "rejected_full", "writes", "bytes_written", "write_errors", "reads_ok",
               "reads_corrupt", "reads_short", "reads_error", "bytes_read", "index_dropped", "segments_deleted")
@@ -34,6 +37,7 @@ class PyRecordStore:
                  pin: bool = False) -> None:
         os.makedirs(dir, exist_ok=True)
         self.dir, self.budget, self.fingerprint = dir, int(disk_budget or 0), fingerprint
+        self.run_tag = run_tag_of(fingerprint)
         self._entries: Dict[int, list] = {}  # id -> [depth, dtype code, shape, offset, nbytes, crc]
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         self._plan: List[List[int]] = []
@@ -57,7 +61,7 @@ class PyRecordStore:
         if not reuse:
             why = "index of another run (fingerprint differs)" if saved is not None else "no index"
             return f"created (python store: {why})"
-        self._entries = {int(k): v for k, v in saved["entries"].items() if v[3] + v[4] <= self._end}
+        self._entries = {int(k): v for k, v in saved["entries"].items() if v[3] + _HEADER.size + v[4] <= self._end}
         self._stats["index_dropped"] = len(saved["entries"]) - len(self._entries)
         return f"reused {len(self._entries)} records (python store)"
 
@@ -109,14 +113,14 @@ class PyRecordStore:
             return False
         payload = ctypes.string_at(ptr, nbytes)
         try:
-            os.pwrite(self._fd, payload, self._end)
+            os.pwrite(self._fd, _HEADER.pack(self.run_tag, int(i) & (2**64 - 1)) + payload, self._end)
         except OSError:
             self._stats["write_errors"] += 1
             self.disk_full = True
             return False
         self._entries[int(i)] = [int(depth), int(dtype), [int(s) for s in shape], self._end, nbytes,
                                  zlib.crc32(payload)]
-        self._end += nbytes
+        self._end += _HEADER.size + nbytes
         self._stats["writes"] += 1
         self._stats["bytes_written"] += nbytes
         return True
@@ -136,14 +140,16 @@ class PyRecordStore:
         if e is None:
             return MISSING, None
         try:
-            data = os.pread(self._fd, e[4], e[3])
+            data = os.pread(self._fd, _HEADER.size + e[4], e[3])
         except OSError:
             self._stats["reads_error"] += 1
             return ERROR, None
-        if len(data) < e[4]:
+        if len(data) < _HEADER.size + e[4]:
             self._stats["reads_short"] += 1
             return SHORT, None
-        if zlib.crc32(data) != e[5]:
+        tag, rid = _HEADER.unpack_from(data)
+        data = data[_HEADER.size:]
+        if tag != self.run_tag or rid != int(i) & (2**64 - 1) or zlib.crc32(data) != e[5]:
             self._stats["reads_corrupt"] += 1
             return CORRUPT, None
         self._stats["reads_ok"] += 1
@@ -189,3 +195,11 @@ class PyRecordStore:
 
     def release(self, slot: int) -> None:
         pass
+
+
+def run_tag_of(fingerprint: str) -> int:
+    """The C++ store's run tag of a fingerprint: 64-bit FNV-1a of its UTF-8 bytes."""
+    h = 1469598103934665603
+    for c in fingerprint.encode():
+        h = ((h ^ c) * 1099511628211) & (2**64 - 1)
+    return h

@@ -106,7 +106,7 @@ void Prefetcher::verify_slot(Slot& s) {
   uint64_t off = 0;
   for (size_t r = 0; r < s.entries.size(); ++r) {
     const Entry& e = s.entries[r];
-    int status = check_record(s.ptr + off, s.results[r], e, s.ids[r]);
+    int status = check_record(s.ptr + off, s.results[r], e, s.ids[r], run_tag_);
     s.results[r] = status;
     count_read(*stats_, status, e.record_len);
     off += e.record_len;

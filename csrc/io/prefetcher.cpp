@@ -12,8 +12,9 @@
 
 namespace autofreeze {
 
-Prefetcher::Prefetcher(std::unique_ptr<IoBackend> io, unsigned queue_depth, bool pin, StoreStats* stats)
-    : io_(std::move(io)), queue_depth_(queue_depth ? queue_depth : 1), pin_(pin), stats_(stats) {
+Prefetcher::Prefetcher(std::unique_ptr<IoBackend> io, unsigned queue_depth, bool pin, StoreStats* stats,
+                       uint64_t run_tag)
+    : io_(std::move(io)), queue_depth_(queue_depth ? queue_depth : 1), pin_(pin), stats_(stats), run_tag_(run_tag) {
   thread_ = std::thread([this] { loop(); });
 }
 

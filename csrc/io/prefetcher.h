@@ -18,7 +18,8 @@ namespace autofreeze {
 
 class Prefetcher {
  public:
-  Prefetcher(std::unique_ptr<IoBackend> io, unsigned queue_depth, bool pin, StoreStats* stats);
+  // run_tag: the store's; a record carrying another is read as corrupt.
+  Prefetcher(std::unique_ptr<IoBackend> io, unsigned queue_depth, bool pin, StoreStats* stats, uint64_t run_tag = 0);
   ~Prefetcher();
 
   // Read these batches (their index entries, snapshotted by the caller) ahead, in order, into
@@ -68,6 +69,7 @@ class Prefetcher {
   unsigned queue_depth_;
   bool pin_, pinned_ = false;
   StoreStats* stats_;
+  uint64_t run_tag_ = 0;
   mutable std::mutex mu_;
   std::condition_variable cv_, ready_cv_;
   std::vector<Slot> slots_;

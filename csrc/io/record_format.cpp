@@ -15,6 +15,12 @@ uint32_t header_crc(RecordHeader h) {
 
 }  // namespace
 
+uint64_t run_tag_of(const std::string& fingerprint) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : fingerprint) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
 void count_read(StoreStats& stats, int status, uint64_t len) {
   switch (status) {
     case kOk: stats.reads_ok++; stats.bytes_read += len; break;
@@ -25,7 +31,7 @@ void count_read(StoreStats& stats, int status, uint64_t len) {
 }
 
 char* encode_record(int64_t id, int32_t depth, uint8_t dtype, const std::vector<int64_t>& shape, const void* src,
-                    uint64_t nbytes, uint32_t align, Entry* meta) {
+                    uint64_t nbytes, uint32_t align, uint64_t run_tag, Entry* meta) {
   const uint64_t len = record_length(nbytes, align);
   char* buf = alloc_aligned(len);
   RecordHeader h;
@@ -37,6 +43,7 @@ char* encode_record(int64_t id, int32_t depth, uint8_t dtype, const std::vector<
   h.depth = depth;
   h.sample_id = id;
   h.nbytes = nbytes;
+  h.run_tag = run_tag;
   for (size_t i = 0; i < shape.size(); ++i) h.shape[i] = shape[i];
   std::memcpy(buf + kHeaderBytes, src, nbytes);
   h.payload_crc = crc32c(buf + kHeaderBytes, nbytes);
@@ -54,13 +61,14 @@ char* encode_record(int64_t id, int32_t depth, uint8_t dtype, const std::vector<
   return buf;
 }
 
-int check_record(const char* buf, int64_t res, const Entry& e, int64_t id) {
+int check_record(const char* buf, int64_t res, const Entry& e, int64_t id, uint64_t run_tag) {
   if (res < 0) return kIoError;
   if (static_cast<uint64_t>(res) < e.record_len) return kShort;
   RecordHeader h;
   std::memcpy(&h, buf, sizeof h);
   bool ok = h.magic == kRecordMagic && h.header_crc == header_crc(h) && h.sample_id == id && h.nbytes == e.nbytes &&
-            h.depth == e.depth && crc32c(buf + kHeaderBytes, e.nbytes) == h.payload_crc;
+            h.depth == e.depth && h.run_tag == run_tag && h.version == kFormatVersion &&
+            crc32c(buf + kHeaderBytes, e.nbytes) == h.payload_crc;
   return ok ? kOk : kCorrupt;
 }
 

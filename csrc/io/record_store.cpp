@@ -24,13 +24,14 @@ RecordStore::RecordStore(const StoreOptions& o) : opt_(o) {
   if (::mkdir(opt_.dir.c_str(), 0755) != 0 && errno != EEXIST)
     throw std::runtime_error("cannot create cache directory " + opt_.dir + ": " + errstr(errno));
   if (opt_.segment_bytes < (1u << 20)) opt_.segment_bytes = 1u << 20;
+  run_tag_ = run_tag_of(opt_.fingerprint);
   DirectIo d = probe_direct_io(opt_.dir, opt_.direct);
   direct_ = d.direct;
   align_ = d.align;
   direct_reason_ = d.reason;
   open_existing();
   prefetch_ = std::make_unique<Prefetcher>(make_io_backend(opt_.backend, opt_.queue_depth, &backend_reason_),
-                                           opt_.queue_depth, opt_.pin, &stats_);
+                                           opt_.queue_depth, opt_.pin, &stats_, run_tag_);
   writer_ = std::thread([this] { writer_loop(); });
 }
 
@@ -116,7 +117,7 @@ int RecordStore::read_into(int64_t id, char* dst, uint64_t capacity, Entry* meta
   if (e.nbytes > capacity) return kMissing;
   char* buf = alloc_aligned(e.record_len);
   int64_t r = pread_full(e.seg->fd, buf, e.record_len, e.offset);
-  int status = check_record(buf, r, e, id);
+  int status = check_record(buf, r, e, id, run_tag_);
   if (status == kOk) std::memcpy(dst, buf + kHeaderBytes, e.nbytes);
   std::free(buf);
   count_read(stats_, status, e.record_len);

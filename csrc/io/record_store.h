@@ -111,6 +111,7 @@ class RecordStore {
 
   StoreOptions opt_;
   uint32_t align_ = 4096;
+  uint64_t run_tag_ = 0;  // run_tag_of(fingerprint): in every record written, checked on every read
   bool direct_ = false;
   std::string direct_reason_, backend_reason_, open_note_;
   int seg_errno_ = 0;

@@ -38,7 +38,7 @@ bool RecordStore::put(int64_t id, int32_t depth, uint8_t dtype, const std::vecto
   if (!reserve_write(len)) return false;
   WriteJob job;
   job.id = id;
-  job.buf = encode_record(id, depth, dtype, shape, src, nbytes, align_, &job.meta);
+  job.buf = encode_record(id, depth, dtype, shape, src, nbytes, align_, run_tag_, &job.meta);
   job.len = len;
   {
     std::lock_guard<std::mutex> g(mu_);
