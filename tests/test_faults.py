@@ -197,6 +197,36 @@ def test_ctrl_c_stops_cleanly_and_names_the_checkpoint(tiny_ckpt, task, tmp_path
     assert (ck / "checkpoint.pt").exists()
 
 
+def test_a_real_sigint_stops_cleanly_and_the_run_resumes(tiny_ckpt, task, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the CLI process while it trains and writes a
+    checkpoint every step. Exit 130 naming the checkpoint, no traceback; the checkpoint it left
+    is whole (a write the signal cut short leaves the previous one) and --resume finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", "full", "--model", tiny_ckpt,
+           "--train", task[0], "--dev", task[1], "--epochs", "40", "--batch-size", "8", "--max-length", "12",
+           "--no-progress", "--no-plot", "--out", str(tmp_path / "o"), "--checkpoint-dir", str(ck),
+           "--checkpoint-every", "1", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (ck / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more steps and checkpoint writes
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert f"interrupted; the last checkpoint is in {ck}" in err and "Traceback" not in err, err
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0 and "starting fresh" not in done.stderr, done.stderr
+    report = __import__("json").loads((tmp_path / "o" / "finetune_full.json").read_text())
+    assert report["resumed_at_steps"] and report["resumed_at_steps"][0] > 0
+    assert report["steps"] == 40 * report["steps_per_epoch"]
+
+
 def test_a_cache_folder_in_use_by_another_run_is_refused(tiny_ckpt, task, tmp_path, capsys):
     """Two runs on one --cache-dir would read each other's records: the second is refused while
     the first holds the folder, and may use it once the first is gone (a crash releases it too)."""
