@@ -245,7 +245,7 @@ def test_a_cache_folder_in_use_by_another_run_is_refused(tiny_ckpt, task, tmp_pa
 def test_two_trainers_on_one_cache_dir_each_get_a_folder(tmp_path):
     pytest.importorskip("transformers")
     from autofreeze_ext.cache import ActivationCache
-    from test_hf_trainer import make
+    from test_hf_trainer import losses_of, make
 
     other = ActivationCache(str(tmp_path / "shared"), memory_budget=0, fingerprint="another run")
     trainer = make(tmp_path / "t", cache=True, epochs=4, cache_dir=str(tmp_path / "shared"), cache_memory="0")
@@ -253,6 +253,9 @@ def test_two_trainers_on_one_cache_dir_each_get_a_folder(tmp_path):
     assert trainer.cache_counters["hits_disk"] > 0  # it cached on disk, in a folder of its own
     assert [p.name.startswith("run-") for p in (tmp_path / "shared").iterdir() if p.is_dir()] == [True]
     other.close()
+    alone = make(tmp_path / "a", cache=True, epochs=4, cache_dir=str(tmp_path / "own"), cache_memory="0")
+    alone.train()  # the same run with a folder to itself: the same losses, bit for bit
+    assert losses_of(trainer) == losses_of(alone) and alone.cache_counters["hits_disk"] > 0
 
 
 def test_parse_errors_name_the_line_and_the_separator(tmp_path):

@@ -193,3 +193,22 @@ def test_the_cache_writes_only_rows_a_later_epoch_reads(tiny_ckpt, tmp_path, cap
     else:
         assert puts == 0 and c["counters"]["hits_ram"] == 0
     assert reps["+cache"]["losses"] == pytest.approx(reps[""]["losses"], abs=1e-5)
+
+
+def test_val_slice_of_a_regression_task_is_pearson_and_mse(tiny_ckpt):
+    from autofreeze_ext.signals import ValSlice
+    from autofreeze_ext.tasks import compute, encode
+    from autofreeze_ext.training.model import load_model_and_tokenizer
+
+    t = _task([0.25 * (i % 9) for i in range(30)])
+    t.texts = [" ".join(["good", "bad", "movie", "fine", "nice"][: 1 + i % 5]) for i in range(30)]
+    model, tok = load_model_and_tokenizer(tiny_ckpt, t.label_space)
+    data = encode(t, tok, 16)
+    sig = ValSlice(data, batch_size=7)
+    assert sig.metric == "pearson" and sig.regression
+    v = sig.measure(model)
+    with torch.no_grad():
+        model.eval()
+        pred = model(**{k: x for k, x in data.items() if k != "labels"}).logits[:, 0]
+    assert v["loss"] == pytest.approx(float(torch.nn.functional.mse_loss(pred, data["labels"].float())), rel=1e-4)
+    assert v["score"] == pytest.approx(compute(pred.tolist(), data["labels"].tolist(), True)["pearson"], abs=1e-5)
