@@ -10,7 +10,6 @@ Quick start (plain PyTorch loop)::
 
 ``backend_info()`` tells which kernels (C++, CUDA or the pure-PyTorch reference) are in use.
 """
-from . import _moved
 from ._backend import backend_info
 from .cache import ActivationCache, CacheError
 from .data import PlannedBatchSampler, ShardedBatchSampler
@@ -22,7 +21,6 @@ from .policies import (POLICIES, FreezePolicy, GradientNormTest, GuardedGradient
                        ObserveOnly, PolicyOptions, ScheduledFreeze, SpeedBudget, StabilityPolicy, StaticFreeze,
                        build_policy, make_policy)
 
-_moved.install()  # the old import paths of moved modules keep working, with a warning
 
 __version__ = "0.1.0"
 

@@ -19,9 +19,9 @@ from typing import List, Optional
 from ._io import atomic_json
 from ._table import print_table
 from .cache.activation_cache import CacheError
-from .data import DataError
 from .planning.estimate import estimate_full_time, estimate_lines
 from .policies import DEFAULT_POLICY, POLICIES
+from .tasks import DataError
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 from .training.config import STABILITY_SIGNALS, option_fields, validate
 from .training.outputs import check_outputs

@@ -10,17 +10,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .batching import grouped_batches
-from .tasks import DataError, encode  # noqa: F401  (re-exported: older imports)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sst2_sample"
-
-
-def read_tsv(path: str, limit: Optional[int] = None):
-    """Read a GLUE-style TSV (``sentence<TAB>label`` and the other usual columns); see
-    :func:`autofreeze_ext.tasks.load_task` for every format and option."""
-    from .tasks import load_task
-
-    return load_task(path, fmt="tsv", limit=limit)
 
 
 class IndexedDataset(Dataset):

@@ -66,3 +66,18 @@ def write_json(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
     print(f"wrote {path}")
+
+
+# Reports in benchmarks/results written before the reports had a task metric hold accuracy only;
+# the package reads only its own format, these read both.
+def score(entry: dict) -> float:
+    """The metric of one evaluation (older reports: its accuracy)."""
+    return entry["score"] if "score" in entry else entry["accuracy"]
+
+
+def best_score(report: dict) -> float:
+    return report["best_score"] if "best_score" in report else report["best_accuracy"]
+
+
+def final_score(report: dict) -> float:
+    return report["final_score"] if "final_score" in report else report["final_accuracy"]

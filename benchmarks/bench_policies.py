@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from autofreeze_ext.cli import mode_slug  # noqa: E402
-from autofreeze_ext.training.report import best_score, final_score, score  # noqa: E402
+from _common import best_score, final_score, score  # noqa: E402
 from replay_policies import predicted_speedup  # noqa: E402
 
 DATA = os.environ.get("AUTOFREEZE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))

@@ -105,9 +105,10 @@ def test_bad_model_and_mode_errors(task, tiny_ckpt, tmp_path, capsys):
 
 
 def test_builtin_sample_is_packaged():
-    from autofreeze_ext.data import SAMPLE_DIR, read_tsv
+    from autofreeze_ext.data import SAMPLE_DIR
+    from autofreeze_ext.tasks import load_task
 
-    train, dev = read_tsv(str(SAMPLE_DIR / "train.tsv")), read_tsv(str(SAMPLE_DIR / "dev.tsv"))
+    train, dev = load_task(str(SAMPLE_DIR / "train.tsv")), load_task(str(SAMPLE_DIR / "dev.tsv"))
     assert len(train.labels) == 2000 and len(dev.labels) == 872
     assert set(train.labels) == {0, 1}
 

@@ -1,4 +1,4 @@
-"""The checkpoint file: versioned, written atomically, migrated once from older versions."""
+"""The checkpoint file: one version, written atomically, checked against the run that resumes it."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ from .._io import atomic_write
 
 log = logging.getLogger("autofreeze_ext")
 
-VERSION = 3
+VERSION = 3  #: the one format this package writes and reads (no release before it to migrate from)
 
 
 #: options a resumed run may change (where it writes, how it reports); every other must match
@@ -25,7 +25,7 @@ def previous(path: str) -> str:
 
 def load_checkpoint(path: str) -> dict:
     """Read the newest checkpoint, or the one before it when the newest cannot be read (truncated,
-    damaged): :class:`ValueError` when neither can. Brought to :data:`VERSION`."""
+    damaged): :class:`ValueError` when neither can, or when it is of another version."""
     try:
         state = torch.load(path, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
@@ -38,16 +38,9 @@ def load_checkpoint(path: str) -> dict:
             state = torch.load(older, weights_only=False)
         except Exception as exc2:  # noqa: BLE001
             raise ValueError(f"{path} and {older}: neither checkpoint can be read ({exc2})") from None
-    return _migrate(path, state)
-
-
-def _migrate(path: str, state: dict) -> dict:
-    if state.get("version", 1) == 1:
-        state = _from_v1(state)
-    if state["version"] == 2:
-        state = _from_v2(state)
-    if state["version"] != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this package's {VERSION}")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path}: a checkpoint of version {state.get('version')}, this package reads version "
+                         f"{VERSION} only: start fresh without --resume, or in another --checkpoint-dir")
     return state
 
 
@@ -71,34 +64,6 @@ def check_options(path: str, saved: dict, now: dict) -> None:
                          "or start fresh in another --checkpoint-dir")
 
 
-def _from_v1(state: dict) -> dict:
-    """Version 1 kept the packer's and planner's state inside the run record and grew keys over
-    time; version 2 keeps every part's state under ``parts``."""
-    from .parts.progress import new_record
-
-    prog = state.pop("progress")
-    bs = prog.get("batch_trace", [{"global_batch": 32}])[0]["global_batch"]
-    record = {**new_record(0, bs), **prog}
-    packer = {k: record.pop(k) for k in ("packer", "packer_memory") if k in record}
-    cost = {k: record.pop(k) for k in ("full_step_s", "deadline_s") if k in record}
-    state["parts"] = {"progress": record, "packer": packer or None, "cost_goal": {**cost, "planner": record["planner"]}}
-    state["version"] = 2
-    return state
-
-
-def _from_v2(state: dict) -> dict:
-    """Version 2 kept a step measurement in progress inside the packer's and the cost goal's
-    state, each its own way; version 3 has one step probe (part ``step_probe``). A measurement
-    in progress is dropped: the resumed run measures its setting again (a few steps)."""
-    parts = state["parts"]
-    for name in ("packer", "cost_goal"):
-        if parts.get(name):
-            parts[name].pop("probe", None)
-    parts["step_probe"] = None
-    state["version"] = 3
-    return state
-
-
 def resume_options(run) -> dict:
     """What a checkpoint records of the run's options: all of them, with the model's real path."""
     return {**run.cfg.options(), "model": run.model_path}
@@ -108,12 +73,11 @@ def restore(run, state: dict) -> None:
     """Load model, controller (before the optimizer: it removes frozen parameters), optimizer,
     schedule, sampler, AMP scaler and this rank's RNG stream."""
     cfg, ctx = run.cfg, run.ctx
-    if "options" in state:
-        check_options(run.ckpt_path, state["options"], resume_options(run))
+    check_options(run.ckpt_path, state["options"], resume_options(run))
     if state["mode"] != cfg.freeze.mode:
         raise ValueError(f"{run.ckpt_path} was written by mode {state['mode']!r}, not {cfg.freeze.mode!r}")
-    if state.get("packing", False) != run.packing:
-        raise ValueError(f"{run.ckpt_path} was written {'with' if state.get('packing') else 'without'} a growing "
+    if state["packing"] != run.packing:
+        raise ValueError(f"{run.ckpt_path} was written {'with' if state['packing'] else 'without'} a growing "
                          "batch (--mode-goal time --max-batch): resume with the same options")
     run.model.load_state_dict(state["model"])
     run.ctl.load_state_dict(state["controller"])
@@ -122,8 +86,7 @@ def restore(run, state: dict) -> None:
     run.sampler.load_state_dict(state["sampler"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
-    rngs = state.get("rng_per_rank") or [state["rng"]]
-    cuda = state.get("cuda_rng_per_rank") or [None] * len(rngs)
+    rngs, cuda = state["rng_per_rank"], state["cuda_rng_per_rank"]
     if len(rngs) == ctx.world_size:
         torch.set_rng_state(rngs[ctx.rank])
         if cuda[ctx.rank] is not None and ctx.device.type == "cuda":

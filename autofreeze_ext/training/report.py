@@ -57,23 +57,22 @@ def make_report(run, packer, cost_goal) -> dict:
 
 
 def score(entry: dict) -> float:
-    """The value of the metric that drives a comparison at one evaluation (evaluations written
-    before other metrics existed hold accuracy only)."""
-    return entry["score"] if "score" in entry else entry["accuracy"]
+    """The value of the metric that drives a comparison at one evaluation."""
+    return entry["score"]
 
 
 def best_score(report: dict) -> float:
-    """A report's best value of its metric (older reports: best accuracy)."""
-    return report["best_score"] if "best_score" in report else report["best_accuracy"]
+    """A report's best value of its metric."""
+    return report["best_score"]
 
 
 def final_score(report: dict) -> float:
-    """A report's value of its metric at the last evaluation (older reports: final accuracy)."""
-    return report["final_score"] if "final_score" in report else report["final_accuracy"]
+    """A report's value of its metric at the last evaluation."""
+    return report["final_score"]
 
 
 def metric_of(reports: List[dict]) -> str:
-    return reports[0].get("metric", "accuracy") if reports else "accuracy"
+    return reports[0]["metric"] if reports else "accuracy"
 
 
 def compare_table(reports: List[dict]) -> List[List[str]]:
