@@ -18,3 +18,16 @@ def test_old_module_paths_are_gone(old):
 
 def test_no_import_hook_of_ours():
     assert not [f for f in sys.meta_path if type(f).__module__.startswith(autofreeze_ext.__name__)]
+
+
+def test_the_controller_and_the_loop_read_a_policy_only_through_its_declared_contract():
+    """What a policy offers is declared on FreezePolicy; freezing/ and training/ never probe a
+    policy with getattr (a misspelt attribute would silently fall back to a default)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(autofreeze_ext.__file__).parent
+    probing = re.compile(r"getattr\(\s*(self\.)?(policy|ctl\.policy|controller\.policy)\b")
+    found = [f"{p.relative_to(root)}:{i}" for folder in ("freezing", "training") for p in (root / folder).rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if probing.search(line)]
+    assert found == []

@@ -103,7 +103,7 @@ class FreezeController:
             [p for p in b.parameters() if p.requires_grad] for b in self.layout.blocks]
         self.stats: Optional[GradientStatistics] = None
         if self.policy.uses_gradient_stats:
-            self.stats = GradientStatistics(self._block_params, norm=getattr(self.policy, "norm", "l2"))
+            self.stats = GradientStatistics(self._block_params, norm=self.policy.norm)
         self.signals: List[Signal] = list(signals or [])
         self._check_signals()
         self.global_step = 0
@@ -197,8 +197,7 @@ class FreezeController:
     def _signal_values(self, active) -> Dict[str, List[Optional[float]]]:
         # a signal the policy reads but does not need now is skipped (None); the same on every
         # rank, whose policies see the same broadcast statistics. Extra signals always run.
-        needed = getattr(self.policy, "signals_needed", None)
-        skip = set(getattr(self.policy, "signals", ())) - set(needed()) if needed else set()
+        skip = set(self.policy.signals) - set(self.policy.signals_needed())
         values = {}
         for sig in self.signals:
             if sig.name in skip:
@@ -365,16 +364,16 @@ class FreezeController:
         depth = min(int(self.policy.decide(info)), self.max_depth)
         if self._sync is not None:
             depth = self._sync.value(depth)
-        rec = getattr(self.policy, "last", None)
+        rec = self.policy.last
         entry = {"event": "interval", "step": self.global_step, "epoch": self._epoch(),
                  "frozen_before": self.frozen_depth, "decided": max(depth, self.frozen_depth), "norms": norms}
         if signals:
             entry["signals"] = signals
-        if rec is not None and getattr(rec, "step", None) == self.global_step:
+        if rec is not None and rec.step == self.global_step:
             entry["eta"] = {int(b): v for b, v in rec.eta.items()}
             entry["threshold"] = rec.threshold
             for key in ("signal", "held_by", "forced"):  # the freezing story (policies.Decision)
-                if getattr(rec, key, None) is not None:
+                if getattr(rec, key) is not None:  # a Decision's field
                     entry[key] = getattr(rec, key)
         self.history.append(entry)
         if "eta" in entry and entry["eta"]:
@@ -395,7 +394,7 @@ class FreezeController:
 
     def _check_signals(self) -> None:
         have = {sig.name for sig in self.signals}
-        missing = [name for name in getattr(self.policy, "signals", ()) if name not in have]
+        missing = [name for name in self.policy.signals if name not in have]
         if missing:
             raise ValueError(f"{self.policy.describe()} reads the signal(s) {missing}: pass them to the controller, "
                              f"e.g. FreezeController(..., signals=[ParameterDisplacement(), ProbeDrift(probe_batch)])")

@@ -118,7 +118,7 @@ def _reads_val_slice(policy) -> bool:
 
     if isinstance(policy, str):
         return reads_val_slice(policy)
-    return policy is not None and "val_slice" in getattr(policy, "signals", ())
+    return isinstance(policy, FreezePolicy) and policy.reads_val_slice
 
 
 def _seed(kwargs) -> int:

@@ -46,12 +46,26 @@ class Decision:
 
 
 class FreezePolicy:
-    """Base class. Override :meth:`decide`; the rest has sensible defaults."""
+    """Base class. Override :meth:`decide`; the rest has sensible defaults.
+
+    What a policy needs from the controller is declared here, and the controller reads nothing
+    else of it: :attr:`uses_gradient_stats` and :attr:`norm` (the fused gradient statistics),
+    :attr:`signals` (which :mod:`~autofreeze_ext.signals` it reads; ``"val_slice"`` makes the
+    CLI and the Trainer integrations hold out a validation slice) and :meth:`signals_needed`
+    (which of them to measure at the coming interval end), :meth:`lookahead` (how far one
+    decision reaches, which bounds the per-block signals' work), :meth:`is_interval_end` and
+    :meth:`decide`; :attr:`last` is the :class:`Decision` it recorded for the history, and
+    :meth:`should_stop` may end the run.
+    """
 
     #: ask the controller to accumulate gradient statistics (costs one fused pass per step)
     uses_gradient_stats: bool = False
+    #: the norm those statistics take (``"l2"`` or ``"l1"``)
+    norm: str = "l2"
     #: names of the :mod:`~autofreeze_ext.signals` the policy reads (the controller must have them)
     signals: Tuple[str, ...] = ()
+    #: what the last :meth:`decide` tested, for the controller's history (None: nothing to tell)
+    last: Optional["Decision"] = None
 
     def initial_depth(self, num_blocks: int) -> int:
         """Blocks frozen before training starts."""
@@ -64,6 +78,16 @@ class FreezePolicy:
     def decide(self, stats: IntervalStats) -> int:
         """Return the number of leading blocks that should be frozen."""
         raise NotImplementedError
+
+    def lookahead(self) -> Optional[int]:
+        """How many blocks above the frozen prefix one decision can reach (None: any): the
+        per-block signals measure no further."""
+        return None
+
+    @property
+    def reads_val_slice(self) -> bool:
+        """The policy reads the validation slice (the run must hold one out)."""
+        return "val_slice" in self.signals
 
     def signals_needed(self) -> Tuple[str, ...]:
         """The signals of :attr:`signals` to measure at the coming interval end; the controller

@@ -96,6 +96,11 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
         self.last = rec
         return rec.decided
 
+    def lookahead(self) -> Optional[int]:
+        """With at most ``max_new_blocks`` more blocks per interval, a decision reaches that far
+        (+1: the block above, whose streak patience is counting)."""
+        return None if self.guards.max_new_blocks is None else self.guards.max_new_blocks + 1
+
     def signals_needed(self) -> Tuple[str, ...]:
         """Once the learning guard has passed it never reads ``probe_loss`` again: the probe
         forward is skipped from then on (unless the test itself reads the signal)."""

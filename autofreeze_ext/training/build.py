@@ -199,9 +199,7 @@ def _controller(cfg: FinetuneConfig, model, opt, train: dict, val, steps_per_epo
     names = [*policy.signals, *recorded]
     needs_probe = set(names) & set(NEEDS_PROBE)
     probe = probe_batch(train, cfg.freeze.probe_samples, cfg.optim.seed, labels=True) if needs_probe else None
-    guards = getattr(policy, "guards", None)  # a decision reaches at most max_new_blocks (+1 for patience)
-    capped = not cfg.freeze.record_signals and guards is not None and guards.max_new_blocks is not None
-    reach = guards.max_new_blocks + 1 if capped else None
+    reach = None if cfg.freeze.record_signals else policy.lookahead()  # recording measures every block
     return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, anneal_steps=cfg.freeze.anneal_steps,
                             signals=make_signals(names, probe, lookahead=reach, val=val[0], metric=val[1]))
 
