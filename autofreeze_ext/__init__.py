@@ -13,7 +13,7 @@ Quick start (plain PyTorch loop)::
 from ._backend import backend_info
 from .cache import ActivationCache, CacheError
 from .data import PlannedBatchSampler, ShardedBatchSampler
-from .freezing import (BlockLayout, FreezeController, FrozenPrefixRunner, GradientStatistics, UnsupportedModelError,
+from .freezing import (BlockLayout, ControllerOptions, FreezeController, FrozenPrefixRunner, GradientStatistics, UnsupportedModelError,
                        hf_layout, resnet_layout, resolve_layout)
 from .ops import grad_stats, reference_grad_stats
 from .parallel import FreezingDDP
@@ -25,7 +25,7 @@ from .policies import (POLICIES, FreezePolicy, GradientNormTest, GuardedGradient
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationCache", "BlockLayout", "CacheError", "FreezeController", "FreezingDDP", "FrozenPrefixRunner",
+    "ActivationCache", "BlockLayout", "CacheError", "ControllerOptions", "FreezeController", "FreezingDDP", "FrozenPrefixRunner",
     "FreezePolicy", "GradientNormTest", "GradientStatistics", "GuardedGradientTest", "Guards", "IntervalStats",
     "NeverFreeze", "ObserveOnly", "POLICIES", "PlannedBatchSampler", "PolicyOptions", "ScheduledFreeze", "SpeedBudget", "StabilityPolicy",
     "build_policy", "ShardedBatchSampler", "StaticFreeze", "UnsupportedModelError", "backend_info", "grad_stats",

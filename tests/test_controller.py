@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import autofreeze_ext as af
-from autofreeze_ext import FreezeController, GradientNormTest, NeverFreeze, ScheduledFreeze, StaticFreeze
+from autofreeze_ext import ControllerOptions, FreezeController, GradientNormTest, NeverFreeze, ScheduledFreeze, StaticFreeze
 
 from models import BlockNet, TinyResNet, bert_batch, tiny_bert
 
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see 
 def blocknet_ctl(policy, n_blocks=4, opt_cls=torch.optim.Adam, **kw):
     model = BlockNet(n_blocks=n_blocks)
     opt = opt_cls(model.parameters(), lr=1e-2)
-    ctl = FreezeController(model, opt, policy, blocks=model.blocks, embeddings=[model.embed], **kw)
+    ctl = FreezeController(model, opt, policy, blocks=model.blocks, embeddings=[model.embed],
+                           options=ControllerOptions(**kw))
     return model, opt, ctl
 
 
@@ -355,12 +356,12 @@ def test_shared_parameters_and_bad_arguments():
     with pytest.raises(ValueError, match="two blocks"):
         FreezeController(model, opt, blocks=[model.blocks[0], model.blocks[0]])
     with pytest.raises(ValueError, match="max_depth"):
-        FreezeController(model, opt, blocks=model.blocks, max_depth=9)
+        FreezeController(model, opt, blocks=model.blocks, options=ControllerOptions(max_depth=9))
     with pytest.raises(ValueError, match="steps_per_epoch"):
         FreezeController(model, opt, blocks=model.blocks, steps_per_epoch=0)
     with pytest.raises(ValueError, match="not the model's"):
         FreezeController(model, opt, blocks=[nn.Linear(2, 2)])
-    ctl = FreezeController(model, opt, GradientNormTest(), blocks=model.blocks, attach=False)
+    ctl = FreezeController(model, opt, GradientNormTest(), blocks=model.blocks, options=ControllerOptions(attach=False))
     with pytest.raises(ValueError, match="steps_per_epoch"):
         ctl.step()
 
@@ -394,7 +395,7 @@ def test_manual_mode_with_grad_scaler_skips_overflow_steps():
     ctl_unused.detach()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     ctl = FreezeController(model, opt, GradientNormTest(interval_steps=5), blocks=model.blocks,
-                           embeddings=[model.embed], attach=False, grad_scaler=scaler)
+                           embeddings=[model.embed], options=ControllerOptions(attach=False, grad_scaler=scaler))
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
     for bad in (False, True, False):
         opt.zero_grad()

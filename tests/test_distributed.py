@@ -78,7 +78,7 @@ def _agree_worker(rank, world, port, sync, out):
 
     import torch.distributed as dist
 
-    from autofreeze_ext import FreezeController, GradientNormTest
+    from autofreeze_ext import ControllerOptions, FreezeController, GradientNormTest
     from autofreeze_ext.policies import FreezePolicy
     from models import BlockNet
 
@@ -101,7 +101,7 @@ def _agree_worker(rank, world, port, sync, out):
         model = BlockNet()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         ctl = FreezeController(model, opt, policy, blocks=list(model.blocks), steps_per_epoch=8,
-                               process_group="auto" if sync else None)
+                               options=ControllerOptions(process_group="auto" if sync else None))
         g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: local statistics differ
         for _ in range(40):
             x = torch.randn(16, 3, generator=g) * (1 + rank)

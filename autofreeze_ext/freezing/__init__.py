@@ -5,10 +5,10 @@ frozen prefix without autograd or reads it from the cache (:mod:`.prefix`). What
 freeze is pluggable: :mod:`autofreeze_ext.policies` and the signals they read,
 :mod:`autofreeze_ext.signals`."""
 from .adapters import BlockLayout, UnsupportedModelError, hf_layout, resnet_layout, resolve_layout
-from .controller import FreezeController
+from .controller import ControllerOptions, FreezeController
 from .prefix import FrozenPrefixRunner
 from .soft_freeze import SoftFreeze
 from .stats import GradientStatistics
 
-__all__ = ["BlockLayout", "FreezeController", "FrozenPrefixRunner", "GradientStatistics", "SoftFreeze",
+__all__ = ["BlockLayout", "ControllerOptions", "FreezeController", "FrozenPrefixRunner", "GradientStatistics", "SoftFreeze",
            "UnsupportedModelError", "hf_layout", "resnet_layout", "resolve_layout"]

@@ -6,7 +6,8 @@ import math
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -30,6 +31,40 @@ def _keep_eval(module: nn.Module, args) -> None:
         module.eval()
 
 
+@dataclass
+class ControllerOptions:
+    """How a :class:`FreezeController` works in, beyond its policy and signals.
+
+    Args:
+        max_depth: the most blocks that may freeze (default: all of them; the gradient test
+            never freezes the last active block on its own).
+        attach: hook ``optimizer.step()`` (default) or leave :meth:`FreezeController.step` to
+            the caller.
+        grad_scaler: with ``attach=False`` and AMP, pass the ``GradScaler`` so steps it
+            skipped for inf/NaN gradients are not counted.
+        verify_order: check during the first forward pass that the blocks run in the given
+            order (raises ``ValueError`` at the first step if not).
+        process_group: under ``torch.distributed``, the group whose ranks must take the same
+            decisions. ``"auto"`` (default): the default group when one is initialised with
+            more than one rank. At each interval end the ranks adopt rank 0's gradient
+            statistics and then rank 0's decision (two broadcasts of a few numbers per
+            interval), so they freeze the same blocks at the same step even when their local
+            statistics differ in the last bits or the policy is not deterministic. ``None``:
+            no synchronisation.
+        anneal_steps: soft transition (needs ``attach=True``): when the policy decides to
+            freeze, the blocks' updates first fade to zero over this many optimizer steps
+            (:class:`~autofreeze_ext.freezing.soft_freeze.SoftFreeze`), then they freeze; decisions
+            taken meanwhile wait. 0 (default): freeze at once.
+    """
+
+    max_depth: Optional[int] = None
+    attach: bool = True
+    grad_scaler: Any = None
+    verify_order: bool = True
+    process_group: Any = "auto"
+    anneal_steps: int = 0
+
+
 class FreezeController:
     """Freezes a growing prefix of a model's blocks during training.
 
@@ -51,37 +86,23 @@ class FreezeController:
             :class:`~autofreeze_ext.policies.GradientNormTest` (the paper's test, which needs no
             knowledge of the run). The CLI's and the Trainer callback's default, ``late``, needs
             the run's length: ``make_policy("autofreeze", total_steps=N)`` builds it.
-        blocks, embeddings: explicit layout for models the adapters do not know.
-        steps_per_epoch: optimizer steps per epoch (needed by ``intervals_per_epoch``).
-        max_depth: the most blocks that may freeze (default: all of them; the gradient test
-            never freezes the last active block on its own).
-        attach: hook ``optimizer.step()`` (default) or leave :meth:`step` to the caller.
-        grad_scaler: with ``attach=False`` and AMP, pass the ``GradScaler`` so steps it
-            skipped for inf/NaN gradients are not counted.
-        verify_order: check during the first forward pass that the blocks run in the given
-            order (raises ``ValueError`` at the first step if not).
-        process_group: under ``torch.distributed``, the group whose ranks must take the same
-            decisions. ``"auto"`` (default): the default group when one is initialised with
-            more than one rank. At each interval end the ranks adopt rank 0's gradient
-            statistics and then rank 0's decision (two broadcasts of a few numbers per
-            interval), so they freeze the same blocks at the same step even when their local
-            statistics differ in the last bits or the policy is not deterministic. ``None``:
-            no synchronisation.
         signals: extra per-block :class:`~autofreeze_ext.signals.Signal` objects measured
             each interval (e.g. ``ParameterDisplacement()``, ``ProbeDrift(probe_batch)``); a
             policy that reads a signal (its ``signals`` attribute) needs it here. Their values
             go to the policy (``IntervalStats.signals``) and to :attr:`history`.
-        anneal_steps: soft transition (needs ``attach=True``): when the policy decides to
-            freeze, the blocks' updates first fade to zero over this many optimizer steps
-            (:class:`~autofreeze_ext.freezing.soft_freeze.SoftFreeze`), then they freeze; decisions
-            taken meanwhile wait. 0 (default): freeze at once.
+        steps_per_epoch: optimizer steps per epoch (needed by ``intervals_per_epoch``).
+        blocks, embeddings: explicit layout for models the adapters do not know.
+        options: :class:`ControllerOptions` (how the controller hooks in, how deep it may
+            freeze, rank agreement, soft transitions); default: ``ControllerOptions()``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: Optional[FreezePolicy] = None,
-                 *, blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
-                 steps_per_epoch: Optional[int] = None, max_depth: Optional[int] = None, attach: bool = True,
-                 grad_scaler=None, verify_order: bool = True, process_group="auto",
-                 signals: Optional[List[Signal]] = None, anneal_steps: int = 0) -> None:
+                 *, signals: Optional[List[Signal]] = None, steps_per_epoch: Optional[int] = None,
+                 blocks: ModuleOrList = None, embeddings: ModuleOrList = None,
+                 options: Optional["ControllerOptions"] = None) -> None:
+        o = options if options is not None else ControllerOptions()
+        max_depth, attach, grad_scaler = o.max_depth, o.attach, o.grad_scaler
+        verify_order, process_group, anneal_steps = o.verify_order, o.process_group, o.anneal_steps
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):

@@ -33,7 +33,7 @@ from typing import Optional, Union
 import torch
 
 from .._io import atomic_write
-from ..freezing.controller import FreezeController
+from ..freezing.controller import ControllerOptions, FreezeController
 from ..policies import DEFAULT_POLICY, POLICIES, FreezePolicy, PolicyOptions, build_policy
 from ..signals import NEEDS_PROBE, make_signals
 
@@ -69,8 +69,9 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             validation slice of a policy that reads one (``"plateau"``); collated by the
             Trainer's collator. :class:`~autofreeze_ext.integrations.hf_trainer.AutoFreezeTrainer`
             holds one out of ``train_dataset`` itself.
-        **controller_kwargs: passed to :class:`~autofreeze_ext.FreezeController` (``blocks=``,
-            ``embeddings=``, ``max_depth=`` ...).
+        **controller_kwargs: ``blocks=``, ``embeddings=`` for :class:`~autofreeze_ext.FreezeController`,
+            and the fields of :class:`~autofreeze_ext.freezing.controller.ControllerOptions`
+            (``max_depth=``, ``anneal_steps=`` ...).
 
     After training begins, :attr:`controller` is the live controller. A policy that judges
     training converged (``PolicyOptions(stop_when_converged=True)`` with ``"plateau"``) ends
@@ -108,8 +109,12 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                                val=self._val(train_dataloader) if "val_slice" in self.policy.signals else None)
         # attach=True: the controller runs in the inner optimizer's step post-hook, where the
         # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
+        known = ControllerOptions.__dataclass_fields__
+        options = ControllerOptions(**{**{k: v for k, v in self.controller_kwargs.items() if k in known},
+                                       "attach": True})
+        rest = {k: v for k, v in self.controller_kwargs.items() if k not in known}
         self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
-                                           attach=True, signals=signals, **self.controller_kwargs)
+                                           signals=signals, options=options, **rest)
         if self._pending_state is not None:
             self.controller.load_state_dict(self._pending_state)
             self._pending_state = None

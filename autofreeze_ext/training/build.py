@@ -17,7 +17,7 @@ from ..batching import TrimCollate, row_lengths
 from ..cache.activation_cache import ActivationCache, CacheError, CacheInUse
 from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 from ..freezing.adapters import resolve_layout
-from ..freezing.controller import FreezeController
+from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
 from ..parallel import DistContext, FreezingDDP, init_from_env
 from ..planning.packing import SampleLinearSchedule
@@ -200,8 +200,9 @@ def _controller(cfg: FinetuneConfig, model, opt, train: dict, val, steps_per_epo
     needs_probe = set(names) & set(NEEDS_PROBE)
     probe = probe_batch(train, cfg.freeze.probe_samples, cfg.optim.seed, labels=True) if needs_probe else None
     reach = None if cfg.freeze.record_signals else policy.lookahead()  # recording measures every block
-    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch, anneal_steps=cfg.freeze.anneal_steps,
-                            signals=make_signals(names, probe, lookahead=reach, val=val[0], metric=val[1]))
+    return FreezeController(model, opt, policy, steps_per_epoch=steps_per_epoch,
+                            signals=make_signals(names, probe, lookahead=reach, val=val[0], metric=val[1]),
+                            options=ControllerOptions(anneal_steps=cfg.freeze.anneal_steps))
 
 
 def _amp(run: Run) -> None:
