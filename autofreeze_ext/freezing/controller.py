@@ -12,9 +12,11 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from ..parallel.rank_sync import resolve_group
 from ..policies import FreezePolicy, GradientNormTest, IntervalStats
 from ..signals import Signal
 from .adapters import BlockLayout, ModuleOrList, resolve_layout
+from .history import describe, interval_entry
 from .soft_freeze import SoftFreeze
 from ..timing import now
 from .stats import GradientStatistics
@@ -118,7 +120,7 @@ class FreezeController:
         self.steps_per_epoch = steps_per_epoch
         self.grad_scaler = grad_scaler
         self._check_optimizer_owns_params()
-        self._sync = _resolve_group(process_group)
+        self._sync = resolve_group(process_group)
 
         self._block_params: List[List[nn.Parameter]] = [
             [p for p in b.parameters() if p.requires_grad] for b in self.layout.blocks]
@@ -227,18 +229,10 @@ class FreezeController:
             t0 = time.perf_counter()
             v = sig.interval_end(active)
             if self._sync is not None:
-                v = self._sync_value(v, sig.per_block)
+                v = self._sync.signal(v, sig.per_block, self.num_blocks)
             values[sig.name] = v
             sig.seconds += time.perf_counter() - t0
         return values
-
-    def _sync_value(self, v, per_block: bool):
-        """Rank 0's value of a signal: per block, one float, or a dict of floats."""
-        if per_block:
-            return self._sync.norms(v, self.num_blocks)
-        if isinstance(v, dict):
-            return dict(zip(v, self._sync.norms(list(v.values()), len(v))))
-        return self._sync.norms([v], 1)[0]
 
     def begin_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
         """Tell the controller that epoch ``epoch`` (from 0) has ``steps`` optimizer steps, of
@@ -385,23 +379,11 @@ class FreezeController:
         depth = min(int(self.policy.decide(info)), self.max_depth)
         if self._sync is not None:
             depth = self._sync.value(depth)
-        rec = self.policy.last
-        entry = {"event": "interval", "step": self.global_step, "epoch": self._epoch(),
-                 "frozen_before": self.frozen_depth, "decided": max(depth, self.frozen_depth), "norms": norms}
-        if signals:
-            entry["signals"] = signals
-        if rec is not None and rec.step == self.global_step:
-            entry["eta"] = {int(b): v for b, v in rec.eta.items()}
-            entry["threshold"] = rec.threshold
-            for key in ("signal", "held_by", "forced"):  # the freezing story (policies.Decision)
-                if getattr(rec, key) is not None:  # a Decision's field
-                    entry[key] = getattr(rec, key)
+        entry = interval_entry(info, depth, signals, self.policy.last)
         self.history.append(entry)
-        if "eta" in entry and entry["eta"]:
-            etas = " ".join(f"{b}:{v:.3g}" for b, v in sorted(entry["eta"].items()))
-            why = entry.get("held_by") or entry.get("forced")
-            log.info("autofreeze: step %d interval: %s {%s} threshold %.3g -> depth %d%s", self.global_step,
-                     entry.get("signal", "eta"), etas, entry["threshold"], entry["decided"], f" ({why})" if why else "")
+        line = describe(entry)
+        if line:
+            log.info("%s", line)
         if depth > self.frozen_depth:
             self._freeze_or_anneal(depth)
 
@@ -460,43 +442,3 @@ class FreezeController:
             h.remove()
         self._order_hooks = []
         self._order_seen = []
-
-
-class _RankSync:
-    """Broadcasts rank 0's interval statistics and decision to the other ranks of a group."""
-
-    def __init__(self, group) -> None:
-        import torch.distributed as dist
-
-        self.dist, self.group = dist, group
-        self.src = dist.get_global_rank(group, 0) if group is not None else 0
-        nccl = dist.get_backend(group) == "nccl"
-        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-
-    def _bcast(self, values: List[float]) -> List[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        self.dist.broadcast(t, src=self.src, group=self.group)
-        return t.tolist()
-
-    def norms(self, norms: Optional[List[Optional[float]]], n: int) -> List[Optional[float]]:
-        # -1 stands for a frozen block (norms are >= 0); NaN/inf travel as they are
-        vals = self._bcast([-1.0 if v is None else float(v) for v in (norms or [None] * n)])
-        return [None if v == -1.0 else v for v in vals]
-
-    def value(self, v: int) -> int:
-        return int(self._bcast([float(v)])[0])
-
-
-def _resolve_group(process_group):
-    if process_group is None:
-        return None
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        if process_group == "auto":
-            return None
-        raise ValueError("process_group given but torch.distributed is not initialised")
-    group = None if process_group == "auto" else process_group
-    if dist.get_world_size(group) < 2:
-        return None
-    return _RankSync(group)

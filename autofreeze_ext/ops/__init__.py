@@ -1,7 +1,7 @@
-"""Custom ops, each defined once with ``torch.library`` and implemented per backend.
-
-``autofreeze_ext/backends/{default,cpu,cuda}.py`` hold the implementations; importing this
-package defines the ops and registers every implementation available on this machine.
+"""Custom ops, each defined once with ``torch.library``, with its pure-PyTorch reference as the
+op's default body and the compiled kernels (``autofreeze_ext._C``) registered for the CPU and
+CUDA dispatch keys in the same module (``grad_stats.py``). Importing this package defines the
+ops and registers every kernel this machine has.
 """
 from .grad_stats import NORMS, grad_stats, reference_grad_stats
 

@@ -119,8 +119,8 @@ def reference_grad_stats(accs: List[Tensor], grads: List[Tensor], block_ids: Lis
 @torch.library.custom_op("autofreeze::grad_stats", mutates_args=("accs",))
 def _grad_stats_op(accs: List[Tensor], grads: List[Tensor], block_ids: List[int], num_blocks: int, norm: str,
                    compute_norms: bool, zero_after: bool) -> Tensor:
-    # Default implementation (any device); faster ones are registered per device by
-    # autofreeze_ext.backends.
+    # Default implementation (any device); the compiled kernels are registered for CPU and CUDA
+    # below (_register_compiled).
     return reference_grad_stats(accs, grads, block_ids, num_blocks, norm, compute_norms, zero_after)
 
 
@@ -159,7 +159,44 @@ def grad_stats(accs: Sequence[Tensor], grads: Optional[Sequence[Tensor]] = None,
     return torch.ops.autofreeze.grad_stats(accs, grads, block_ids, num_blocks, norm, compute_norms, zero_after)
 
 
-# Register the compiled implementations available here.
-from ..backends import register_all as _register_all  # noqa: E402
+def _grad_stats_cpu(accs: List[Tensor], grads: List[Tensor], block_ids: List[int], num_blocks: int, norm: str,
+                    compute_norms: bool, zero_after: bool) -> Tensor:
+    """The C++ CPU kernel (``autofreeze_ext._C``)."""
+    from .._backend import _C
 
-_register_all()
+    meta = validate(accs, grads, block_ids, num_blocks, norm)
+    sums = torch.zeros(num_blocks, dtype=torch.float64)
+    _C.grad_stats_cpu(*meta.kernel_args(block_ids, num_blocks, sums, norm, compute_norms, zero_after),
+                      torch.get_num_threads())
+    return finish_norms(sums, norm)
+
+
+def _grad_stats_cuda(accs: List[Tensor], grads: List[Tensor], block_ids: List[int], num_blocks: int, norm: str,
+                     compute_norms: bool, zero_after: bool) -> Tensor:
+    """The CUDA kernel (``autofreeze_ext._C`` built with nvcc). The compiled core links the CUDA
+    runtime statically and receives torch's current stream, so it runs in stream order with
+    the surrounding PyTorch work."""
+    from .._backend import _C
+
+    meta = validate(accs, grads, block_ids, num_blocks, norm)
+    device = accs[0].device
+    sums = torch.zeros(num_blocks, dtype=torch.float64, device=device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _C.grad_stats_cuda(*meta.kernel_args(block_ids, num_blocks, sums, norm, compute_norms, zero_after), stream)
+    return finish_norms(sums, norm)
+
+
+def _register_compiled() -> None:
+    """The compiled kernels this machine has, for the CPU and CUDA dispatch keys (the op's own
+    body, the reference, serves every other case)."""
+    from .. import _backend
+
+    if not _backend.compiled():
+        return
+    _grad_stats_op.register_kernel("cpu")(_grad_stats_cpu)
+    if _backend.compiled_with_cuda():
+        _grad_stats_op.register_kernel("cuda")(_grad_stats_cuda)
+
+
+_register_compiled()

@@ -21,12 +21,14 @@ a miss on one rank never blocks another.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
 from torch import nn
 
-from ..freezing.controller import FreezeController
+if TYPE_CHECKING:  # the controller imports parallel.rank_sync: no import at run time
+    from ..freezing.controller import FreezeController
+
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -62,7 +64,7 @@ class FreezingDDP:
     estimate), and the number of parameters all-reduced.
     """
 
-    def __init__(self, model: nn.Module, controller: FreezeController, device: Optional[torch.device] = None,
+    def __init__(self, model: nn.Module, controller: "FreezeController", device: Optional[torch.device] = None,
                  sync_buffers: bool = True, **ddp_kwargs) -> None:
         if not sync_buffers:  # models without running statistics (BERT) need no buffer broadcast per step
             import inspect

@@ -50,35 +50,34 @@ PackedArgs pack(const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>&
   return p;
 }
 
+// Binds one device's grad_stats: the kernel arguments every device takes, in order, then the
+// device's own last one (CPU threads, CUDA stream), named `last`.
+template <typename Last, typename Run>
+void def_grad_stats(py::module_& m, const char* name, const char* last, Run run) {
+  m.def(
+      name,
+      [run](const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad, const std::vector<int64_t>& numel,
+            const std::vector<int32_t>& dtype, const std::vector<int32_t>& block, int32_t n_blocks,
+            uintptr_t block_sums, int32_t norm, bool compute, bool zero_after, Last extra) {
+        PackedArgs p = pack(acc, grad, numel, dtype, block, n_blocks, block_sums, norm, compute, zero_after);
+        py::gil_scoped_release nogil;
+        run(p.args, extra);
+      },
+      py::arg("acc"), py::arg("grad"), py::arg("numel"), py::arg("dtype"), py::arg("block"), py::arg("n_blocks"),
+      py::arg("block_sums"), py::arg("norm"), py::arg("compute"), py::arg("zero_after"), py::arg(last));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "autofreeze_ext compiled core (torch-free: raw pointers, sizes, dtype codes, streams)";
 
-  m.def(
-      "grad_stats_cpu",
-      [](const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad, const std::vector<int64_t>& numel,
-         const std::vector<int32_t>& dtype, const std::vector<int32_t>& block, int32_t n_blocks,
-         uintptr_t block_sums, int32_t norm, bool compute, bool zero_after, int num_threads) {
-        PackedArgs p = pack(acc, grad, numel, dtype, block, n_blocks, block_sums, norm, compute, zero_after);
-        py::gil_scoped_release nogil;
-        grad_stats_cpu(p.args, num_threads);
-      },
-      py::arg("acc"), py::arg("grad"), py::arg("numel"), py::arg("dtype"), py::arg("block"), py::arg("n_blocks"),
-      py::arg("block_sums"), py::arg("norm"), py::arg("compute"), py::arg("zero_after"), py::arg("num_threads"));
-
+  def_grad_stats<int>(m, "grad_stats_cpu", "num_threads",
+                      [](const GradStatsArgs& a, int threads) { grad_stats_cpu(a, threads); });
 #ifdef AUTOFREEZE_WITH_CUDA
-  m.def(
-      "grad_stats_cuda",
-      [](const std::vector<uintptr_t>& acc, const std::vector<uintptr_t>& grad, const std::vector<int64_t>& numel,
-         const std::vector<int32_t>& dtype, const std::vector<int32_t>& block, int32_t n_blocks,
-         uintptr_t block_sums, int32_t norm, bool compute, bool zero_after, uintptr_t stream) {
-        PackedArgs p = pack(acc, grad, numel, dtype, block, n_blocks, block_sums, norm, compute, zero_after);
-        py::gil_scoped_release nogil;
-        grad_stats_cuda(p.args, reinterpret_cast<void*>(stream));
-      },
-      py::arg("acc"), py::arg("grad"), py::arg("numel"), py::arg("dtype"), py::arg("block"), py::arg("n_blocks"),
-      py::arg("block_sums"), py::arg("norm"), py::arg("compute"), py::arg("zero_after"), py::arg("stream"));
+  def_grad_stats<uintptr_t>(m, "grad_stats_cuda", "stream", [](const GradStatsArgs& a, uintptr_t stream) {
+    grad_stats_cuda(a, reinterpret_cast<void*>(stream));
+  });
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;
