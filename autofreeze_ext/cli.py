@@ -20,7 +20,7 @@ from ._io import atomic_json
 from ._table import print_table
 from .cache.activation_cache import CacheError
 from .planning.estimate import estimate_full_time, estimate_lines
-from .policies import DEFAULT_POLICY, POLICIES
+from .policies import DEFAULT_POLICY, POLICIES, parse_mode
 from .tasks import DataError
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 from .training.config import STABILITY_SIGNALS, option_fields, validate
@@ -198,9 +198,16 @@ def _warn_unused_policy_options(args) -> None:
     """The policy options only steer mode autofreeze: say so when another mode gets them."""
     given = [f"--{k.replace('_', '-')}" for k in ("policy", "threshold", "target_speedup")
              if getattr(args, k) is not None]
-    if given and not args.mode.strip().lower().startswith("autofreeze"):
+    if given and _kind(args.mode) != "autofreeze":
         print(f"autofreeze: warning: {', '.join(given)} only apply to --mode autofreeze[+cache]; mode "
               f"{args.mode!r} ignores them", file=sys.stderr)
+
+
+def _kind(mode: str) -> Optional[str]:
+    try:
+        return parse_mode(mode).kind
+    except ValueError:
+        return None  # the configuration's check says what is wrong with it
 
 
 def _off_or_float(v: str) -> Optional[float]:

@@ -34,7 +34,8 @@ import torch
 
 from .._io import atomic_write
 from ..freezing.controller import ControllerOptions, FreezeController
-from ..policies import DEFAULT_POLICY, POLICIES, FreezePolicy, PolicyOptions, build_policy
+from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
+from ..policies.registry import check_spec
 from ..signals import NEEDS_PROBE, make_signals
 
 log = logging.getLogger("autofreeze_ext")
@@ -56,7 +57,9 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     Args:
         policy: a :class:`~autofreeze_ext.FreezePolicy`, or a policy name from
             :data:`~autofreeze_ext.policies.POLICIES` (``"stability"``, ``"gradient+guards"``,
-            ``"budget"``, ``"gradient"`` ...), built when training begins with the Trainer's
+            ``"budget"``, ``"gradient"``, ``"plateau"`` ...) or a mode string as the CLI's ``--mode``
+            takes it (``"full"``, ``"static:half"``, ``"static:K@STEP"``, ``"autofreeze"``; see
+            :func:`~autofreeze_ext.policies.make_policy`), built when training begins with the Trainer's
             warm-up steps as the warm-up guard and its total steps for ``late`` and ``budget``
             (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``late``: all blocks but
             the top one freeze after 80% of the run, once the model has started learning).
@@ -82,8 +85,8 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                  probe_samples: int = 64, val_data=None, **controller_kwargs) -> None:
         if _HF_ERROR:
             raise ImportError(_HF_ERROR)
-        if isinstance(policy, str) and policy.strip().lower() not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
+        if isinstance(policy, str):
+            check_spec(policy)  # a policy name or a mode string (static:half, static:K@STEP ...), or a clear error
         self.policy = policy if policy is not None else DEFAULT_POLICY
         self.options = options
         self.probe_samples = probe_samples
@@ -103,7 +106,11 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             except TypeError:  # iterable dataset without a length
                 steps_per_epoch = None
         if isinstance(self.policy, str):
-            self.policy = build_policy(self.policy, self._options(args, state))
+            from ..freezing.adapters import resolve_layout
+
+            n = resolve_layout(model, blocks=self.controller_kwargs.get("blocks"),
+                               embeddings=self.controller_kwargs.get("embeddings")).num_blocks
+            self.policy = make_policy(self.policy, options=self._options(args, state), num_blocks=n)
         signals = make_signals(self.policy.signals, self._probe(train_dataloader, model)
                                if set(self.policy.signals) & set(NEEDS_PROBE) else None,
                                val=self._val(train_dataloader) if "val_slice" in self.policy.signals else None)

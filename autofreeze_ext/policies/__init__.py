@@ -12,7 +12,8 @@ never unfreezes, so a smaller answer than the current depth changes nothing.
 * ``budget``: :class:`SpeedBudget` (a stated speedup, freezing as late as it allows).
 * ``late``: :class:`LateFreeze` (all but the top block at a fixed fraction of the run).
 * ``plateau``: :class:`PlateauFreeze` (all but the top block once a validation slice stops improving).
-* ``registry``: policies by name for the CLI and the Trainer callback.
+* ``modes``: the mode grammar (``full``, ``static:K[@STEP]``, ``autofreeze``, ``+cache``), parsed once.
+* ``registry``: policies by name or mode for the CLI, the Trainer callback and ``make_policy``.
 
 Writing a new policy::
 
@@ -27,12 +28,13 @@ from .budget import SpeedBudget
 from .gradient_test import GradientNormTest, ObserveOnly
 from .guards import AdaptivePolicy, Guards
 from .late import LateFreeze
+from .modes import MODES_HELP, Mode, parse_mode
 from .plateau import PlateauFreeze
 from .registry import (DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy,
                        reads_val_slice)
 from .stability import GuardedGradientTest, StabilityPolicy
 
-__all__ = ["AdaptivePolicy", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
+__all__ = ["AdaptivePolicy", "MODES_HELP", "Mode", "parse_mode", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
            "Guards", "IntervalSchedule", "IntervalStats", "LateFreeze", "NeverFreeze", "ObserveOnly", "POLICIES",
            "PlateauFreeze", "PolicyOptions",
            "ScheduledFreeze", "SpeedBudget", "StabilityPolicy", "StaticFreeze", "build_policy", "make_policy",

@@ -123,5 +123,6 @@ class PlateauFreeze(AdaptivePolicy):
     def describe(self) -> str:
         extra = ", then stop when converged" if self.stop_when_converged else ""
         by = f", by step {self.freeze_by_step}" if self.freeze_by_step else ""
+        guards = ", ".join(x for x in self._describe_guards().split(", ") if not x.startswith("patience"))
         return (f"PlateauFreeze(no gain in {self.patience} checks, {self._every()}{by}{extra}, "
-                f"{self._describe_guards()}, top {self.guards.keep_last} train)")
+                f"{guards}, top {self.guards.keep_last} train)")

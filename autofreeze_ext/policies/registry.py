@@ -1,14 +1,16 @@
 """Policies by name, for the CLI, the Trainer callback and ``make_policy``."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from .base import FreezePolicy, NeverFreeze, StaticFreeze
+from .base import FreezePolicy, NeverFreeze, ScheduledFreeze, StaticFreeze
 from .budget import SpeedBudget
 from .gradient_test import GradientNormTest
 from .guards import Guards
 from .late import LateFreeze
+from .modes import MODES_HELP, parse_mode
 from .plateau import PlateauFreeze
 from .stability import GuardedGradientTest, StabilityPolicy
 
@@ -105,19 +107,40 @@ def build_policy(name: str, options: Optional[PolicyOptions] = None) -> FreezePo
     return builder(options or PolicyOptions())
 
 
-def make_policy(spec: str, total_steps: Optional[int] = None) -> FreezePolicy:
-    """Policy from a short string: ``full``, ``static:K``, ``autofreeze`` (the default adaptive
-    policy) or a name from :data:`POLICIES`; ``total_steps`` (the run's optimizer steps) is needed
-    by the policies that plan over the run (``late``, the default, and ``budget``)."""
-    spec = spec.strip().lower()
-    if spec in ("full", "never", "none"):
+def check_spec(spec: str) -> str:
+    """``spec`` normalised when it names a policy or a mode; ``ValueError`` saying both kinds."""
+    name = spec.strip().lower()
+    if name in POLICIES:
+        return name
+    if name.split(":")[0].split("+")[0] in ("full", "static", "autofreeze"):
+        parse_mode(name)  # its own message for a malformed mode
+        return name
+    raise ValueError(f"unknown policy {spec!r}: choose a policy ({', '.join(POLICIES)}) or a mode ({MODES_HELP})")
+
+
+def make_policy(spec: str, total_steps: Optional[int] = None, *, num_blocks: Optional[int] = None,
+                options: Optional[PolicyOptions] = None, adaptive: Optional[str] = None) -> FreezePolicy:
+    """The policy of a mode string (:data:`~autofreeze_ext.policies.modes.MODES_HELP`: ``full``,
+    ``static:K``, ``static:half``, ``static:all``, ``static:K@STEP``, ``autofreeze``; a
+    ``+cache`` suffix sets ``options.cached``) or of a policy name from :data:`POLICIES`.
+
+    ``autofreeze`` is the adaptive policy ``adaptive`` (default :data:`DEFAULT_POLICY`);
+    ``total_steps`` (the run's optimizer steps) is needed by the policies that plan over the run
+    (``late``, the default, ``budget``, ``plateau-or-late``); ``num_blocks`` by ``static:half``
+    and ``static:all``; ``options`` are the policy's options (default ``PolicyOptions()``)."""
+    o = dataclasses.replace(options) if options is not None else PolicyOptions()
+    if total_steps is not None:
+        o.total_steps = total_steps
+    name = check_spec(spec)
+    if name in POLICIES:
+        return build_policy(name, o)
+    mode = parse_mode(name)
+    o.cached = mode.cached
+    if mode.kind == "full":
         return NeverFreeze()
-    if spec.startswith("static:"):
-        return StaticFreeze(int(spec.split(":", 1)[1]))
-    if spec == "autofreeze":
-        spec = DEFAULT_POLICY
-    if spec == "gradnorm":
-        return GradientNormTest()
-    if spec in POLICIES:
-        return build_policy(spec, PolicyOptions(total_steps=total_steps))
-    raise ValueError(f"unknown policy {spec!r}: use 'full', 'static:K', 'autofreeze' or one of {', '.join(POLICIES)}")
+    if mode.kind == "static":
+        if num_blocks is None and mode.depth in ("half", "all"):
+            raise ValueError(f"policy static:{mode.depth} needs the model's number of blocks (num_blocks=)")
+        k = mode.blocks(num_blocks) if num_blocks is not None else int(mode.depth)
+        return ScheduledFreeze([(mode.at, k)]) if mode.at else StaticFreeze(k)
+    return build_policy(adaptive or DEFAULT_POLICY, o)

@@ -12,7 +12,6 @@ names and :meth:`FinetuneConfig.options` gives them back (the report's ``config`
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -23,7 +22,6 @@ from ..planning.packing import LR_SCALINGS
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS
 
-_MODE = re.compile(r"full|autofreeze(\+cache)?|static:(\d+|half|all)(@\d+)?(\+cache)?")
 STABILITY_SIGNALS = ("probe_drift", "block_drift", "displacement")  # per-block signals a stability test reads
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
@@ -280,12 +278,9 @@ def _check_ranges(cfg: FinetuneConfig) -> None:
 
 def _check_freeze(f: FreezeConfig) -> None:
     from ..policies import POLICIES
+    from ..policies.modes import parse_mode
 
-    if f.mode.strip().lower() == "full+cache":
-        raise ValueError("mode 'full+cache': nothing is frozen in full fine-tuning, so nothing can be cached")
-    if not _MODE.fullmatch(f.mode.strip().lower()):
-        raise ValueError(f"unknown mode {f.mode!r}: full | static:K | static:K@STEP | autofreeze (any but full may "
-                         "end in +cache)")
+    parse_mode(f.mode)  # ValueError naming the grammar
     if f.policy is not None and f.policy not in POLICIES:
         raise ValueError(f"unknown policy {f.policy!r}; available: {', '.join(POLICIES)}")
     if f.signal not in STABILITY_SIGNALS:
