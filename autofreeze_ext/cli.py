@@ -156,7 +156,7 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
     g = p.add_argument_group("freezing policy (mode autofreeze)")
     g.add_argument("--policy", default=None, choices=sorted(POLICIES),
                    help=f"the adaptive policy (default: {DEFAULT_POLICY}); "
-                        + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()))
+                        + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()).replace("%", "%%"))
     g.add_argument("--percentile", type=float, default=d.percentile,
                    help="gradient tests: freeze below the N-th percentile of the blocks' change rates, N in (0, 100)")
     g.add_argument("--threshold", type=float, default=None,
