@@ -89,6 +89,12 @@ def replay(policy: FreezePolicy, ivs: List[dict], num_blocks: int) -> List[Tuple
 
 
 def predicted_speedup(trace: List[Tuple[int, int]], steps: int, spe: int, n: int, cached: bool) -> float:
+    return steps * n / modelled_cost(trace, steps, spe, n, cached)
+
+
+def modelled_cost(trace: List[Tuple[int, int]], steps: int, spe: int, n: int, cached: bool) -> float:
+    """The cost model's training cost of ``steps`` steps under a freezing ``trace`` (units: one
+    block's forward+backward for one step; full fine-tuning costs ``steps * n``)."""
     froze_at = {}  # block -> step it froze
     for step, depth in trace:
         for b in range(depth):
@@ -101,7 +107,7 @@ def predicted_speedup(trace: List[Tuple[int, int]], steps: int, spe: int, n: int
                 cost += 1.0
             elif not cached or t < s + CACHE_FILL_EPOCHS * spe or t // spe == s // spe:
                 cost += FORWARD_COST  # the cache serves a row only in an epoch after the one it froze in
-    return steps * n / cost
+    return cost
 
 
 def learning_start(report: dict) -> Optional[int]:
