@@ -156,7 +156,7 @@ def test_config_checks_and_micro_batches():
 def test_checkpoint_keeps_and_restores_the_cuda_rng_stream(tmp_path, monkeypatch):
     """GPU runs: the device's RNG state (dropout on the GPU) goes into the checkpoint and comes
     back on resume (checked here with torch.cuda's RNG calls stood in for)."""
-    from autofreeze_ext.training.parts.checkpointer import rng_states
+    from autofreeze_ext.training.checkpoint import rng_states
 
     fake = torch.tensor([7, 7, 7], dtype=torch.uint8)
     got = {}

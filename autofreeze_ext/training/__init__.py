@@ -13,7 +13,7 @@ import time
 from typing import Iterable, List, Optional
 
 from .build import Run, attach_cache_and_runner, build_run, new_run_id
-from .checkpoint import restore
+from .checkpoint import restore, restore_parts
 from .config import PHASES, FinetuneConfig, validate
 from .evaluate import evaluate
 from .loop import run_loop
@@ -39,9 +39,7 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     core: List[Part] = [progress, LossGuard(), *([ProgressBar()] if cfg.run.progress and run.ctx.is_main else []),
                         Evaluator(), EpochEnd(progress), timer, packer, cost_goal, ConvergedStop()]
     if run.state is not None:
-        for p in core:
-            if p.name and run.state["parts"].get(p.name) is not None:
-                p.load_state_dict(run.state["parts"][p.name])
+        restore_parts(run.state, core)
         restore(run, run.state)
     run.run_id = new_run_id(run)
     attach_cache_and_runner(run)

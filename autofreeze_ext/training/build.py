@@ -25,7 +25,7 @@ from ..planning.step_probe import StepTiming
 from ..policies import NeverFreeze, ObserveOnly
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, saved_run_id, sharded
 from .config import FinetuneConfig, packing, pad_multiple, validate
 from .data import load_tasks
 from .outputs import check_outputs
@@ -157,7 +157,7 @@ def _check_length_limit(cfg: FinetuneConfig, model, model_path: str) -> None:
 
 
 def _sampler(cfg: FinetuneConfig, ctx: DistContext, n: int, state: Optional[dict], lengths):
-    if ctx.distributed or cfg.parallel.data_shards or (state is not None and "shards" in state["sampler"]):
+    if ctx.distributed or cfg.parallel.data_shards or sharded(state):
         return ShardedBatchSampler(n, cfg.optim.batch_size, world_size=ctx.world_size,
                                    rank=ctx.rank if ctx.distributed else None, shards=cfg.parallel.data_shards,
                                    seed=cfg.optim.seed, reshuffle_shards_every=cfg.parallel.reshuffle_shards_every,
@@ -235,7 +235,7 @@ def new_run_id(run: Run) -> str:
     """The run's id (the cache's fingerprint): the checkpoint's when resuming, else rank 0's new one."""
     from .comm import from_rank0
 
-    return run.state["run_id"] if run.state else from_rank0(uuid.uuid4().hex, run.ctx)
+    return saved_run_id(run.state) if run.state else from_rank0(uuid.uuid4().hex, run.ctx)
 
 
 def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):

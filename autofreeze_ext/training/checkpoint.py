@@ -1,8 +1,11 @@
-"""The checkpoint file: one version, written atomically, checked against the run that resumes it."""
+"""The checkpoint: its format (what a run's state is, :func:`run_state`; how a run reads it back,
+:func:`restore`, :func:`restore_parts`, :func:`saved_run_id`, :func:`sharded`), one version,
+written atomically with the previous one kept, checked against the run that resumes it."""
 from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import torch
 
@@ -62,6 +65,46 @@ def check_options(path: str, saved: dict, now: dict) -> None:
         said = "; ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, a, b in diff)
         raise ValueError(f"{path} was written with other options ({said}): resume with the checkpoint's options, "
                          "or start fresh in another --checkpoint-dir")
+
+
+def rng_states(run) -> dict:
+    """This rank's random-number streams: the CPU generator and, on a GPU run, its device's."""
+    cuda = None
+    if run.ctx.device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(run.ctx.device)
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def run_state(run, rngs: list, parts) -> dict:
+    """Everything a resumed run needs: model, optimizer, schedule, controller, sampler position,
+    every rank's RNG streams (``rngs``: :func:`rng_states` of each rank), AMP scaler, the
+    cache's identity, the options to check, and the state of each named part of ``parts``."""
+    cache = run.cache
+    return {
+        "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog["step"], "options": resume_options(run),
+        "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(),
+        "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],
+        "packing": run.packing, "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None,
+        "parts": {p.name: p.state_dict() for p in parts if p.name}}
+
+
+def restore_parts(state: dict, parts) -> None:
+    """Give each named part of ``parts`` the state the checkpoint kept for it."""
+    for p in parts:
+        if p.name and state["parts"].get(p.name) is not None:
+            p.load_state_dict(state["parts"][p.name])
+
+
+def saved_run_id(state: dict) -> str:
+    """The run id (the cache's fingerprint) of the run that wrote the checkpoint."""
+    return state["run_id"]
+
+
+def sharded(state: Optional[dict]) -> bool:
+    """The checkpointed run dealt samples to shards (its sampler must be the sharded one)."""
+    return state is not None and "shards" in state["sampler"]
 
 
 def resume_options(run) -> dict:

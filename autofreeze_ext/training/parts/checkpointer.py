@@ -6,16 +6,8 @@ from typing import List
 
 import torch
 
-from ..checkpoint import resume_options, save_checkpoint
+from ..checkpoint import rng_states, run_state, save_checkpoint
 from .base import Part
-
-
-def rng_states(run) -> dict:
-    """This rank's random-number streams: the CPU generator and, on a GPU run, its device's."""
-    cuda = None
-    if run.ctx.device.type == "cuda":
-        cuda = torch.cuda.get_rng_state(run.ctx.device)
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
 def _check_finite(run) -> None:
@@ -60,15 +52,4 @@ class Checkpointer(Part):
             if not run.ctx.is_main:
                 return
         os.makedirs(run.cfg.run.checkpoint_dir, exist_ok=True)
-        cache = run.cache
-        save_checkpoint(run.ckpt_path, {
-            "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog["step"],
-            "options": resume_options(run),
-            "model": run.model.state_dict(),
-            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-            "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(), "rng": rngs[0]["cpu"],
-            "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],
-            "packing": run.packing,
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-            "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None,
-            "parts": {p.name: p.state_dict() for p in self.parts if p.name}})
+        save_checkpoint(run.ckpt_path, run_state(run, rngs, self.parts))
