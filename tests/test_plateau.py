@@ -212,3 +212,31 @@ def test_val_slice_of_a_regression_task_is_pearson_and_mse(tiny_ckpt):
         pred = model(**{k: x for k, x in data.items() if k != "labels"}).logits[:, 0]
     assert v["loss"] == pytest.approx(float(torch.nn.functional.mse_loss(pred, data["labels"].float())), rel=1e-4)
     assert v["score"] == pytest.approx(compute(pred.tolist(), data["labels"].tolist(), True)["pearson"], abs=1e-5)
+
+
+def test_cli_bad_validation_files_are_refused(tiny_ckpt, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", 40)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    other_labels = write_tsv(tmp_path / "val3.tsv", 12, seed=2, label_fn=lambda y: str(y + 5))
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("sentence1\tsentence2\tlabel\ngood movie\tbad movie\t1\nfine\tnice\t0\n")
+    base = ["finetune", "--model", tiny_ckpt, "--train", train, "--dev", dev, "--out", str(tmp_path / "o"),
+            "--no-progress", "--no-plot", "--policy", "plateau"]
+    for val, msg in ((other_labels, "val3.tsv"), (str(pairs), "pairs")):
+        rc, _, err = run(base + ["--val", val], capsys)
+        assert rc == 2 and msg in err and "Traceback" not in err, err
+    tiny = write_tsv(tmp_path / "one.tsv", 1, label_fn=lambda y: "0")
+    dev0 = write_tsv(tmp_path / "dev0.tsv", 4, seed=1, label_fn=lambda y: "0")
+    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", tiny, "--dev", dev0, "--out", str(tmp_path / "o"),
+                      "--no-progress", "--no-plot", "--policy", "plateau"], capsys)
+    assert rc == 2 and "too few to hold out" in err, err
+
+
+def test_callback_policy_reading_a_slice_needs_rows(tmp_path):
+    pytest.importorskip("transformers")
+    from autofreeze_ext.integrations import AutoFreezeCallback
+
+    cb = AutoFreezeCallback("plateau")
+    cb.policy = make_policy("plateau")
+    with pytest.raises(ValueError, match="val_data="):
+        cb._val(loader=None)
