@@ -45,6 +45,15 @@ class Guards:
         if int(self.patience) != self.patience or self.patience < 1:
             raise ValueError(f"Guards: patience must be an integer >= 1, got {self.patience!r}")
 
+    @classmethod
+    def all_at_once(cls, guards: Optional["Guards"]) -> "Guards":
+        """The guards of a policy that freezes every block but the top ones at once
+        (:class:`~autofreeze_ext.policies.LateFreeze`, :class:`~autofreeze_ext.policies.PlateauFreeze`):
+        warm-up, learning guard and ``keep_last`` as given; patience and the one-block cap do not apply."""
+        g = guards if guards is not None else cls()
+        return cls(warmup_steps=g.warmup_steps, learned=g.learned, max_new_blocks=None, patience=1,
+                   keep_last=g.keep_last)
+
     @property
     def signals(self) -> Tuple[str, ...]:
         return ("probe_loss",) if self.learned is not None else ()

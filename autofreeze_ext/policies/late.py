@@ -43,10 +43,7 @@ class LateFreeze(AdaptivePolicy):
         if total_steps is None or int(total_steps) != total_steps or total_steps < 1:
             raise ValueError(f"LateFreeze: total_steps (the run's optimizer steps) must be an integer >= 1, "
                              f"got {total_steps!r}")
-        g = guards if guards is not None else Guards()
-        g = Guards(warmup_steps=g.warmup_steps, learned=g.learned, max_new_blocks=None, patience=1,
-                   keep_last=g.keep_last)
-        super().__init__(g, intervals_per_epoch, interval_steps)
+        super().__init__(Guards.all_at_once(guards), intervals_per_epoch, interval_steps)
         self.freeze_at, self.total_steps = float(freeze_at), int(total_steps)
         self.freeze_step = max(1, round(self.freeze_at * self.total_steps))
 

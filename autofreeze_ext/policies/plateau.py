@@ -56,10 +56,7 @@ class PlateauFreeze(AdaptivePolicy):
         if freeze_by is not None and (not 0 < freeze_by <= 1 or not total_steps or total_steps < 1):
             raise ValueError(f"PlateauFreeze: freeze_by must be a fraction of the run in (0, 1] with total_steps "
                              f">= 1, got {freeze_by!r} and {total_steps!r}")
-        g = guards if guards is not None else Guards()
-        g = Guards(warmup_steps=g.warmup_steps, learned=g.learned, max_new_blocks=None, patience=1,
-                   keep_last=g.keep_last)
-        super().__init__(g, checks_per_epoch, interval_steps)
+        super().__init__(Guards.all_at_once(guards), checks_per_epoch, interval_steps)
         self.patience, self.min_improvement = int(patience), float(min_improvement)
         self.stop_when_converged = bool(stop_when_converged)
         self.freeze_by = None if freeze_by is None else float(freeze_by)
