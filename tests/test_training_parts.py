@@ -199,7 +199,7 @@ def test_checkpointer_writes_every_parts_state_into_the_file(tmp_path):
     st = ckpt_mod.load_checkpoint(run.ckpt_path)
     assert st["step"] == 5 and st["controller"] == {"depth": 1} and st["sampler"] == {"position": 3}
     assert st["parts"]["progress"]["step"] == 5
-    assert st["parts"]["step_probe"]["key"] == (0, 8, 1) and st["parts"]["step_probe"]["seen"] == 1
+    assert st["parts"]["step_timer"]["key"] == (0, 8, 1) and st["parts"]["step_timer"]["seen"] == 1
     assert st["parts"]["packer"] == {}
 
 

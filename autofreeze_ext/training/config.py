@@ -19,11 +19,15 @@ from ..batching import BATCHING
 from ..cache.activation_cache import parse_bytes
 from ..data import SAMPLE_DIR
 from ..planning.packing import LR_SCALINGS
+from ..policies.registry import PolicyOptions
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS
 
 STABILITY_SIGNALS = ("probe_drift", "block_drift", "displacement")  # per-block signals a stability test reads
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
+
+
+_POLICY = PolicyOptions()  # the one place the policy options' defaults are written
 
 
 def _opt(default, option: str, **kw):
@@ -81,27 +85,28 @@ class FreezeConfig:
 
     mode: str = "autofreeze"
     policy: Optional[str] = None
-    percentile: float = 50.0
-    intervals_per_epoch: int = 5
-    threshold: Optional[float] = None  # stability: a block passes below this signal value
-    signal: str = "probe_drift"  # stability: probe_drift | block_drift | displacement
-    patience: int = 2  # guard: consecutive intervals a block must pass
-    learned: Optional[float] = 0.75  # guard: probe loss / constant guess's loss once <= this (None: off)
-    max_new_blocks: Optional[int] = 1  # guard: more blocks per interval at most (None: no cap)
+    # the policy's options: their defaults are PolicyOptions' (policies/registry.py), defined there once
+    percentile: float = _POLICY.percentile
+    intervals_per_epoch: int = _POLICY.intervals_per_epoch
+    threshold: Optional[float] = _POLICY.threshold  # stability: a block passes below this signal value
+    signal: str = _POLICY.signal  # stability: probe_drift | block_drift | displacement
+    patience: int = _POLICY.patience  # guard: consecutive intervals a block must pass
+    learned: Optional[float] = _POLICY.learned  # guard: probe loss / constant guess's loss once <= this (None: off)
+    max_new_blocks: Optional[int] = _POLICY.max_new_blocks  # guard: more blocks per interval at most (None: no cap)
     warmup_guard: bool = True  # guard: no freeze during the LR warm-up
-    target_speedup: Optional[float] = None  # policy budget: the speedup to meet
-    freeze_at: float = 0.8  # policy late: the fraction of the run after which the prefix freezes
+    target_speedup: Optional[float] = _POLICY.target_speedup  # policy budget: the speedup to meet
+    freeze_at: float = _POLICY.freeze_at  # policy late: the fraction of the run after which the prefix freezes
     anneal_steps: int = 0  # soft transition: a freeze's updates fade to zero over this many steps first
     freeze_word_embeddings: bool = False  # the word embeddings (half of MiniLM) frozen from step 0
     # Measure every per-block signal each interval into the report's controller history; full
     # fine-tuning then observes (ObserveOnly) instead of NeverFreeze. Training is unchanged.
     record_signals: bool = False
     probe_samples: int = 64  # training samples in the probe batch of the drift and loss signals
-    keep_top: int = 1  # late/plateau: the top blocks that always train
-    plateau_patience: int = 2  # plateau: validation checks in a row without improvement that make a plateau
-    min_improvement: float = 0.0  # plateau: how much the slice's score must beat its best to count
-    val_checks_per_epoch: int = 2  # plateau: validation slice checks per epoch
-    stop_when_converged: bool = False  # plateau: after the freeze, stop when the slice plateaus again
+    keep_top: int = _POLICY.keep_top  # late/plateau: the top blocks that always train
+    plateau_patience: int = _POLICY.plateau_patience  # plateau: checks in a row without improvement
+    min_improvement: float = _POLICY.min_improvement  # plateau: how much the slice's score must beat its best
+    val_checks_per_epoch: int = _POLICY.val_checks_per_epoch  # plateau: validation slice checks per epoch
+    stop_when_converged: bool = _POLICY.stop_when_converged  # plateau: stop when the slice plateaus again
 
 
 @dataclass

@@ -14,7 +14,7 @@ class StepTimer(Part):
     probe's measurement in progress is checkpointed; a relaunch on another number of workers is
     a new setting, measured afresh (what the cost goal's prediction is checked against)."""
 
-    name = "step_probe"
+    name = "step_timer"  # its state in the checkpoint: the step probe it feeds
 
     def __init__(self) -> None:
         self.probe: Optional[StepProbe] = None
