@@ -25,6 +25,8 @@ from .tasks import DataError
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 from .training.config import STABILITY_SIGNALS, option_fields, validate
 from .training.outputs import check_outputs
+from .training.modes import wants_val_slice
+from .tasks.split import DEFAULT_FRACTION
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -194,13 +196,21 @@ def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
                    help="freeze the word embeddings from step 0 (about half of MiniLM's parameters)")
 
 
-def _warn_unused_policy_options(args) -> None:
-    """The policy options only steer mode autofreeze: say so when another mode gets them."""
+def _warn_unused_policy_options(args, modes: List[str]) -> None:
+    """The policy options only steer mode autofreeze, and the plateau options only the plateau
+    policies: say so when a run would ignore them."""
     given = [f"--{k.replace('_', '-')}" for k in ("policy", "threshold", "target_speedup")
              if getattr(args, k) is not None]
-    if given and _kind(args.mode) != "autofreeze":
-        print(f"autofreeze: warning: {', '.join(given)} only apply to --mode autofreeze[+cache]; mode "
-              f"{args.mode!r} ignores them", file=sys.stderr)
+    for mode in modes:
+        if given and _kind(mode) != "autofreeze":
+            print(f"autofreeze: warning: {', '.join(given)} only apply to --mode autofreeze[+cache]; mode "
+                  f"{mode!r} ignores them", file=sys.stderr)
+    d = FinetuneConfig().freeze
+    plateau = [f"--{k.replace('_', '-')}" for k in ("stop_when_converged", "plateau_patience", "min_improvement",
+                                                     "val_checks_per_epoch") if getattr(args, k) != getattr(d, k)]
+    if plateau and not (args.policy or "").startswith("plateau"):
+        print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late; "
+              f"policy {args.policy or DEFAULT_POLICY!r} ignores them", file=sys.stderr)
 
 
 def _kind(mode: str) -> Optional[str]:
@@ -331,13 +341,17 @@ def _configs(args) -> List[FinetuneConfig]:
     """The run's configurations, every one checked (values, then output locations) before any
     trains: a typo in the second mode of a comparison must not cost the first run."""
     if args.cmd == "finetune":
-        _warn_unused_policy_options(args)
+        _warn_unused_policy_options(args, [args.mode])
         cfgs = [_config(args, args.mode)]
     else:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if not modes:
             raise ValueError("--modes: name at least one mode")
+        _warn_unused_policy_options(args, modes)
         cfgs = [_config(args, m, per_mode_dirs=True) for m in modes]
+        if any(wants_val_slice(c) for c in cfgs) and not any(c.data.val or c.data.val_fraction for c in cfgs):
+            for c in cfgs:  # every mode trains on the same rows: the slice is held out for all of them
+                c.data.val_fraction = DEFAULT_FRACTION
     for cfg in cfgs:
         check_outputs(cfg, args.out)
     return cfgs

@@ -8,7 +8,7 @@ import torch
 
 from autofreeze_ext import cli
 from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, make_policy, reads_val_slice
-from autofreeze_ext.tasks import LabelSpace, Task
+from autofreeze_ext.tasks import DataError, LabelSpace, Task
 from autofreeze_ext.tasks.split import hold_out, slice_size
 from test_cli import run, write_tsv
 
@@ -225,9 +225,9 @@ def test_cli_bad_validation_files_are_refused(tiny_ckpt, tmp_path, capsys):
     for val, msg in ((other_labels, "val3.tsv"), (str(pairs), "pairs")):
         rc, _, err = run(base + ["--val", val], capsys)
         assert rc == 2 and msg in err and "Traceback" not in err, err
-    tiny = write_tsv(tmp_path / "one.tsv", 1, label_fn=lambda y: "0")
-    dev0 = write_tsv(tmp_path / "dev0.tsv", 4, seed=1, label_fn=lambda y: "0")
-    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", tiny, "--dev", dev0, "--out", str(tmp_path / "o"),
+    tiny = tmp_path / "two.tsv"
+    tiny.write_text("sentence\tlabel\ngood movie\t1\nbad movie\t0\n")
+    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", str(tiny), "--dev", dev, "--out", str(tmp_path / "o"),
                       "--no-progress", "--no-plot", "--policy", "plateau"], capsys)
     assert rc == 2 and "too few to hold out" in err, err
 
@@ -240,3 +240,54 @@ def test_callback_policy_reading_a_slice_needs_rows(tmp_path):
     cb.policy = make_policy("plateau")
     with pytest.raises(ValueError, match="val_data="):
         cb._val(loader=None)
+
+
+def test_review_findings_on_the_validation_slice(tiny_ckpt, tmp_path, capsys, caplog):
+    """A fresh review's findings: --val naming the dev or training file; --keep-top that leaves
+    nothing to freeze; a NaN option; plateau options under another policy; an unused slice."""
+    train = write_tsv(tmp_path / "train.tsv", 40)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    base = ["finetune", "--model", tiny_ckpt, "--train", train, "--dev", dev, "--out", str(tmp_path / "o"),
+            "--no-progress", "--no-plot", "--max-length", "16", "--batch-size", "8", "--epochs", "1"]
+    for extra, msg in ((["--policy", "plateau", "--val", dev], "is the --dev file"),
+                       (["--policy", "plateau", "--val", train], "is the --train file"),
+                       (["--policy", "plateau", "--keep-top", "4"], "--keep-top 4: the model has 4 blocks"),
+                       (["--min-improvement", "nan"], "--min-improvement")):
+        rc, _, err = run(base + extra, capsys)
+        assert rc == 2 and msg in err and "Traceback" not in err, err
+    rc, _, err = run(base + ["--mode", "full", "--stop-when-converged", "--val-fraction", "0.2"], capsys)
+    assert rc == 0 and "--stop-when-converged only apply to --policy plateau" in err
+    assert "held out, but mode full reads it only with --record-signals" in caplog.text
+
+
+def test_hold_out_leaves_every_class_a_training_row():
+    with pytest.raises(DataError, match="too few"):
+        hold_out(_task([0, 1]), 0.5)  # either row held out would leave its class untrained
+    train, val = hold_out(_task([0] * 30 + [1]), 0.2)
+    assert 1 in train.labels and 1 not in val.labels and len(val) == 6
+
+
+def test_compare_holds_out_the_same_rows_for_every_mode(tiny_ckpt, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", 40)
+    dev = write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, _, err = run(["compare", "--modes", "full,autofreeze", "--policy", "plateau", "--model", tiny_ckpt,
+                      "--train", train, "--dev", dev, "--out", str(tmp_path / "o"), "--no-progress", "--no-plot",
+                      "--max-length", "16", "--batch-size", "8", "--epochs", "1"], capsys)
+    assert rc == 0, err
+    runs = json.load(open(tmp_path / "o" / "compare.json"))["runs"]
+    assert [r["train_samples"] for r in runs] == [38, 38] and [r["val_samples"] for r in runs] == [2, 2]
+
+
+def test_resuming_a_run_the_policy_stopped_trains_no_further(tiny_ckpt, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", 200)
+    dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
+    args = ["finetune", "--mode", "autofreeze", "--policy", "plateau", "--stop-when-converged", "--learned", "off",
+            "--lr", "1e-12", "--model", tiny_ckpt, "--train", train, "--dev", dev, "--epochs", "4", "--batch-size",
+            "8", "--val-checks-per-epoch", "4", "--max-length", "16", "--no-progress", "--no-plot",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "5"]
+    rc, _, _ = run(args + ["--out", str(tmp_path / "a")], capsys)
+    first = json.load(open(tmp_path / "a" / "finetune_autofreeze.json"))
+    assert rc == 0 and first["stopped"] == "converged"
+    rc, _, _ = run(args + ["--out", str(tmp_path / "b"), "--resume"], capsys)
+    again = json.load(open(tmp_path / "b" / "finetune_autofreeze.json"))
+    assert rc == 0 and again["steps"] == first["steps"] and again["stopped"] == "converged"

@@ -119,7 +119,8 @@ def test_pairs_are_tokenised_as_pairs(tmp_path):
 
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "d"]) + "\n")
     tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
-    t = task_from_records([{"sentence1": "a b c d a b", "sentence2": "c d", "label": 0}])
+    t = task_from_records([{"sentence1": "a b c d a b", "sentence2": "c d", "label": 0},
+                           {"sentence1": "a", "sentence2": "b", "label": 1}])  # two classes: a classifier's minimum
     enc = encode(t, tok, max_length=8)
     ids = enc["input_ids"][0].tolist()
     assert ids.count(3) == 2 and ids[0] == 2  # [CLS] a ... [SEP] c d [SEP]
@@ -149,3 +150,15 @@ def test_shared_tsvs_with_bare_quotes_keep_every_row(task, rows, kind):
     assert len(t) == rows == len(lines) and t.label_space.kind == kind
     assert any('"' in s for s in t.texts + t.text_pairs)
     assert [f"{a}\t{b}" for a, b in zip(t.texts, t.text_pairs)] == [ln.rsplit("\t", 1)[0] for ln in lines]
+
+
+def test_a_training_file_of_one_class_is_an_error(tmp_path):
+    from autofreeze_ext.tasks import DataError, load_task
+
+    p = tmp_path / "one.tsv"
+    p.write_text("sentence\tlabel\n" + "".join(f"row {i}\t0\n" for i in range(5)))
+    with pytest.raises(DataError, match="at least two classes"):
+        load_task(str(p))
+    p.write_text("sentence\tlabel\n" + "".join(f"row {i}\tpos\n" for i in range(5)))
+    with pytest.raises(DataError, match="every training label is 'pos'"):
+        load_task(str(p))

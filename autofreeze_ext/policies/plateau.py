@@ -122,4 +122,4 @@ class PlateauFreeze(AdaptivePolicy):
         by = f", by step {self.freeze_by_step}" if self.freeze_by_step else ""
         guards = ", ".join(x for x in self._describe_guards().split(", ") if not x.startswith("patience"))
         return (f"PlateauFreeze(no gain in {self.patience} checks, {self._every()}{by}{extra}, "
-                f"{guards}, top {self.guards.keep_last} train)")
+                + (f"{guards}, " if guards else "") + f"top {self.guards.keep_last} train)")

@@ -62,10 +62,10 @@ class LabelSpace:
                 raise DataError(f"class id(s) {', '.join(map(str, missing[:10]))} never occur in the training labels "
                                 f"(ids run 0..{max(ints)}): renumber the classes without gaps, or pass "
                                 f"--label-kind classes to keep {max(ints) + 1} classes")
-            return cls("ids", [str(i) for i in range(max(ints) + 1)])
+            return _two_classes(cls("ids", [str(i) for i in range(max(ints) + 1)]), where)
         if kind == "regression" or (kind == "auto" and _all(texts, _as_float) is not None):
             return cls("regression")  # encode() names any label that is not a number
-        return cls("names", sorted(set(texts)))
+        return _two_classes(cls("names", sorted(set(texts))), where)
 
     def encode(self, values: Sequence, where: Callable[[int], str], train_path: str = "the training data") -> list:
         """Model targets of ``values``: class ids (int) or floats; a value the space does not
@@ -140,3 +140,12 @@ def _all(texts: List[str], conv) -> Optional[list]:
             return None
         out.append(x)
     return out
+
+
+def _two_classes(space: "LabelSpace", where: Callable[[int], str]) -> "LabelSpace":
+    """A classifier needs at least two classes: with one, every loss is 0 and nothing is learned."""
+    if space.num_labels < 2:
+        file = where(0).rsplit(":", 1)[0]
+        raise DataError(f"{file}: every training label is {space.names[0]!r}: a classifier needs at least two classes "
+                        "(check the label column, or --label-kind regression for numeric targets)")
+    return space

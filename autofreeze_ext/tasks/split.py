@@ -37,7 +37,8 @@ def pick_rows(labels, k: int, seed: int, regression: bool = False) -> List[int]:
     take = {c: int(w) for c, w in want.items()}
     for c in sorted(want, key=lambda c: want[c] - take[c], reverse=True)[: k - sum(take.values())]:
         take[c] += 1
-    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(take[c], len(by_class[c]))))
+    # every class keeps at least one training row (a tiny class may then have none in the slice)
+    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(take[c], len(by_class[c]) - 1)))
 
 
 def _subset(task: Task, rows: List[int], path: str) -> Task:
@@ -54,6 +55,9 @@ def hold_out(task: Task, fraction: float = DEFAULT_FRACTION, seed: int = 0,
     if len(task) < 2:
         raise DataError(f"{task.path}: {len(task)} training row(s): too few to hold out a validation slice")
     val = pick_rows(task.labels, slice_size(len(task), fraction, max_rows), seed, task.label_space.regression)
+    if not val:
+        raise DataError(f"{task.path}: {len(task)} training rows: too few to hold out a validation slice and keep "
+                        "every class in training; pass --val FILE")
     held = set(val)
     keep = [i for i in range(len(task)) if i not in held]
     return _subset(task, keep, task.path), _subset(task, val, f"{task.path} (validation slice)")

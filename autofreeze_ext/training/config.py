@@ -244,7 +244,7 @@ def validate(cfg: FinetuneConfig) -> None:
 def _at_least(*checks) -> None:
     """``(option, value, lowest allowed)`` each; a value of None (option not given) passes."""
     for name, value, low in checks:
-        if value is not None and value < low:
+        if value is not None and not value >= low:  # NaN fails too
             raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
@@ -297,7 +297,7 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"--percentile must be in (0, 100], got {f.percentile}")
     if f.learned is not None and not 0 < f.learned <= 1:
         raise ValueError(f"--learned must be in (0, 1] or off, got {f.learned}")
-    if f.target_speedup is not None and f.target_speedup < 1:
+    if f.target_speedup is not None and not f.target_speedup >= 1:
         raise ValueError(f"--target-speedup must be >= 1, got {f.target_speedup}")
     if not 0 < f.freeze_at <= 1:
         raise ValueError(f"--freeze-at must be a fraction of the run in (0, 1], got {f.freeze_at}")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple, Optional
 
 from ..tasks import Columns, Task, check_metric, load_task
 from ..tasks.split import DEFAULT_FRACTION, FEW_ROWS, hold_out
 from .config import FinetuneConfig
-from .modes import wants_val_slice
+from .modes import slice_is_read, wants_val_slice
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -31,6 +32,7 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
     _same_shape(cfg.data.train, train, cfg.data.dev, dev)
     val = None
     if cfg.data.val is not None:
+        _not_the_same(cfg)
         val = load_task(cfg.data.val, columns=cols, fmt=cfg.data.data_format, label_space=train.label_space,
                         train_path=cfg.data.train)
         _same_shape(cfg.data.train, train, cfg.data.val, val)
@@ -38,10 +40,23 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
         train, val = hold_out(train, cfg.data.val_fraction or DEFAULT_FRACTION, seed=cfg.optim.seed)
         log.info("validation slice: %d of the training rows held out (never trained on); %d train", len(val),
                  len(train))
+    if val is not None and not slice_is_read(cfg):
+        log.warning("a validation slice of %d rows is held out, but mode %s reads it only with --record-signals "
+                    "(--policy plateau reads it): those rows are not trained on", len(val), cfg.freeze.mode)
     if val is not None and len(val) < FEW_ROWS:
         log.warning("the validation slice has only %d rows: its score moves in coarse steps; pass --val FILE or "
                     "a larger --val-fraction", len(val))
     return Tasks(train, dev, val, check_metric(cfg.data.metric, train.label_space.regression))
+
+
+def _not_the_same(cfg: FinetuneConfig) -> None:
+    """The validation file is neither the dev set the run reports nor the training file."""
+    val = os.path.realpath(cfg.data.val)
+    for option, path in (("--dev", cfg.data.dev), ("--train", cfg.data.train)):
+        if val == os.path.realpath(path):
+            raise ValueError(f"--val {cfg.data.val} is the {option} file: the validation slice must be rows the run "
+                             "neither reports on nor trains on (or leave --val out: 5% of the training rows are "
+                             "held out)")
 
 
 def _same_shape(train_path: str, train: Task, path: str, other: Task) -> None:

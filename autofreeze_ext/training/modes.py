@@ -6,7 +6,7 @@ from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy,
 from ..policies.modes import MODES_HELP, parse_mode
 from .config import FinetuneConfig
 
-__all__ = ["MODES_HELP", "make_mode_policy", "split_mode", "wants_val_slice"]
+__all__ = ["MODES_HELP", "make_mode_policy", "slice_is_read", "split_mode", "wants_val_slice"]
 
 
 def split_mode(mode: str):
@@ -30,8 +30,17 @@ def policy_options(cfg: FinetuneConfig, total_steps: int = 0) -> PolicyOptions:
 def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
     """The policy a mode runs: full, static (from the start or at a step), or the adaptive
     policy ``cfg.freeze.policy`` with its options."""
+    if parse_mode(mode).kind == "autofreeze" and cfg.freeze.keep_top >= num_blocks:
+        raise ValueError(f"--keep-top {cfg.freeze.keep_top}: the model has {num_blocks} blocks, so nothing could "
+                         f"freeze; use at most {num_blocks - 1} (or --mode full)")
     return make_policy(mode, num_blocks=num_blocks, options=policy_options(cfg, total_steps),
                        adaptive=cfg.freeze.policy)
+
+
+def slice_is_read(cfg: FinetuneConfig) -> bool:
+    """Something in the run reads the validation slice: the policy, or the signal recording."""
+    m = parse_mode(cfg.freeze.mode)
+    return cfg.freeze.record_signals or (m.kind == "autofreeze" and reads_val_slice(cfg.freeze.policy or DEFAULT_POLICY))
 
 
 def wants_val_slice(cfg: FinetuneConfig) -> bool:

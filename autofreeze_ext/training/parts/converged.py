@@ -16,6 +16,10 @@ class ConvergedStop(Part):
     ends the run (a finished run: the dev set is scored at the stop, the model is saved). The
     decision is the same on every rank (policies see rank 0's statistics)."""
 
+    def start(self, run) -> None:
+        """A run resumed after its policy stopped it trains no further."""
+        self.after_step(run, None)
+
     def after_step(self, run, res) -> None:
         if run.stop is None and run.ctl.policy.should_stop():
             run.stop = CONVERGED
