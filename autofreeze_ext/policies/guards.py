@@ -153,7 +153,7 @@ class AdaptivePolicy(IntervalSchedule, FreezePolicy):
 
     def _describe_guards(self) -> str:
         g = self.guards
-        parts = [f"patience {g.patience}"]
+        parts = [f"patience {g.patience}"] if g.max_new_blocks is not None or g.patience > 1 else []
         if g.warmup_steps:
             parts.append(f"warm-up {g.warmup_steps}")
         if g.learned is not None:

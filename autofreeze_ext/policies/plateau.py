@@ -120,6 +120,6 @@ class PlateauFreeze(AdaptivePolicy):
     def describe(self) -> str:
         extra = ", then stop when converged" if self.stop_when_converged else ""
         by = f", by step {self.freeze_by_step}" if self.freeze_by_step else ""
-        guards = ", ".join(x for x in self._describe_guards().split(", ") if not x.startswith("patience"))
+        guards = self._describe_guards()
         return (f"PlateauFreeze(no gain in {self.patience} checks, {self._every()}{by}{extra}, "
                 + (f"{guards}, " if guards else "") + f"top {self.guards.keep_last} train)")
