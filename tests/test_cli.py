@@ -79,7 +79,7 @@ def test_compare_runs_modes_with_one_table(tiny_ckpt, task, tmp_path, capsys):
     (lambda p: str(p / "missing.tsv"), "no such file"),
     (lambda p: write_tsv(p / "cols.tsv", 5, header="review\tlabel"), "no text column found"),
     (lambda p: write_tsv(p / "cols.tsv", 5, header="text\tclass"), "no label column found"),
-    (lambda p: write_tsv(p / "lab.tsv", 5, label_fn=lambda l: "positive"), "does not occur in"),
+    (lambda p: write_tsv(p / "lab.tsv", 5, label_fn=lambda l: "positive" if l else "neutral"), "does not occur in"),
     (lambda p: write_tsv(p / "neg.tsv", 5, label_fn=lambda l: str(-l - 1)), "is negative"),
     (lambda p: write_tsv(p / "empty.tsv", 0), "no data rows"),
 ])
