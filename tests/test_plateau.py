@@ -138,7 +138,7 @@ def test_val_slice_scores_as_the_dev_evaluation_does(tiny_ckpt):
     assert v["loss"] == pytest.approx(float(ref), rel=1e-4)
 
 
-def test_cli_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys):
+def test_cli_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys, caplog):
     train = write_tsv(tmp_path / "train.tsv", 200)
     dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
     out, saved = tmp_path / "out", tmp_path / "model"
@@ -150,6 +150,7 @@ def test_cli_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, 
     assert rc == 0
     r = json.load(open(out / "finetune_autofreeze_cache.json"))
     assert r["val_samples"] == 10 and r["train_samples"] == 190 and r["steps_per_epoch"] == 24
+    assert "the validation slice has only 10 rows" in caplog.text  # coarse steps: warned
     freeze = next(h for h in r["controller_history"] if h.get("event") == "freeze")
     assert freeze["step"] == 18 and freeze["to"] == 3  # checks at 6, 12, 18: the third one; top block trains
     assert r["stopped"] == "converged" and r["steps"] == 36  # a baseline at 24, no gain at 30 and 36
