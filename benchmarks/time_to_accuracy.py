@@ -4,14 +4,17 @@
 validation slice; full fine-tuning records the slice at 10 checks per epoch. From those reports:
 
 * **target**: full fine-tuning's best dev score on the same seed - 0.5 points;
-* **time to target**: the training time at the first dev evaluation at or above it (None:
-  never), for every run, full fine-tuning included (= early stopping with a perfect oracle);
+* **time to target**: the training cost up to the first dev evaluation at or above it (None:
+  never), for every run, full fine-tuning included (= early stopping with a perfect oracle), in
+  the replay's cost model as a share of full's fixed budget (measured times where the machine
+  was quiet are in the JSON too);
+* **Δ final**: the dev score where the run ended against full fine-tuning's at its end;
 * **early stopping** (read off the full run, no training of its own): the plateau policy's rule
   (no better slice score and no lower slice loss for ``patience`` checks at 2 per epoch) as a
   stop; its time is full's time at that step, its dev score that of the last dev evaluation at
   or before the stop (evaluations are 5 per epoch, so at most 0.1 epoch earlier), and
-  ``restore best`` the dev score at the check with the best slice score (as
-  ``load_best_model_at_end``).
+  ``restoring the slice's best`` the dev score at the check with the best slice score (as
+  ``load_best_model_at_end``), both against full's final score.
 
 Full fine-tuning's times exclude its signal recording (the statistics phase), scaled evenly over
 the run.
@@ -109,27 +112,43 @@ def busy(r: dict) -> bool:
     return bool(load) and load[1] > (os.cpu_count() or 1) + 1
 
 
-def modelled_speedup(r: dict, full: dict) -> float:
-    """Full fine-tuning's fixed budget over this run's cost in the replay's cost model (its
-    freezing schedule and where it ended; signal overhead not included)."""
+def modelled_share(r: dict, full: dict, step: Optional[int] = None) -> float:
+    """The replay's cost model: this run's cost up to ``step`` (default: where it ended) as a
+    share of full fine-tuning's fixed budget (its freezing schedule counted; signal overhead not)."""
     from replay_policies import modelled_cost
 
     trace = [(d["step"], d["depth"]) for d in r["frozen_depth"]]
-    cost = modelled_cost(trace, r["steps"], r["steps_per_epoch"], r["num_blocks"], r["mode"].endswith("+cache"))
-    return full["steps"] * full["num_blocks"] / cost
+    cost = modelled_cost(trace, r["steps"] if step is None else step, r["steps_per_epoch"], r["num_blocks"],
+                         r["mode"].endswith("+cache"))
+    return cost / (full["steps"] * full["num_blocks"])
+
+
+def modelled_speedup(r: dict, full: dict) -> float:
+    return 1.0 / modelled_share(r, full)
+
+
+def step_to(r: dict, target: float, until: Optional[int] = None) -> Optional[int]:
+    """The step of the first dev evaluation scoring >= ``target`` (at or before ``until``)."""
+    for e in r["evals"]:
+        if until is not None and e["step"] > until:
+            break
+        if e["score"] >= target - 1e-12:
+            return e["step"]
+    return None
 
 
 def per_run(r: dict, full: dict) -> Dict[str, Optional[float]]:
     """One run against full fine-tuning of the same seed."""
     target = max(e["score"] for e in full["evals"]) - MARGIN
-    t = time_to(r, target)
+    hit = step_to(r, target)
     quiet = not busy(r) and not busy(full)
     overhead = r["phases_s"].get("statistics", 0.0) / r["train_time_s"] if r["mode"] != "full" else 0.0
     return {"fixed_budget_speedup": own_time(full) / own_time(r) if quiet else None,
             "modelled_speedup": modelled_speedup(r, full), "policy_overhead": overhead, "d_best": 100 * (max(e["score"] for e in r["evals"])
             - max(e["score"] for e in full["evals"])), "d_final": 100 * (r["evals"][-1]["score"]
-            - full["evals"][-1]["score"]), "time_to_target_s": t, "time_to_target_x_full_budget":
-            None if t is None else t / own_time(full), "end_time_x_full_budget": own_time(r) / own_time(full)}
+            - full["evals"][-1]["score"]), "step_to_target": hit,
+            "time_to_target_x_full_budget": None if hit is None else modelled_share(r, full, hit),
+            "end_time_x_full_budget": modelled_share(r, full)}
 
 
 def es_run(full: dict, patience: int = 2) -> Dict[str, Optional[float]]:
@@ -141,12 +160,14 @@ def es_run(full: dict, patience: int = 2) -> Dict[str, Optional[float]]:
         at_best = [e for e in full["evals"] if slice_best and e["step"] <= slice_best["step"]]
         es = {"step": full["steps"], "epoch": None, "time": own_time(full), "score": full["evals"][-1]["score"],
               "restore_best_score": at_best[-1]["score"] if at_best else full["evals"][-1]["score"]}
-    t = time_to(full, best - MARGIN, until=es["step"])
+    hit = step_to(full, best - MARGIN, until=es["step"])
+    final = full["evals"][-1]["score"]
     return {"fixed_budget_speedup": own_time(full) / es["time"] if not busy(full) else None,
-            "modelled_speedup": full["steps"] / es["step"], "policy_overhead": 0.0, "d_best": None, "d_final": 100 * (es["score"] - best),
-            "d_restore_best": 100 * (es["restore_best_score"] - best), "stop_epoch": es["epoch"],
-            "time_to_target_s": t, "time_to_target_x_full_budget": None if t is None else t / own_time(full),
-            "end_time_x_full_budget": es["time"] / own_time(full)}
+            "modelled_speedup": full["steps"] / es["step"], "policy_overhead": 0.0, "d_best": None,
+            "d_final": 100 * (es["score"] - final), "d_restore_best": 100 * (es["restore_best_score"] - final),
+            "stop_epoch": es["epoch"], "step_to_target": hit,
+            "time_to_target_x_full_budget": None if hit is None else hit / full["steps"],
+            "end_time_x_full_budget": es["step"] / full["steps"]}
 
 
 def load_regime(out: str) -> Dict[str, Dict[str, Dict[int, dict]]]:
@@ -165,8 +186,8 @@ def summarize(out: str) -> dict:
     from _common import print_table
 
     table, rows = {}, []
-    keys = ["fixed_budget_speedup", "modelled_speedup", "d_best", "d_final", "time_to_target_x_full_budget",
-            "end_time_x_full_budget", "policy_overhead"]
+    keys = ["fixed_budget_speedup", "modelled_speedup", "d_best", "d_final", "d_restore_best",
+            "time_to_target_x_full_budget", "end_time_x_full_budget", "policy_overhead"]
     for task, pols in load_regime(out).items():
         fulls = pols.get("full", {})
         variants = {"early-stop (full, read off)": {s: es_run(f) for s, f in fulls.items()}}
@@ -178,11 +199,12 @@ def summarize(out: str) -> dict:
             if not seeds:
                 continue
             table[f"{task}/{name}"] = {"seeds": seeds, "never": never, "runs": [res[s] for s in seeds]}
-            cols = [ci95([res[s][k] for s in seeds]) for k in keys]
-            missed = sum(res[s]["time_to_target_s"] is None for s in seeds)
+            cols = [ci95([res[s].get(k) for s in seeds]) for k in keys]
+            missed = sum(res[s]["step_to_target"] is None for s in seeds)
             rows.append([task, name, len(seeds), *cols, missed])
-    print_table(["task", "run", "seeds", "speedup (measured)", "speedup (modelled)", "Δ best", "Δ final (at stop)",
-                 "time to full's best-0.5 (x full)", "ends at (x full)", "policy overhead", "never reached"], rows)
+    print_table(["task", "run", "seeds", "speedup (measured)", "speedup (modelled)", "Δ best", "Δ final (at its end)",
+                 "Δ restoring the slice's best", "time to full's best-0.5 (x full, modelled)", "ends at (x full, modelled)",
+                 "policy overhead", "never reached"], rows)
     return table
 
 
