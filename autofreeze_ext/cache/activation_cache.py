@@ -32,7 +32,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._backend import _C
+from .._backend import _C, _C_ERROR
 from .py_store import PyRecordStore
 
 log = logging.getLogger("autofreeze_ext")
@@ -132,8 +132,8 @@ class ActivationCache:
                 self._unlock()
                 raise CacheError(f"cannot use {path} as an activation cache: {exc}") from exc
             if _C is None:
-                self._warn_once("nocore", f"autofreeze_ext._C is not available: the cache at {path} uses the "
-                                          "pure-Python record store (synchronous reads, no io_uring or O_DIRECT)")
+                self._warn_once("nocore", f"autofreeze_ext._C is not in use ({_C_ERROR}): the cache at {path} uses "
+                                          "the pure-Python record store (synchronous reads, no io_uring or O_DIRECT)")
             self.disk_note = self._store.info()["opened"]
 
     # ------------------------------------------------------------------ queries
