@@ -12,7 +12,7 @@ Quick start (plain PyTorch loop)::
 """
 from ._backend import backend_info
 from .cache import ActivationCache, CacheError
-from .data import PlannedBatchSampler, ShardedBatchSampler
+from .samplers import PlannedBatchSampler, ShardedBatchSampler
 from .freezing import (BlockLayout, ControllerOptions, FreezeController, FrozenPrefixRunner, GradientStatistics, UnsupportedModelError,
                        hf_layout, resnet_layout, resolve_layout)
 from .ops import grad_stats, reference_grad_stats

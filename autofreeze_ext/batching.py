@@ -52,7 +52,7 @@ def trim_batch(batch: dict, multiple: int = 1) -> dict:
 
 
 class TrimCollate:
-    """``collate_fn`` for :class:`~autofreeze_ext.data.IndexedDataset` rows: the default collate,
+    """``collate_fn`` for :class:`~autofreeze_ext.samplers.IndexedDataset` rows: the default collate,
     then :func:`trim_batch` (``multiple=None``: no cut, every row keeps the stored width)."""
 
     def __init__(self, multiple: Optional[int] = 1) -> None:

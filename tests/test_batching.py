@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from autofreeze_ext.batching import TrimCollate, grouped_batches, row_lengths, trim_batch
-from autofreeze_ext.data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
+from autofreeze_ext.samplers import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 
 pytestmark = pytest.mark.reference
 

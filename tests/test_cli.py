@@ -105,7 +105,7 @@ def test_bad_model_and_mode_errors(task, tiny_ckpt, tmp_path, capsys):
 
 
 def test_builtin_sample_is_packaged():
-    from autofreeze_ext.data import SAMPLE_DIR
+    from autofreeze_ext.samplers import SAMPLE_DIR
     from autofreeze_ext.tasks import load_task
 
     train, dev = load_task(str(SAMPLE_DIR / "train.tsv")), load_task(str(SAMPLE_DIR / "dev.tsv"))

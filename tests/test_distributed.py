@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from autofreeze_ext.data import ShardedBatchSampler
+from autofreeze_ext.samplers import ShardedBatchSampler
 from test_cli import WORDS, write_tsv
 
 # A DDP loss is the mean over ranks of equal-sized batch means: the single-process run on the

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autofreeze_ext import FreezeController
-from autofreeze_ext.data import PlannedBatchSampler, ShardedBatchSampler
+from autofreeze_ext.samplers import PlannedBatchSampler, ShardedBatchSampler
 from autofreeze_ext.planning.packing import ActivationMeter, BatchPacker, SampleLinearSchedule
 from autofreeze_ext.planning.step_probe import StepProbe
 from autofreeze_ext.policies import GradientNormTest

@@ -196,7 +196,7 @@ def train_grouped(policy, cache_kind, tmp_path, epochs=3, shuffle=True):
     from torch.utils.data import DataLoader
 
     from autofreeze_ext.batching import TrimCollate, row_lengths
-    from autofreeze_ext.data import IndexedDataset, PlannedBatchSampler
+    from autofreeze_ext.samplers import IndexedDataset, PlannedBatchSampler
 
     model = tiny_bert(num_layers=4, seed=0)
     data = ragged_data()

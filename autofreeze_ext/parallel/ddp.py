@@ -14,7 +14,7 @@
 The ranks agree on every freezing decision because the
 :class:`~autofreeze_ext.FreezeController` broadcasts rank 0's statistics and decision
 (``process_group="auto"``). The cache is per rank: each rank caches the samples it trains on,
-and :class:`~autofreeze_ext.data.ShardedBatchSampler` keeps a sample on the same rank
+and :class:`~autofreeze_ext.samplers.ShardedBatchSampler` keeps a sample on the same rank
 across epochs. A cache miss is recomputed locally; the cache takes part in no collective, so
 a miss on one rank never blocks another.
 """

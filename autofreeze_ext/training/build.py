@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..batching import TrimCollate, row_lengths
 from ..cache.activation_cache import ActivationCache, CacheError, CacheInUse
-from ..data import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
+from ..samplers import IndexedDataset, PlannedBatchSampler, ShardedBatchSampler
 from ..freezing.adapters import resolve_layout
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
@@ -27,7 +27,7 @@ from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
 from .checkpoint import load_checkpoint, saved_run_id, sharded
 from .config import FinetuneConfig, packing, pad_multiple, validate
-from .data import load_tasks
+from .inputs import load_tasks
 from .outputs import check_outputs
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import make_mode_policy, split_mode

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Tuple
 
 from ..batching import BATCHING
 from ..cache.activation_cache import parse_bytes
-from ..data import SAMPLE_DIR
+from ..samplers import SAMPLE_DIR
 from ..planning.packing import LR_SCALINGS
 from ..policies.registry import PolicyOptions
 from ..tasks import FORMATS, METRICS

@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 from ...cache.activation_cache import parse_bytes
-from ...data import ShardedBatchSampler
+from ...samplers import ShardedBatchSampler
 from ...parallel.context import time_allreduce
 from ...planning.packing import ActivationMeter, BatchPacker
 from ..comm import from_rank0
