@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from autofreeze_ext import cli
 from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, make_policy, reads_val_slice
 from autofreeze_ext.tasks import DataError, LabelSpace, Task
 from autofreeze_ext.tasks.split import hold_out, slice_size
