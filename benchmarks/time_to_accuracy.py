@@ -57,16 +57,6 @@ def time_at(r: dict, step: int) -> float:
     return own_time(r)
 
 
-def time_to(r: dict, target: float, until: Optional[int] = None) -> Optional[float]:
-    """Training time at the first dev evaluation scoring >= ``target`` (at or before step ``until``)."""
-    for e in r["evals"]:
-        if until is not None and e["step"] > until:
-            break
-        if e["score"] >= target - 1e-12:
-            return time_at(r, e["step"])
-    return None
-
-
 def slice_checks(full: dict, per_epoch: int = 2) -> List[dict]:
     """The full run's recorded slice values at the plateau policy's check points."""
     spe = full["steps_per_epoch"]
