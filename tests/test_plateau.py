@@ -291,3 +291,22 @@ def test_resuming_a_run_the_policy_stopped_trains_no_further(tiny_ckpt, tmp_path
     rc, _, _ = run(args + ["--out", str(tmp_path / "b"), "--resume"], capsys)
     again = json.load(open(tmp_path / "b" / "finetune_autofreeze.json"))
     assert rc == 0 and again["steps"] == first["steps"] and again["stopped"] == "converged"
+
+
+def test_warnings_for_runs_that_cannot_do_what_they_say(tiny_ckpt, tmp_path, capsys, caplog):
+    """A static freeze scheduled past the run's end, and a regression dev set whose targets do not
+    vary (Pearson undefined), are said out loud."""
+    train = write_tsv(tmp_path / "train.tsv", 16)
+    dev = write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    base = ["finetune", "--model", tiny_ckpt, "--dev", dev, "--out", str(tmp_path / "o"), "--no-progress",
+            "--no-plot", "--max-length", "16", "--batch-size", "8", "--epochs", "1"]
+    rc, _, err = run(base + ["--train", train, "--mode", "static:2@100"], capsys)
+    assert rc == 0 and "step 100 is at or past the run's 2 optimizer steps" in caplog.text
+    reg_train, reg_dev = tmp_path / "rt.tsv", tmp_path / "rd.tsv"
+    reg_train.write_text("sentence\tlabel\n" + "".join(f"good movie {i}\t{0.5 * (i % 4)}\n" for i in range(16)))
+    reg_dev.write_text("sentence\tlabel\n" + "".join(f"bad movie {i}\t1.5\n" for i in range(4)))
+    caplog.clear()
+    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", str(reg_train), "--dev", str(reg_dev), "--mode",
+                      "full", "--out", str(tmp_path / "o2"), "--no-progress", "--no-plot", "--max-length", "16",
+                      "--batch-size", "8", "--epochs", "1"], capsys)
+    assert rc == 0 and "Pearson and Spearman are undefined" in caplog.text

@@ -22,7 +22,7 @@ from ..freezing.prefix import FrozenPrefixRunner
 from ..parallel import DistContext, FreezingDDP, init_from_env
 from ..planning.packing import SampleLinearSchedule
 from ..planning.step_probe import StepTiming
-from ..policies import NeverFreeze, ObserveOnly
+from ..policies import NeverFreeze, ObserveOnly, parse_mode
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
 from .checkpoint import load_checkpoint, saved_run_id, sharded
@@ -125,6 +125,10 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
         for blk in resolve_layout(model).blocks:
             blk.compile(backend=cfg.optim.compile, dynamic=False)
     ctl = _controller(cfg, model, opt, train, (val, metric), len(sampler), total)
+    mode = parse_mode(cfg.freeze.mode)
+    if mode.kind == "static" and mode.at >= total:
+        log.warning("mode %s: step %d is at or past the run's %d optimizer steps: nothing will freeze",
+                    cfg.freeze.mode, mode.at, total)
     run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
               model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
               opt=opt, sched=sched, val=val,

@@ -43,6 +43,9 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
     if val is not None and not slice_is_read(cfg):
         log.warning("a validation slice of %d rows is held out, but mode %s reads it only with --record-signals "
                     "(--policy plateau reads it): those rows are not trained on", len(val), cfg.freeze.mode)
+    if dev.label_space.regression and len(set(dev.labels)) < 2:
+        log.warning("every label in %s is %s: Pearson and Spearman are undefined on it (reported as 0); use dev "
+                    "rows whose targets vary", cfg.data.dev, dev.labels[0] if dev.labels else "missing")
     if val is not None and len(val) < FEW_ROWS:
         log.warning("the validation slice has only %d rows: its score moves in coarse steps; pass --val FILE or "
                     "a larger --val-fraction", len(val))
