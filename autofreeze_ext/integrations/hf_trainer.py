@@ -97,20 +97,17 @@ class Rows(torch.utils.data.Dataset):
 
 def hold_out_rows(rows, fraction: float, seed: int = 0):
     """``(training rows, validation rows)`` of a map-style dataset of dicts with a ``label`` or
-    ``labels``: :func:`~autofreeze_ext.tasks.split.hold_out`'s stratified slice."""
-    from ..tasks.split import pick_rows, slice_size
+    ``labels``: the CLI's stratified slice (:func:`~autofreeze_ext.tasks.split.split_rows`)."""
+    from ..tasks.split import split_rows
 
-    if len(rows) < 2:
-        raise ValueError(f"AutoFreezeTrainer: {len(rows)} training row(s): too few to hold out a validation slice")
-    first = rows[0]
-    key = next((k for k in ("labels", "label") if k in first), None)
-    if key is None:
+    key = next((k for k in ("labels", "label") if len(rows) and k in rows[0]), None)
+    if key is None and len(rows):
         raise ValueError("AutoFreezeTrainer: the validation slice is stratified by label: train_dataset rows need a "
                          "'label' or 'labels' (or pass val_data=)")
     labels = [rows[i][key] for i in range(len(rows))]
     regression = any(isinstance(y, float) and not float(y).is_integer() for y in labels)
-    val = set(pick_rows(labels, slice_size(len(rows), fraction), seed, regression))
-    return Rows(rows, [i for i in range(len(rows)) if i not in val]), Rows(rows, sorted(val))
+    keep, val = split_rows(labels, fraction, seed, regression, "AutoFreezeTrainer: train_dataset")
+    return Rows(rows, keep), Rows(rows, val)
 
 
 def _reads_val_slice(policy) -> bool:

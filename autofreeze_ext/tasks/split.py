@@ -47,17 +47,25 @@ def _subset(task: Task, rows: List[int], path: str) -> Task:
                 task.columns)
 
 
-def hold_out(task: Task, fraction: float = DEFAULT_FRACTION, seed: int = 0,
-             max_rows: int = MAX_ROWS) -> Tuple[Task, Task]:
-    """``(training rows, validation slice)``: the slice is ``slice_size(len(task), fraction)``
-    rows drawn with ``seed`` (stratified by class), removed from the training rows. The same
-    task, fraction and seed always give the same slice."""
-    if len(task) < 2:
-        raise DataError(f"{task.path}: {len(task)} training row(s): too few to hold out a validation slice")
-    val = pick_rows(task.labels, slice_size(len(task), fraction, max_rows), seed, task.label_space.regression)
+def split_rows(labels, fraction: float, seed: int, regression: bool, where: str,
+               max_rows: int = MAX_ROWS) -> Tuple[List[int], List[int]]:
+    """``(training row indices, validation row indices)`` of rows with these ``labels``: the
+    slice is ``slice_size(len(labels), fraction)`` rows drawn with ``seed`` (:func:`pick_rows`),
+    every class keeping a training row; :class:`DataError` naming ``where`` when too few rows
+    allow that. The same labels, fraction and seed always give the same slice."""
+    n = len(labels)
+    if n < 2:
+        raise DataError(f"{where}: {n} training row(s): too few to hold out a validation slice")
+    val = pick_rows(labels, slice_size(n, fraction, max_rows), seed, regression)
     if not val:
-        raise DataError(f"{task.path}: {len(task)} training rows: too few to hold out a validation slice and keep "
+        raise DataError(f"{where}: {n} training rows: too few to hold out a validation slice and keep "
                         "every class in training; pass --val FILE")
     held = set(val)
-    keep = [i for i in range(len(task)) if i not in held]
+    return [i for i in range(n) if i not in held], val
+
+
+def hold_out(task: Task, fraction: float = DEFAULT_FRACTION, seed: int = 0,
+             max_rows: int = MAX_ROWS) -> Tuple[Task, Task]:
+    """``(training rows, validation slice)`` of a task (:func:`split_rows`, stratified by class)."""
+    keep, val = split_rows(task.labels, fraction, seed, task.label_space.regression, task.path, max_rows)
     return _subset(task, keep, task.path), _subset(task, val, f"{task.path} (validation slice)")
