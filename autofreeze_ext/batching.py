@@ -83,3 +83,28 @@ def grouped_batches(order: Sequence[int], lengths: Sequence[int], batch_size: in
     first = max(range(len(batches)), key=lambda k: lengths[batches[k][0]])
     batches.insert(0, batches.pop(first))
     return batches
+
+
+def longest_first(tensors: dict) -> List[int]:
+    """Row indices, longest row first (batches of neighbours then need little padding)."""
+    lengths = row_lengths(tensors)
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+@torch.inference_mode()
+def batched_logits(model, tensors: dict, rows: Sequence[int], batch_size: int) -> torch.Tensor:
+    """The model's float32 logits on the CPU for ``rows`` of ``tensors`` (labels left out), in
+    that order: no gradients, eval mode (restored after), ``batch_size`` rows per forward, each
+    batch cut to its longest row. The evaluation and the validation slice both score this way."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    try:
+        for s in range(0, len(rows), batch_size):
+            idx = torch.tensor(list(rows[s:s + batch_size]))
+            batch = trim_batch({k: v[idx] for k, v in tensors.items() if k != "labels"})
+            out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..batching import row_lengths, trim_batch
+from ..batching import batched_logits, longest_first
 from ..tasks import compute
 from .base import Signal
 
@@ -42,8 +42,7 @@ class ValSlice(Signal):
         self.regression = data["labels"].is_floating_point()
         self.data, self.batch_size = dict(data), int(batch_size)
         self.metric = metric or ("pearson" if self.regression else "accuracy")
-        lengths = row_lengths(self.data)
-        self.order = sorted(range(len(data["labels"])), key=lambda i: -lengths[i])
+        self.order = longest_first(self.data)
         self._ctl = None
 
     def __len__(self) -> int:
@@ -54,12 +53,7 @@ class ValSlice(Signal):
 
     def measure(self, model) -> Dict[str, float]:
         """``{"score", "loss"}`` of ``model`` on the slice now (no gradients, eval mode)."""
-        was_training = model.training
-        model.eval()
-        try:
-            logits = self._logits(model)
-        finally:
-            model.train(was_training)
+        logits = batched_logits(model, self.data, self.order, self.batch_size)
         labels = self.data["labels"][torch.tensor(self.order)]
         if self.regression:
             loss, preds = F.mse_loss(logits[:, 0], labels.float()), logits[:, 0]
@@ -67,16 +61,6 @@ class ValSlice(Signal):
             loss, preds = F.cross_entropy(logits, labels.long()), logits.argmax(-1)
         score = compute(preds.tolist(), labels.tolist(), self.regression)[self.metric]
         return {"score": float(score), "loss": float(loss) if math.isfinite(float(loss)) else math.inf}
-
-    @torch.inference_mode()
-    def _logits(self, model) -> Tensor:
-        dev = next(model.parameters()).device
-        out = []
-        for s in range(0, len(self.order), self.batch_size):
-            rows = torch.tensor(self.order[s:s + self.batch_size])
-            batch = trim_batch({k: v[rows] for k, v in self.data.items() if k != "labels"})
-            out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
-        return torch.cat(out)
 
     def interval_end(self, active: Sequence[int]) -> Optional[Dict[str, float]]:  # type: ignore[override]
         if self._ctl is None:
