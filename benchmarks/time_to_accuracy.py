@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from bench_policies import busy  # noqa: E402  (one definition of a busy machine)
 from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, tiled_interval_ends  # noqa: E402
 
 MARGIN = 0.005  # 0.5 points below full fine-tuning's best
@@ -93,13 +94,6 @@ def ci95(xs: List[float]) -> str:
     sd = statistics.stdev(xs)
     h = T95.get(len(xs), 2.0) * sd / math.sqrt(len(xs))
     return f"{m:.2f} ± {sd:.2f} [{m - h:.2f}, {m + h:.2f}]"
-
-
-def busy(r: dict) -> bool:
-    """More runnable work than cores when the run ended (5-minute load above cores + 1): its
-    time is not compared, only its accuracy and the cost model's speed."""
-    load = r.get("load_average")
-    return bool(load) and load[1] > (os.cpu_count() or 1) + 1
 
 
 def modelled_share(r: dict, full: dict, step: Optional[int] = None) -> float:
