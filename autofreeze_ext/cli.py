@@ -20,7 +20,7 @@ from ._io import atomic_json
 from ._table import print_table
 from .cache.activation_cache import CacheError
 from .planning.estimate import estimate_full_time, estimate_lines
-from .policies import DEFAULT_POLICY, POLICIES, parse_mode
+from .policies import DEFAULT_POLICY, POLICIES, parse_mode, reads_val_slice
 from .tasks import DataError
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
 from .training.config import STABILITY_SIGNALS, option_fields, validate
@@ -208,7 +208,7 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
     d = FinetuneConfig().freeze
     plateau = [f"--{k.replace('_', '-')}" for k in ("stop_when_converged", "plateau_patience", "min_improvement",
                                                      "val_checks_per_epoch") if getattr(args, k) != getattr(d, k)]
-    if plateau and not (args.policy or "").startswith("plateau"):
+    if plateau and not reads_val_slice(args.policy or DEFAULT_POLICY):
         print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late; "
               f"policy {args.policy or DEFAULT_POLICY!r} ignores them", file=sys.stderr)
 

@@ -30,7 +30,7 @@ from .config import FinetuneConfig, packing, pad_multiple, validate
 from .inputs import load_tasks
 from .outputs import check_outputs
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
-from .modes import make_mode_policy, split_mode
+from .modes import make_mode_policy
 from .prefix_clock import PrefixClock
 
 log = logging.getLogger("autofreeze_ext")
@@ -133,7 +133,7 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
               model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
               opt=opt, sched=sched, val=val,
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
-              steps_per_epoch=len(sampler), cached=split_mode(cfg.freeze.mode)[1])
+              steps_per_epoch=len(sampler), cached=mode.cached)
     _amp(run)
     return run
 

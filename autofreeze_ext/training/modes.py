@@ -37,15 +37,16 @@ def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_step
                        adaptive=cfg.freeze.policy)
 
 
+def _policy_reads_slice(cfg: FinetuneConfig) -> bool:
+    return parse_mode(cfg.freeze.mode).kind == "autofreeze" and reads_val_slice(cfg.freeze.policy or DEFAULT_POLICY)
+
+
 def slice_is_read(cfg: FinetuneConfig) -> bool:
     """Something in the run reads the validation slice: the policy, or the signal recording."""
-    m = parse_mode(cfg.freeze.mode)
-    return cfg.freeze.record_signals or (m.kind == "autofreeze" and reads_val_slice(cfg.freeze.policy or DEFAULT_POLICY))
+    return cfg.freeze.record_signals or _policy_reads_slice(cfg)
 
 
 def wants_val_slice(cfg: FinetuneConfig) -> bool:
     """The run holds out (or reads) a validation slice: the user named one, or the mode's policy
     reads it (``plateau``)."""
-    if cfg.data.val is not None or cfg.data.val_fraction is not None:
-        return True
-    return parse_mode(cfg.freeze.mode).kind == "autofreeze" and reads_val_slice(cfg.freeze.policy or DEFAULT_POLICY)
+    return cfg.data.val is not None or cfg.data.val_fraction is not None or _policy_reads_slice(cfg)
