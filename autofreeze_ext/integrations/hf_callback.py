@@ -113,7 +113,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             self.policy = make_policy(self.policy, options=self._options(args, state), num_blocks=n)
         signals = make_signals(self.policy.signals, self._probe(train_dataloader, model)
                                if set(self.policy.signals) & set(NEEDS_PROBE) else None,
-                               val=self._val(train_dataloader) if "val_slice" in self.policy.signals else None)
+                               val=self._val(train_dataloader) if self.policy.reads_val_slice else None)
         # attach=True: the controller runs in the inner optimizer's step post-hook, where the
         # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
         known = ControllerOptions.__dataclass_fields__
