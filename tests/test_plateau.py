@@ -99,6 +99,23 @@ def test_registry_names_and_what_reads_the_slice():
     assert reads_val_slice("plateau") and reads_val_slice("plateau-or-late") and not reads_val_slice("late")
 
 
+def test_a_new_policy_that_reads_the_slice_is_known_by_its_signals(monkeypatch):
+    """No list of names: registering a policy whose signals include val_slice is enough for the
+    CLI and the Trainer integrations to hold out a slice for it."""
+    from autofreeze_ext.policies import POLICIES, FreezePolicy
+
+    class Mine(FreezePolicy):
+        signals = ("val_slice",)
+
+        def decide(self, stats):
+            return 0
+
+    monkeypatch.setitem(POLICIES, "mine", (lambda o: Mine(), "test policy"))
+    assert reads_val_slice("mine")
+    monkeypatch.setitem(POLICIES, "mine", (lambda o: make_policy("late", total_steps=10), "test policy"))
+    assert not reads_val_slice("mine")
+
+
 def _task(labels):
     return Task([f"row {i}" for i in range(len(labels))], labels, LabelSpace.infer(labels, lambda i: i, "auto"),
                 "t.tsv")

@@ -94,8 +94,9 @@ DEFAULT_POLICY = "late"
 
 
 def reads_val_slice(name: str) -> bool:
-    """Policy ``name`` reads the validation slice (the run must hold one out)."""
-    return name.strip().lower() in ("plateau", "plateau-or-late")
+    """Policy ``name`` reads the validation slice (the run must hold one out): asked of the policy
+    itself (:attr:`FreezePolicy.reads_val_slice`), built with placeholder run facts."""
+    return build_policy(name, PolicyOptions(total_steps=1_000, target_speedup=2.0)).reads_val_slice
 
 
 def build_policy(name: str, options: Optional[PolicyOptions] = None) -> FreezePolicy:
