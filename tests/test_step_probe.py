@@ -5,7 +5,7 @@ import pytest
 
 from autofreeze_ext.planning.step_probe import StepProbe, StepTiming
 from autofreeze_ext.training.config import FinetuneConfig
-from autofreeze_ext.training.parts import CostGoal, Packer, StepTimer
+from autofreeze_ext.training.parts import CostGoal, Outcome, Packer, StepTimer
 from autofreeze_ext.training.parts.cost_goal import CostPlanner
 
 pytestmark = pytest.mark.reference
@@ -40,19 +40,18 @@ def fake_run(mode_goal, world_size=1):
     ctx = types.SimpleNamespace(world_size=world_size, rank=0, distributed=False, is_main=True)
     return types.SimpleNamespace(
         cfg=FinetuneConfig.from_options(batch_size=8, probe_steps=2, mode_goal=mode_goal), ctx=ctx, world=world_size,
-        ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, step_timing=None,
-        prog={"step": 0})
+        ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, prog={"step": 0})
 
 
 def step(run, timer, parts, seconds):
     run.prog["step"] += 1
     r = types.SimpleNamespace(seconds=seconds, t2=0.0, t3=0.01, samples=8, memory=None)
-    for p in (timer, *parts):
+    for p in (*parts, timer):  # the parts ask the timer before its own after_step: one observation all the same
         p.after_step(run, r)
-    return run.step_timing
+    return timer.reading(run, r)
 
 
-def test_timer_hands_one_reading_to_the_parts_after_it_and_asks_the_packer_to_meter():
+def test_timer_gives_each_step_one_reading_whoever_asks_first_and_the_packer_meters():
     run, timer = fake_run("time"), StepTimer()
     packer = Packer(timer)
     timer.start(run)
@@ -64,11 +63,11 @@ def test_timer_hands_one_reading_to_the_parts_after_it_and_asks_the_packer_to_me
     run.ctl.frozen_depth = 1  # a freeze in the next step
     metered = []
     for _ in range(4):
-        metered.append(packer.meter_for_next_step(run))
+        metered.append(packer.step_meter(run))
         step(run, timer, [], 0.1)
     assert metered == [None, "meter", None, None]  # the second step at the new depth, left out of timing
     run.ctl.frozen_depth = 0
-    assert packer.meter_for_next_step(run) is None  # memory known at depth 0
+    assert packer.step_meter(run) is None  # memory known at depth 0
 
 
 def test_cost_planner_reads_the_probe_it_shares_with_the_packer():
@@ -79,14 +78,18 @@ def test_cost_planner_reads_the_probe_it_shares_with_the_packer():
     assert planner.on_timing(StepTiming((0, 8, 2), 0.5, 0.01, 16.0, 2), step=4) is None
     assert state["full_step_s"] == 0.5 and state["deadline_s"] == 50.0  # full fine-tuning's projection
     # the part passes the timer's reading on, and only a reading
-    goal = CostGoal()
+    reading = StepTiming((1, 8, 2), 0.3, 0.01, 26.0, 2)
+    timer = types.SimpleNamespace(reading=lambda run, res: res)  # the step's reading is what the timer says
+    goal = CostGoal(timer)
     goal.planner = types.SimpleNamespace(on_timing=lambda t, s: seen.append((t, s)))
     seen = []
-    run.step_timing = None
-    goal.after_step(run, None)
-    run.step_timing = StepTiming((1, 8, 2), 0.3, 0.01, 26.0, 2)
-    goal.after_step(run, None)
-    assert seen == [(run.step_timing, 0)]
+    assert goal.after_step(run, None) is None
+    assert goal.after_step(run, reading) is None
+    assert seen == [(reading, 0)]
+    # a scale request: the outcome stops the run after this step's checkpoint
+    goal.planner = types.SimpleNamespace(on_timing=lambda t, s: {"world_size": 1, "step": s, "from_world_size": 2})
+    assert goal.after_step(run, reading) == Outcome(stop="scale", checkpoint=True)
+    assert goal.request["world_size"] == 1
 
 
 def test_a_relaunch_on_fewer_workers_is_measured_again_and_checks_the_prediction():
@@ -106,7 +109,7 @@ def test_a_relaunch_on_fewer_workers_is_measured_again_and_checks_the_prediction
     again.load_state_dict(timer.state_dict())
     again.start(run2)
     again.epoch_start(run2, 0, [[0, 1, 2, 3]])  # 2 workers x 4: the same global batch
-    goal = CostGoal()
+    goal = CostGoal(again)
     goal.load_state_dict(state)
     goal.start(run2)
     readings = [step(run2, again, [goal], 0.3) for _ in range(4)]

@@ -7,8 +7,8 @@ import torch
 
 from autofreeze_ext.training import checkpoint as ckpt_mod
 from autofreeze_ext.training.config import FinetuneConfig, validate
-from autofreeze_ext.training.parts import (Checkpointer, CostGoal, EpochEnd, KillAt, ModelSaver, Packer, Progress,
-                                           ProgressBar, StepTimer)
+from autofreeze_ext.training.parts import (CHECKPOINT, CONTINUE, Checkpointer, CostGoal, EpochEnd, KillAt, ModelSaver,
+                                           Outcome, Packer, Progress, ProgressBar, StepTimer, stop)
 from autofreeze_ext.training.parts.progress import new_record
 from autofreeze_ext.training.step import StepResult, micro_batches
 
@@ -21,7 +21,7 @@ def fake_run(**kw):
         cfg=FinetuneConfig.from_options(batch_size=8, checkpoint_every=3),
         ctx=types.SimpleNamespace(world_size=1, rank=0, distributed=False, is_main=True),
         ctl=ctl, t_start=0.0, world=1, cache=None, sampler=types.SimpleNamespace(position=0), steps_per_epoch=4,
-        prog={}, stop=None, checkpoint_due=False, ckpt_path=None, num_blocks=4)
+        prog={}, stopped=None, ckpt_path=None, num_blocks=4)
     run.__dict__.update(kw)
     return run
 
@@ -71,10 +71,18 @@ def test_checkpointer_is_due_by_steps_epoch_end_or_request(tmp_path):
     p.start(run)
     c = Checkpointer([p, Packer(StepTimer())])
     c.save = lambda run: saved.append(run.prog["step"])
-    for step, pos, due in [(1, 1, False), (2, 2, True), (3, 3, False), (4, 4, False)]:
-        run.prog["step"], run.sampler.position, run.checkpoint_due = step, pos, due
-        c.after_step(run, res())
-    assert saved == [2, 3, 4] and run.checkpoint_due is False  # requested, every 3, epoch end
+    for step, pos, outcome in [(1, 1, CONTINUE), (2, 2, CHECKPOINT), (3, 3, CONTINUE), (4, 4, CONTINUE),
+                               (5, 1, stop("scale", checkpoint=True)), (7, 3, stop("converged"))]:
+        run.prog["step"], run.sampler.position = step, pos
+        c.after_step(run, outcome)
+    assert saved == [2, 3, 4, 5]  # requested, every 3, epoch end, a stop that asks for one
+
+
+def test_outcomes_merge_first_stop_wins_any_checkpoint_counts():
+    assert CONTINUE | None == CONTINUE and CONTINUE | CHECKPOINT == CHECKPOINT
+    merged = CONTINUE | stop("scale", checkpoint=True) | stop("converged")
+    assert merged == Outcome(stop="scale", checkpoint=True)
+    assert (CHECKPOINT | stop("converged")) == Outcome(stop="converged", checkpoint=True)
 
 
 def test_checkpoint_file_round_trip_and_one_version(tmp_path):
@@ -93,14 +101,14 @@ def test_kill_at_only_on_its_step_rank_and_first_launch(monkeypatch):
     monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
     run = fake_run()
     run.prog = {"step": 5}
-    KillAt(4).after_step(run, res())
-    KillAt(5, rank=1).after_step(run, res())
+    KillAt(4).step_done(run, CONTINUE)
+    KillAt(5, rank=1).step_done(run, CONTINUE)
     assert killed == []
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    KillAt(5).after_step(run, res())
+    KillAt(5).step_done(run, CONTINUE)
     assert killed == []
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    KillAt(5).after_step(run, res())
+    KillAt(5).step_done(run, CONTINUE)
     assert len(killed) == 1
 
 
@@ -108,10 +116,10 @@ def test_cost_goal_needs_a_checkpoint_dir_under_torchrun_and_packer_idles_withou
     run = fake_run(cfg=FinetuneConfig.from_options(mode_goal="cost"), packing=False, total_steps=10, ddp=None)
     run.ctx.distributed, run.ctx.world_size = True, 2
     with pytest.raises(ValueError, match="checkpoint-dir"):
-        CostGoal().start(run)
+        CostGoal(StepTimer()).start(run)
     pk = Packer(StepTimer())
     pk.start(fake_run(packing=False))
-    assert pk.packer is None and pk.meter_for_next_step(fake_run()) is None
+    assert pk.packer is None and pk.step_meter(fake_run()) is None
 
 
 def test_config_sections_take_and_give_back_the_flat_options():
@@ -243,24 +251,15 @@ def test_model_saver_writes_only_a_finished_run_on_the_main_rank(tmp_path):
     model = types.SimpleNamespace(save_pretrained=lambda d: saved.append(("model", d)))
     tok = types.SimpleNamespace(save_pretrained=lambda d: saved.append(("tokenizer", d)))
     out = str(tmp_path / "model")
-    for epoch, stop, main, wrote in [(1, "scale", True, False), (3, None, False, False), (1, "stop_after_steps", True, True),
-                                     (3, None, True, True)]:
+    for epoch, stopped, main, wrote in [(1, "scale", True, False), (3, None, False, False),
+                                        (1, "stop_after_steps", True, True), (1, "converged", True, True),
+                                        (3, None, True, True)]:
         saved.clear()
-        run = fake_run(model=model, tokenizer=tok, saved_model=None, stop=stop)
+        run = fake_run(model=model, tokenizer=tok, stopped=stopped)
         run.prog, run.ctx.is_main = {"epoch": epoch}, main
-        ModelSaver(out).end(run)
+        saver = ModelSaver(out)
+        saver.end(run)
         assert (saved == [("model", out), ("tokenizer", out)]) is wrote
-        assert (run.saved_model == os.path.abspath(out)) is wrote
+        assert (saver.saved == os.path.abspath(out)) is wrote
 
 
-def test_reporter_builds_the_report_last_from_the_parts_state(monkeypatch):
-    from autofreeze_ext.training.parts import reporter as rep_mod
-
-    seen = []
-    monkeypatch.setattr(rep_mod, "make_report", lambda run, packer, goal: seen.append((run, packer, goal)) or {"ok": 1})
-    packer, goal, run = Packer(StepTimer()), CostGoal(), fake_run()
-    r = rep_mod.Reporter(packer, goal)
-    r.after_step(run, res())
-    assert r.report is None and seen == []  # nothing before the loop ends
-    r.end(run)
-    assert r.report == {"ok": 1} and seen == [(run, packer, goal)]

@@ -12,15 +12,15 @@ from __future__ import annotations
 import time
 from typing import Iterable, List, Optional
 
-from .build import Run, attach_cache_and_runner, build_run, new_run_id
-from .checkpoint import restore, restore_parts
+from .build import Run, build_run
+from .checkpoint import restore_parts
 from .config import PHASES, FinetuneConfig, validate
 from .evaluate import evaluate
 from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import MODES_HELP, make_mode_policy, split_mode
 from .parts import (Checkpointer, ConvergedStop, CostGoal, EpochEnd, Evaluator, LossGuard, ModelSaver, Packer, Part,
-                    Progress, ProgressBar, Reporter, StepTimer)
+                    Progress, ProgressBar, StepTimer)
 from .report import COMPARE_HEADERS, best_score, compare_headers, compare_table, final_score, make_report, score
 
 
@@ -34,20 +34,18 @@ def finetune(cfg: FinetuneConfig, parts: Optional[Iterable[Part]] = None) -> dic
     built-in ones (e.g. :class:`~autofreeze_ext.training.parts.KillAt` in the resume tests).
     """
     run = build_run(cfg, time.perf_counter())
-    progress, timer, cost_goal = Progress(), StepTimer(), CostGoal()
-    packer = Packer(timer)
+    progress, timer = Progress(), StepTimer()
+    packer, cost_goal = Packer(timer), CostGoal(timer)
+    # Progress first: it counts the step every other part reads. The timer's readings go to
+    # whoever asks (packer, cost goal); a checkpoint is written after all parts have answered.
     core: List[Part] = [progress, LossGuard(), *([ProgressBar()] if cfg.run.progress and run.ctx.is_main else []),
                         Evaluator(), EpochEnd(progress), timer, packer, cost_goal, ConvergedStop()]
     if run.state is not None:
         restore_parts(run.state, core)
-        restore(run, run.state)
-    run.run_id = new_run_id(run)
-    attach_cache_and_runner(run)
+    saver = ModelSaver(cfg.run.save_model) if cfg.run.save_model else None
     try:
-        saver = [ModelSaver(cfg.run.save_model)] if cfg.run.save_model else []
-        reporter = Reporter(packer, cost_goal)
-        run_loop(run, [*core, Checkpointer(core), *saver, *(parts or ()), reporter])
-        return reporter.report
+        run_loop(run, [*core, *([saver] if saver else []), *(parts or ())], Checkpointer(core))
+        return make_report(run, packer, cost_goal, saver)
     finally:
         run.clock.remove()
         if run.cache is not None:

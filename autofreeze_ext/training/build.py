@@ -21,11 +21,10 @@ from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
 from ..parallel import DistContext, FreezingDDP, init_from_env
 from ..planning.packing import SampleLinearSchedule
-from ..planning.step_probe import StepTiming
 from ..policies import NeverFreeze, ObserveOnly, parse_mode
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
-from .checkpoint import load_checkpoint, saved_run_id, sharded
+from .checkpoint import load_checkpoint, restore, saved_run_id, sharded
 from .config import FinetuneConfig, packing, pad_multiple, validate
 from .inputs import load_tasks
 from .outputs import check_outputs
@@ -69,11 +68,7 @@ class Run:
     scaler: Optional[torch.amp.GradScaler] = None
     clock: Optional[PrefixClock] = None
     prog: dict = field(default_factory=dict)  #: the run's record (Progress part); checkpointed
-    stop: Optional[str] = None  #: why the loop stops early (a part sets it)
-    checkpoint_due: bool = False  #: a part asks for a checkpoint at this step
-    step_timing: Optional[StepTiming] = None  #: the step probe's reading when this step completed one
-    saved_model: Optional[str] = None  #: where the ModelSaver part wrote the fine-tuned model
-    save_error: Optional[str] = None  #: why the ModelSaver part could not write it
+    stopped: Optional[str] = None  #: why the loop ended early (the loop records its parts' outcome)
     tokenizer: Any = None
     metric: str = "accuracy"  #: the dev metric that drives the comparison
     val: Optional[dict] = None  #: the encoded validation slice (None: the run has none)
@@ -89,8 +84,10 @@ class Run:
 
 
 def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
-    """Load data and model, build optimizer, schedule, controller, cache and runner; restore
-    the checkpoint when resuming."""
+    """The whole run, in one call: data and model, optimizer, schedule, controller and AMP; the
+    checkpoint restored when resuming (the loop's parts restore their own state); then the
+    cache, DDP and the runner. The loop's parts add only the run's record (``prog``) and the
+    loop its stop reason (``stopped``)."""
     validate(cfg)
     check_outputs(cfg)
     ctx = init_from_env(cfg.parallel.device)
@@ -129,12 +126,15 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
     if mode.kind == "static" and mode.at >= total:
         log.warning("mode %s: step %d is at or past the run's %d optimizer steps: nothing will freeze",
                     cfg.freeze.mode, mode.at, total)
+    autocast, scaler = _amp(cfg, model)
     run = Run(cfg=cfg, ctx=ctx, t_start=t_start, train_task=train_task, dev_task=dev_task, train=train, dev=dev,
               model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
-              opt=opt, sched=sched, val=val,
+              opt=opt, sched=sched, val=val, autocast=autocast, scaler=scaler, run_id=_run_id(state, ctx),
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
               steps_per_epoch=len(sampler), cached=mode.cached)
-    _amp(run)
+    if state is not None:
+        restore(run, state)
+    _attach_cache_and_runner(run)  # after the restore: DDP starts from the restored weights and depth
     return run
 
 
@@ -209,14 +209,15 @@ def _controller(cfg: FinetuneConfig, model, opt, train: dict, val, steps_per_epo
                             options=ControllerOptions(anneal_steps=cfg.freeze.anneal_steps))
 
 
-def _amp(run: Run) -> None:
-    device_type = next(run.model.parameters()).device.type
-    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.cfg.optim.amp]
-    run.autocast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
-    run.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+def _amp(cfg: FinetuneConfig, model) -> tuple:
+    """The step's autocast context and, for fp16, its gradient scaler."""
+    device_type = next(model.parameters()).device.type
+    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.optim.amp]
+    autocast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return autocast, (torch.amp.GradScaler(device_type) if dtype == torch.float16 else None)
 
 
-def attach_cache_and_runner(run: Run) -> None:
+def _attach_cache_and_runner(run: Run) -> None:
     """The activation cache (``+cache`` modes), DDP over the active suffix (under torchrun) and
     the runner that routes the forward pass through them; the prefix clock."""
     cfg, ctx = run.cfg, run.ctx
@@ -235,11 +236,11 @@ def attach_cache_and_runner(run: Run) -> None:
     run.clock = PrefixClock(run.ctl, run.timers)
 
 
-def new_run_id(run: Run) -> str:
+def _run_id(state: Optional[dict], ctx: DistContext) -> str:
     """The run's id (the cache's fingerprint): the checkpoint's when resuming, else rank 0's new one."""
     from .comm import from_rank0
 
-    return saved_run_id(run.state) if run.state else from_rank0(uuid.uuid4().hex, run.ctx)
+    return saved_run_id(state) if state else from_rank0(uuid.uuid4().hex, ctx)
 
 
 def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):

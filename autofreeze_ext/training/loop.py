@@ -1,9 +1,9 @@
-"""The training loop: epochs of steps, and the parts called around them."""
+"""The training loop: epochs of steps, the parts called around them, the checkpoint."""
 from __future__ import annotations
 
 from typing import List, Optional
 
-from .parts import Packer, Part
+from .parts import CONTINUE, STOP_AFTER_STEPS, Checkpointer, Outcome, Part, stop
 from .step import micro_plan, train_step
 
 
@@ -17,15 +17,25 @@ def plan_epoch(run) -> list:
     return planned
 
 
-def run_loop(run, parts: List[Part]) -> None:
-    """Train until ``cfg.optim.epochs`` are done or a part sets ``run.stop``; the loop itself only
-    plans epochs and runs steps."""
+def _merged(outcomes) -> Outcome:
+    out = CONTINUE
+    for o in outcomes:
+        out = out | o
+    return out
+
+
+def run_loop(run, parts: List[Part], checkpointer: Optional[Checkpointer] = None) -> None:
+    """Train until ``cfg.optim.epochs`` are done or a part's outcome stops the run.
+
+    Per step, in this order: :func:`~autofreeze_ext.training.step.train_step` (metered when a
+    part's :meth:`~Part.step_meter` asks), every part's ``after_step`` (their outcomes merged),
+    the checkpoint when due (``checkpointer``: after every part has decided, so it holds their
+    decisions), every part's ``step_done``, then the stop. ``run.stopped`` records why the
+    loop ended early."""
     cfg = run.cfg
-    packer: Optional[Packer] = next((p for p in parts if isinstance(p, Packer)), None)
     run.model.train()
-    for p in parts:
-        p.start(run)
-    while run.prog["epoch"] < cfg.optim.epochs and run.stop is None:
+    run.stopped = _merged(p.start(run) for p in parts).stop
+    while run.prog["epoch"] < cfg.optim.epochs and run.stopped is None:
         epoch, planned = run.prog["epoch"], plan_epoch(run)
         run.steps_per_epoch = len(planned)  # this epoch's (the batch may have grown)
         run.ctl.begin_epoch(epoch, len(planned), done=run.sampler.position)
@@ -35,14 +45,17 @@ def run_loop(run, parts: List[Part]) -> None:
         for p in parts:
             p.epoch_start(run, epoch, planned)
         for indices, batch in run.loader:
+            meter = next((m for m in (p.step_meter(run) for p in parts) if m is not None), None)
+            res = train_step(run, indices, batch, meter)
+            outcome = _merged([p.after_step(run, res) for p in parts])
+            if cfg.run.stop_after_steps and run.prog["step"] >= cfg.run.stop_after_steps:
+                outcome = outcome | stop(STOP_AFTER_STEPS)
+            if checkpointer is not None:
+                checkpointer.after_step(run, outcome)
             for p in parts:
-                p.before_step(run)
-            res = train_step(run, indices, batch, packer.meter_for_next_step(run) if packer else None)
-            for p in parts:
-                p.after_step(run, res)
-            if run.stop is None and cfg.run.stop_after_steps and run.prog["step"] >= cfg.run.stop_after_steps:
-                run.stop = "stop_after_steps"
-            if run.stop is not None:
+                p.step_done(run, outcome)
+            if outcome.stop is not None:
+                run.stopped = outcome.stop
                 break
     for p in parts:
         p.end(run)

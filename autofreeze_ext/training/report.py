@@ -10,8 +10,9 @@ import torch
 from .._backend import backend_info
 
 
-def make_report(run, packer, cost_goal) -> dict:
-    """Everything a run measured (times exclude evaluation)."""
+def make_report(run, packer, cost_goal, saver=None) -> dict:
+    """Everything a run measured (times exclude evaluation), with the decisions of the parts
+    that keep their own: the batch packer, the cost goal and the model saver (None: not saving)."""
     cfg, prog, ctl, ctx, ddp = run.cfg, run.prog, run.ctl, run.ctx, run.ddp
     scores = [e["score"] for e in prog["evals"]]
     accs = [e["accuracy"] for e in prog["evals"] if "accuracy" in e]
@@ -34,8 +35,9 @@ def make_report(run, packer, cost_goal) -> dict:
         "batch_trace": prog["batch_trace"], "packer": packer.state.get("packer", []),
         "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
         "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
-        "depth_seconds": prog["depth_seconds"], "saved_model": run.saved_model,
-        "save_error": run.save_error, "stopped": run.stop,
+        "depth_seconds": prog["depth_seconds"], "stopped": run.stopped,
+        "saved_model": saver.saved if saver is not None else None,
+        "save_error": saver.error if saver is not None else None,
         "val_samples": len(run.val["labels"]) if run.val is not None else None,
         "val_source": (run.cfg.data.val or "held out of the training rows") if run.val is not None else None,
         # 1/5/15-minute load averages when the run ended, and the CPUs it could use: a timing

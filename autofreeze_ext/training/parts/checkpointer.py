@@ -7,7 +7,7 @@ from typing import List
 import torch
 
 from ..checkpoint import rng_states, run_state, save_checkpoint
-from .base import Part
+from .base import Outcome, Part
 
 
 def _check_finite(run) -> None:
@@ -21,21 +21,23 @@ def _check_finite(run) -> None:
                                f"stays in {run.cfg.run.checkpoint_dir}")
 
 
-class Checkpointer(Part):
+class Checkpointer:
     """Writes the checkpoint (atomically; rank 0 writes, every rank's RNG stream is gathered):
     model, optimizer, schedule, controller, sampler position, AMP scaler, the cache's identity
-    and the state of every part given (``parts``, by name). Runs after the parts that may
-    change what the next step does (packer, planner), so their decisions are in it."""
+    and the state of every part given (``parts``, by name). Not a part: the loop calls it after
+    every part's ``after_step``, so the decisions they took at the step (packer, planner) are
+    in it, and before their ``step_done``."""
 
     def __init__(self, parts: List[Part]) -> None:
         self.parts = parts
 
-    def after_step(self, run, res) -> None:
+    def after_step(self, run, outcome: Outcome) -> None:
+        """Save when a part asked (``outcome.checkpoint``), every ``checkpoint_every`` steps and
+        at each epoch's end."""
         every = max(1, run.cfg.run.checkpoint_every)
         epoch_end = run.sampler.position == run.steps_per_epoch
-        if run.checkpoint_due or run.prog["step"] % every == 0 or epoch_end:
+        if outcome.checkpoint or run.prog["step"] % every == 0 or epoch_end:
             self.save(run)
-            run.checkpoint_due = False
 
     def save(self, run) -> None:
         if not run.ckpt_path:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
-from .base import Part
+from .base import Outcome, Part, stop
 
 log = logging.getLogger("autofreeze_ext")
 
-#: ``run.stop`` once the policy has asked the run to end
+#: the stop reason (``run.stopped``) once the policy has asked the run to end
 CONVERGED = "converged"
 
 
@@ -16,13 +17,14 @@ class ConvergedStop(Part):
     ends the run (a finished run: the dev set is scored at the stop, the model is saved). The
     decision is the same on every rank (policies see rank 0's statistics)."""
 
-    def start(self, run) -> None:
+    def start(self, run) -> Optional[Outcome]:
         """A run resumed after its policy stopped it trains no further."""
-        self.after_step(run, None)
+        return self.after_step(run, None)
 
-    def after_step(self, run, res) -> None:
-        if run.stop is None and run.ctl.policy.should_stop():
-            run.stop = CONVERGED
-            if run.ctx.is_main:
-                log.info("step %d: the policy judged training converged; stopping (%s)", run.prog["step"],
-                         run.ctl.policy.describe())
+    def after_step(self, run, res) -> Optional[Outcome]:
+        if not run.ctl.policy.should_stop():
+            return None
+        if run.ctx.is_main:
+            log.info("step %d: the policy judged training converged; stopping (%s)", run.prog["step"],
+                     run.ctl.policy.describe())
+        return stop(CONVERGED)

@@ -11,9 +11,13 @@ from ...planning.planner import ThroughputModel, choose_workers
 from ...planning.step_probe import StepTiming
 from ..comm import from_rank0
 from ..config import FinetuneConfig
-from .base import Part
+from .base import Outcome, Part, stop
+from .step_timer import StepTimer
 
 log = logging.getLogger("autofreeze_ext")
+
+#: the stop reason when the cost goal asks for another number of workers
+SCALE = "scale"
 
 
 class CostPlanner:
@@ -88,11 +92,13 @@ class CostPlanner:
 class CostGoal(Part):
     """Runs :class:`CostPlanner` after each step when the cost goal is on with several workers,
     or, after a relaunch on one worker, only to measure the step time its prediction promised.
-    When it asks for another number of workers: checkpoint, ``scale_request.json``, stop."""
+    When it asks for another number of workers: checkpoint, stop, and ``scale_request.json``
+    (written at the end, after the checkpoint it resumes from)."""
 
     name = "cost_goal"
 
-    def __init__(self) -> None:
+    def __init__(self, timer: StepTimer) -> None:
+        self.timer = timer
         self.state: dict = {"planner": []}
         self.planner: Optional[CostPlanner] = None
         self.request: Optional[dict] = None
@@ -112,18 +118,18 @@ class CostGoal(Part):
         if active or pending:  # a world of one only measures
             self.planner = CostPlanner(cfg, ctx, run.prog, self.state, run.ddp, run.total_steps)
 
-    def after_step(self, run, res) -> None:
-        if self.planner is None or run.step_timing is None:
-            return
-        req = self.planner.on_timing(run.step_timing, run.prog["step"])
+    def after_step(self, run, res) -> Optional[Outcome]:
+        if self.planner is None:
+            return None
+        timing = self.timer.reading(run, res)
+        req = self.planner.on_timing(timing, run.prog["step"]) if timing is not None else None
         if req is None:
-            return
+            return None
         self.request = req
-        run.checkpoint_due = True  # the Checkpointer runs after this part
-        run.stop = "scale"
         log.info("planner: continuing on %d workers instead of %d (checkpoint at step %d); relaunch with "
                  "`autofreeze launch` or torchrun --nproc_per_node %d ... --resume", req["world_size"],
                  run.ctx.world_size, run.prog["step"], req["world_size"])
+        return stop(SCALE, checkpoint=True)  # the relaunch resumes from this step's checkpoint
 
     def end(self, run) -> None:
         if self.request is not None and run.ctx.is_main:  # after the checkpoint it resumes from

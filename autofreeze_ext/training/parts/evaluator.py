@@ -28,7 +28,7 @@ class Evaluator(Part):
     def end(self, run) -> None:
         """A run the policy stopped mid-epoch is scored where it stopped."""
         evals = run.prog["evals"]
-        if run.stop == CONVERGED and (not evals or evals[-1]["step"] != run.prog["step"]):
+        if run.stopped == CONVERGED and (not evals or evals[-1]["step"] != run.prog["step"]):
             self._evaluate(run)
 
     def _evaluate(self, run) -> None:

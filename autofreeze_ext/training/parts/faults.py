@@ -17,7 +17,7 @@ class KillAt(Part):
     def __init__(self, step: int, rank: Optional[int] = 0, agent: bool = False) -> None:
         self.step, self.rank, self.agent = int(step), rank, agent
 
-    def after_step(self, run, res) -> None:
+    def step_done(self, run, outcome) -> None:
         if run.prog["step"] != self.step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
             return
         if self.agent:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
-from .base import Part
+from .base import STOP_AFTER_STEPS, Part
 from .converged import CONVERGED
 
 log = logging.getLogger("autofreeze_ext")
@@ -20,9 +21,11 @@ class ModelSaver(Part):
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
+        self.saved: Optional[str] = None  #: where the model was written (the report's ``saved_model``)
+        self.error: Optional[str] = None  #: why it could not be (the report's ``save_error``)
 
     def end(self, run) -> None:
-        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stop in ("stop_after_steps", CONVERGED)
+        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stopped in (STOP_AFTER_STEPS, CONVERGED)
         if not finished or not run.ctx.is_main:
             return
         try:
@@ -31,8 +34,8 @@ class ModelSaver(Part):
             if run.tokenizer is not None:
                 run.tokenizer.save_pretrained(self.folder)
         except OSError as exc:  # the report is still written; it says where saving failed
-            run.save_error = f"could not save the model to {self.folder}: {exc.strerror or exc}"
-            log.error("%s", run.save_error)
+            self.error = f"could not save the model to {self.folder}: {exc.strerror or exc}"
+            log.error("%s", self.error)
             return
-        run.saved_model = os.path.abspath(self.folder)
-        log.info("model and tokenizer saved to %s", run.saved_model)
+        self.saved = os.path.abspath(self.folder)
+        log.info("model and tokenizer saved to %s", self.saved)

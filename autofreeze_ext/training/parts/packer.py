@@ -25,8 +25,9 @@ def _row_tokens(train: dict) -> int:
 class Packer(Part):
     """Wraps :class:`~autofreeze_ext.planning.packing.BatchPacker`: at each new depth the second
     step's first forward runs under an :class:`~autofreeze_ext.planning.packing.ActivationMeter`
-    (a step the :class:`StepTimer` leaves out of its timing), and when the timer's reading at a
-    depth says a larger global batch pays, sets it on the sampler for the next epoch. Its
+    (a step the :class:`StepTimer` leaves out of its timing: :meth:`step_meter`), and when the
+    timer's reading at a depth says a larger global batch pays, sets it on the sampler for the
+    next epoch. Its
     measurements and decisions are its checkpointed state."""
 
     name = "packer"
@@ -61,7 +62,7 @@ class Packer(Part):
             broadcast=lambda entry: from_rank0(entry, ctx))
         self.meter = ActivationMeter(run.model)
 
-    def meter_for_next_step(self, run) -> Optional[ActivationMeter]:
+    def step_meter(self, run) -> Optional[ActivationMeter]:
         """The meter when the coming step is the second at a depth whose memory is unknown."""
         if self.packer is None or not self.packer.wants_memory(run.ctl.frozen_depth):
             return None
@@ -72,9 +73,10 @@ class Packer(Part):
             return
         if res.memory is not None:
             self.packer.record_memory(*res.memory)
-        if run.step_timing is None:
+        timing = self.timer.reading(run, res)
+        if timing is None:
             return
-        new = self.packer.on_timing(run.step_timing, step=run.prog["step"])
+        new = self.packer.on_timing(timing, step=run.prog["step"])
         if new is not None:
             if isinstance(run.sampler, ShardedBatchSampler):
                 run.sampler.set_global_batch(new)
