@@ -13,100 +13,29 @@ import json
 import logging
 import os
 import sys
-import types
 from typing import List, Optional
 
 from ._io import atomic_json
 from ._table import print_table
 from .cache.activation_cache import CacheError
 from .planning.estimate import estimate_full_time, estimate_lines
-from .policies import DEFAULT_POLICY, POLICIES, parse_mode, reads_val_slice
+from .policies import DEFAULT_POLICY, parse_mode, reads_val_slice
 from .tasks import DataError
 from .training import MODES_HELP, PHASES, FinetuneConfig, ModelError, compare_headers, compare_table, finetune
-from .training.config import STABILITY_SIGNALS, option_fields, validate
+from .training.checks import validate
+from .training.cli_options import add_config_options
+from .training.config import option_fields
 from .training.outputs import check_outputs
 from .training.modes import wants_val_slice
 from .tasks.split import DEFAULT_FRACTION
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    d = types.SimpleNamespace(**FinetuneConfig().options())
-    p.add_argument("--train", default=d.train,
-                   help="training data: TSV, CSV, JSON Lines or Parquet (by extension, or --format); "
-                        "default: built-in SST-2 sample")
-    p.add_argument("--dev", default=d.dev, help="dev data, same columns; default: SST-2 dev set")
-    p.add_argument("--model", default=None, help="Hugging Face BERT-family checkpoint folder; default: packaged MiniLM")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length, help="longest row in tokens (longer ones are cut)")
-    p.add_argument("--batching", choices=["grouped", "random", "padded"], default=d.batching,
-                   help="grouped (default): rows of similar length batched together, each batch padded to its "
-                        "longest row (a Trainer with group_by_length); random: shuffled, padded per batch; "
-                        "padded: every row padded to --max-length")
-    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
-                   help="round each batch's length up to a multiple of N (default: 8 on CUDA, 1 on CPU)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--intervals-per-epoch", type=int, default=d.intervals_per_epoch)
-    p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch)
-    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
+    """The configuration's options (declared once, on its fields) and the command's own."""
+    add_config_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--grad-accum", type=int, default=1, metavar="K",
-                   help="split each batch into K micro-batches whose gradients add up before one optimizer step")
-    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="torch.compile each block (default backend: inductor)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=d.device,
-                   help="cpu (gloo under torchrun) or cuda (NCCL, one GPU per rank)")
     p.add_argument("--out", default="autofreeze_out", help="folder for the JSON report and PNG plot")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
-    p.add_argument("--record-signals", action="store_true",
-                   help="measure every per-block freezing signal each interval into the report (full mode then "
-                        "observes; used to replay policies offline)")
-    _task_args(p, d)
-    _policy_args(p, d)
-    c = p.add_argument_group("activation cache (modes ending in +cache)")
-    c.add_argument("--cache-dir", default=None,
-                   help="folder of the cache's disk tier (default: RAM tier only); a full or read-only disk "
-                        "turns the disk tier off with a warning")
-    c.add_argument("--cache-memory", default=d.cache_memory, help="RAM tier budget, e.g. 2GiB (0: disk only)")
-    c.add_argument("--cache-disk", default=None, help="disk tier budget, e.g. 20GiB (default: the disk's size)")
-    c.add_argument("--no-cost-model", action="store_true",
-                   help="cache at every frozen depth instead of only where reading beats recomputing")
-    k = p.add_argument_group("checkpoints")
-    k.add_argument("--checkpoint-dir", default=None, help="write checkpoints here (atomically)")
-    k.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    k.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    k.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
-    g = p.add_argument_group("data parallel (run under torchrun --nproc_per_node N; --batch-size is the global batch)")
-    g.add_argument("--data-shards", type=int, default=None,
-                   help="in one process: train on the global batches an N-rank job sees (reference runs)")
-    g.add_argument("--reshuffle-shards-every", type=int, default=0, metavar="EPOCHS",
-                   help="deal samples to ranks anew every EPOCHS epochs (default 0: never, so each rank's "
-                        "cache keeps hitting)")
-    g.add_argument("--mode-goal", choices=["time", "cost"], default=None,
-                   help="time: keep every worker (finish soonest) and, with --max-batch, grow the global batch "
-                        "as freezing frees activation memory; cost: at a freeze, continue on fewer workers "
-                        "when they finish before the deadline for fewer worker-seconds (needs --checkpoint-dir; "
-                        "run under `autofreeze launch` to relaunch automatically)")
-    g.add_argument("--deadline-s", type=float, default=None,
-                   help="cost goal: training seconds allowed (default: full fine-tuning's projected time)")
-    g.add_argument("--min-workers", type=int, default=1, help="cost goal: never fewer workers than this")
-    g.add_argument("--restart-s", type=float, default=None,
-                   help="cost goal: what a relaunch costs, seconds (default: this launch's measured start-up)")
-    g.add_argument("--max-batch", type=int, default=None,
-                   help="time goal: the largest global batch allowed; from the epoch after a freeze the batch "
-                        "grows to what the freed activation memory holds, within this bound (LR scheduled by "
-                        "samples and scaled with the batch)")
-    g.add_argument("--max-activation-memory", default=None, metavar="BYTES",
-                   help="time goal: activation memory per worker the batch may fill, e.g. 4GiB (default: what "
-                        "the starting batch needed, measured)")
-    g.add_argument("--min-packing-gain", type=float, default=d.min_packing_gain, metavar="FRACTION",
-                   help="time goal: grow the batch only when the predicted epoch gets at least this much "
-                        "shorter (default 0.05; 0: whenever it is shorter)")
-    g.add_argument("--batch-lr-scaling", choices=["sqrt", "linear", "none"], default=d.batch_lr_scaling,
-                   help="time goal: LR factor when the batch grows k-fold: sqrt(k) (default, for Adam), k, or 1")
 
 
 def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
@@ -115,85 +44,9 @@ def _config(args, mode: str, per_mode_dirs: bool = False) -> FinetuneConfig:
     same = {name: getattr(args, name) for name in option_fields() if hasattr(args, name)}
     cfg = FinetuneConfig.from_options(**{
         **same, "mode": mode, "save_model": sub(args.save_model), "cache_dir": sub(args.cache_dir),
-        "checkpoint_dir": sub(args.checkpoint_dir), "progress": not args.no_progress,
-        "cache_cost_model": not args.no_cost_model, "warmup_guard": not args.no_warmup_guard})
+        "checkpoint_dir": sub(args.checkpoint_dir)})
     validate(cfg)
     return cfg
-
-
-def _task_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
-    from .tasks import FORMATS, METRICS
-    from .tasks.labels import KINDS
-
-    t = p.add_argument_group("task data (defaults find GLUE's usual column names)")
-    t.add_argument("--format", dest="data_format", choices=FORMATS, default=None,
-                   help="file format of --train/--dev (default: from the extension: .tsv .csv .jsonl .parquet)")
-    t.add_argument("--text-column", default=None,
-                   help="the text column (default: sentence1, question1, question, premise, sentence or text)")
-    t.add_argument("--text-pair-column", default=None,
-                   help="the second text of a pair (default: sentence2, question2, sentence or hypothesis "
-                        "beside the first; none for single texts)")
-    t.add_argument("--label-column", default=None, help="the label column (default: label, labels or score)")
-    t.add_argument("--label-kind", choices=KINDS, default=d.label_kind,
-                   help="auto (default): integer labels are class ids, other numbers regression targets, anything "
-                        "else class names (ids in sorted order); classes / regression force one")
-    t.add_argument("--metric", choices=METRICS, default=None,
-                   help="the dev metric that drives the comparison (default: accuracy for classification, "
-                        "pearson for regression); every metric of the task's kind is reported")
-    t.add_argument("--val", default=None, metavar="FILE",
-                   help="a validation file (the training data's columns) for the plateau policy and the early-"
-                        "stopping readout; never the dev set the run reports (default: the plateau policy holds "
-                        "out 5%% of the training rows)")
-    t.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                   help="hold out this fraction of the training rows (stratified, at most 2,000 rows) as the "
-                        "validation slice, whatever the policy (default: 0.05 when the policy reads one)")
-    t.add_argument("--save-model", default=None, metavar="DIR",
-                   help="write the fine-tuned model and tokenizer here at the end (save_pretrained; loads with "
-                        "AutoModelForSequenceClassification.from_pretrained(DIR))")
-    t.add_argument("--overwrite", action="store_true",
-                   help="let --save-model replace what a non-empty folder holds (refused otherwise)")
-
-
-def _policy_args(p: argparse.ArgumentParser, d: FinetuneConfig) -> None:
-    g = p.add_argument_group("freezing policy (mode autofreeze)")
-    g.add_argument("--policy", default=None, choices=sorted(POLICIES),
-                   help=f"the adaptive policy (default: {DEFAULT_POLICY}); "
-                        + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()).replace("%", "%%"))
-    g.add_argument("--percentile", type=float, default=d.percentile,
-                   help="gradient tests: freeze below the N-th percentile of the blocks' change rates, N in (0, 100)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="stability/budget: a block passes when its signal is below this (default: the policy's)")
-    g.add_argument("--signal", default=d.signal, choices=STABILITY_SIGNALS,
-                   help="stability/budget: the per-block signal")
-    g.add_argument("--patience", type=int, default=d.patience,
-                   help="guard: intervals in a row a block must pass before it freezes")
-    g.add_argument("--learned", type=_off_or_float, default=d.learned, metavar="RATIO|off",
-                   help="guard: freeze only once the probe-batch loss has been <= RATIO of the constant guess's "
-                        "loss (the model has started learning); off: no such guard")
-    g.add_argument("--max-new-blocks", type=_off_or_int, default=d.max_new_blocks, metavar="K|off",
-                   help="guard: at most K more frozen blocks per interval")
-    g.add_argument("--no-warmup-guard", action="store_true", help="allow freezing during the LR warm-up")
-    g.add_argument("--target-speedup", type=float, default=None,
-                   help="policy budget: the training-time speedup over full fine-tuning to meet, e.g. 2.0")
-    g.add_argument("--freeze-at", type=float, default=d.freeze_at, metavar="FRACTION",
-                   help="policy late: all blocks but the top one freeze after this fraction of the run's steps")
-    g.add_argument("--keep-top", type=int, default=d.keep_top, metavar="K",
-                   help="policies late/plateau: the top K blocks always train (default 1)")
-    g.add_argument("--plateau-patience", type=int, default=d.plateau_patience, metavar="N",
-                   help="policy plateau: validation checks in a row without a better score or a lower loss that "
-                        "make a plateau (default 2)")
-    g.add_argument("--min-improvement", type=float, default=d.min_improvement, metavar="DELTA",
-                   help="policy plateau: how much the validation score must beat its best to count (default 0)")
-    g.add_argument("--val-checks-per-epoch", type=int, default=d.val_checks_per_epoch, metavar="N",
-                   help="policy plateau: validation slice checks per epoch (default 2)")
-    g.add_argument("--stop-when-converged", action="store_true",
-                   help="policy plateau: after the freeze, end the run when the validation slice plateaus again "
-                        "(early stopping built in); the dev set is scored and the model saved where it stops")
-    g.add_argument("--anneal-steps", type=int, default=0, metavar="N",
-                   help="soft transition (any mode that freezes during training): a freeze's updates fade to zero "
-                        "over N optimizer steps before the blocks freeze (default 0: at once)")
-    g.add_argument("--freeze-word-embeddings", action="store_true",
-                   help="freeze the word embeddings from step 0 (about half of MiniLM's parameters)")
 
 
 def _warn_unused_policy_options(args, modes: List[str]) -> None:
@@ -218,14 +71,6 @@ def _kind(mode: str) -> Optional[str]:
         return parse_mode(mode).kind
     except ValueError:
         return None  # the configuration's check says what is wrong with it
-
-
-def _off_or_float(v: str) -> Optional[float]:
-    return None if v.lower() in ("off", "none") else float(v)
-
-
-def _off_or_int(v: str) -> Optional[int]:
-    return None if v.lower() in ("off", "none") else int(v)
 
 
 def mode_slug(mode: str) -> str:

@@ -121,6 +121,28 @@ def train_step_overhead(steps: int) -> dict:
             "stats_share": median(spent) / median(step_times), "stat_params": n_stat}
 
 
+def validation_cost(accs, grads, ids, nb, repeat: int = 200) -> dict:
+    """The op's per-call input checks, in seconds per call: ``checked`` every time (the
+    accumulators' list looked up in no cache: what every step paid before the cache) and
+    ``cached`` (the list seen before: what a training step pays, the gradients still checked)."""
+    import importlib
+    import time
+
+    gs = importlib.import_module("autofreeze_ext.ops.grad_stats")
+    out = {}
+    for name, clear in (("checked", True), ("cached", False)):
+        gs.validate(accs, grads, ids, nb, "l2")
+        t = []
+        for _ in range(repeat):
+            if clear:
+                gs._CHECKED.clear()
+            t0 = time.perf_counter()
+            gs.validate(accs, grads, ids, nb, "l2")
+            t.append(time.perf_counter() - t0)
+        out[name] = median(t)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -157,6 +179,16 @@ def main() -> None:
     print()
     print_table(["model", "op", "tensors", "params", "ours ms", "foreach ms", "loop ms", "vs foreach", "vs loop",
                  "ours GB/s"], rows)
+    checks = {}
+    for model in args.models.split(","):
+        accs, grads, ids, nb = make(MODELS[model], dtype, args.device)
+        checks[model] = validation_cost(accs, grads, ids, nb)
+        ours = next(r["median_s"] for r in results if r["model"] == model and r["method"] == "ours"
+                    and r["op"] == "accumulate")
+        c = checks[model]
+        print(f"input checks per call, {model} ({len(accs)} tensors): {c['checked'] * 1e6:.0f} us checked every call, "
+              f"{c['cached'] * 1e6:.0f} us with the accumulators' list cached ({c['checked'] / c['cached']:.2f}x less; "
+              f"{100 * c['cached'] / ours:.2f}% of the accumulate call)")
     overhead = None
     if args.train_steps and args.device == "cpu":
         overhead = train_step_overhead(args.train_steps)
@@ -164,7 +196,8 @@ def main() -> None:
               f"step {overhead['step_median_s'] * 1e3:.0f} ms, statistics {overhead['stats_median_s'] * 1e3:.2f} ms "
               f"({overhead['stat_params'] / 1e6:.1f}M block parameters) = {100 * overhead['stats_share']:.2f}% of the step")
     write_json(args.json, {"benchmark": "grad_stats", "device": args.device, "dtype": args.dtype, "machine": machine(),
-                           "backend": info, "results": results, "train_step_overhead": overhead})
+                           "backend": info, "results": results, "train_step_overhead": overhead,
+                           "input_checks_s": checks})
 
 
 if __name__ == "__main__":

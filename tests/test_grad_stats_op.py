@@ -124,6 +124,32 @@ def test_bad_input_errors(bad, match):
         reference_grad_stats(*args, "l2", True, False)
 
 
+def test_an_accumulator_list_is_checked_once_and_again_when_it_changes(monkeypatch):
+    """The accumulators' checks run once per list (the controller passes the same tensors every
+    step); a tensor replaced, resized or moved behind the same list is checked again."""
+    import importlib
+
+    gs = importlib.import_module("autofreeze_ext.ops.grad_stats")
+    checks = []
+    monkeypatch.setattr(gs, "_CHECKED", gs.OrderedDict())
+    accs, grads = [torch.zeros(10), torch.zeros(64)], [torch.ones(10), torch.ones(64)]
+    orig_ref = gs.weakref.ref
+    monkeypatch.setattr(gs.weakref, "ref", lambda t: checks.append(1) or orig_ref(t))
+    for _ in range(3):
+        gs.validate(accs, grads, [0, 1], 2, "l2")
+    assert len(checks) == 2  # two tensors checked (and remembered) once, not three times
+    accs[1].data = torch.zeros(64, dtype=torch.float64)  # same object, new storage of another dtype
+    with pytest.raises(ValueError, match="float32"):
+        gs.validate(accs, grads, [0, 1], 2, "l2")
+    accs[1] = torch.zeros(64)
+    gs.validate(accs, grads, [0, 1], 2, "l2")
+    with pytest.raises(ValueError, match="block id"):  # the same tensors under other block ids
+        gs.validate(accs, grads, [0, 2], 2, "l2")
+    accs[0].resize_(64)  # same object, in place: another size means another entry
+    with pytest.raises(ValueError, match="elements"):  # and the gradients are checked every time
+        gs.validate(accs, grads, [0, 1], 2, "l2")
+
+
 def test_bad_norm():
     with pytest.raises((ValueError, RuntimeError), match="norm"):
         af.grad_stats([torch.zeros(2)], [torch.ones(2)], [0], 1, norm="linf")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autofreeze_ext.training import checkpoint as ckpt_mod
-from autofreeze_ext.training.config import FinetuneConfig, validate
+from autofreeze_ext.training.checks import validate
+from autofreeze_ext.training.config import FinetuneConfig
 from autofreeze_ext.training.parts import (CHECKPOINT, CONTINUE, Checkpointer, CostGoal, EpochEnd, KillAt, ModelSaver,
                                            Outcome, Packer, Progress, ProgressBar, StepTimer, stop)
 from autofreeze_ext.training.parts.progress import new_record
@@ -137,7 +138,7 @@ def test_config_sections_take_and_give_back_the_flat_options():
 
 
 def test_config_checks_and_micro_batches():
-    for bad, match in [(dict(mode_goal="speed"), "mode_goal"), (dict(max_batch=64), "belong to"),
+    for bad, match in [(dict(mode_goal="speed"), "--mode-goal: unknown value"), (dict(max_batch=64), "belong to"),
                        (dict(mode_goal="time", max_batch=8, batch_size=32), "smaller"), (dict(amp="fp8"), "amp"),
                        (dict(epochs=0), "--epochs"), (dict(grad_accum=0), "--grad-accum"),
                        (dict(train_samples=0), "--train-samples"), (dict(resume=True), "--checkpoint-dir"),
@@ -146,7 +147,7 @@ def test_config_checks_and_micro_batches():
                        (dict(device="tpu"), "--device"), (dict(percentile=150), "--percentile"),
                        (dict(intervals_per_epoch=0), "intervals"), (dict(checkpoint_every=0), "checkpoint-every"),
                        (dict(data_shards=0), "data-shards"), (dict(min_workers=0), "min-workers"),
-                       (dict(anneal_steps=-1), "anneal"), (dict(policy="nope"), "unknown policy"),
+                       (dict(anneal_steps=-1), "anneal"), (dict(policy="nope"), "--policy: unknown value .nope."),
                        (dict(mode="bogus"), "unknown mode"), (dict(mode="static:3@x"), "unknown mode"),
                        (dict(probe_samples=0), "probe-samples"), (dict(patience=0), "--patience"),
                        (dict(cache_memory="lots"), "--cache-memory"), (dict(learned=1.5), "--learned"),

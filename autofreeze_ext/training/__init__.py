@@ -14,7 +14,8 @@ from typing import Iterable, List, Optional
 
 from .build import Run, build_run
 from .checkpoint import restore_parts
-from .config import PHASES, FinetuneConfig, validate
+from .checks import validate
+from .config import PHASES, FinetuneConfig
 from .evaluate import evaluate
 from .loop import run_loop
 from .model import ModelError, default_model_path, load_model_and_tokenizer, probe_batch

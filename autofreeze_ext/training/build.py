@@ -25,7 +25,8 @@ from ..policies import NeverFreeze, ObserveOnly, parse_mode
 from ..signals import ALL_SIGNALS, NEEDS_PROBE, make_signals
 from ..tasks import encode
 from .checkpoint import load_checkpoint, restore, saved_run_id, sharded
-from .config import FinetuneConfig, packing, pad_multiple, validate
+from .checks import validate
+from .config import FinetuneConfig, packing, pad_multiple
 from .inputs import load_tasks
 from .outputs import check_outputs
 from .model import default_model_path, load_model_and_tokenizer, probe_batch

