@@ -184,7 +184,7 @@ def test_ctrl_c_stops_cleanly_and_names_the_checkpoint(tiny_ckpt, task, tmp_path
 
     class CtrlC(Part):
         def after_step(self, run, res):
-            if run.prog["step"] == 2:
+            if run.prog.step == 2:
                 raise KeyboardInterrupt
 
     ck = tmp_path / "ck"

@@ -5,6 +5,7 @@ import pytest
 
 from autofreeze_ext.planning.step_probe import StepProbe, StepTiming
 from autofreeze_ext.training.config import FinetuneConfig
+from autofreeze_ext.training.record import Record
 from autofreeze_ext.training.parts import CostGoal, Outcome, Packer, StepTimer
 from autofreeze_ext.training.parts.cost_goal import CostPlanner
 
@@ -40,11 +41,11 @@ def fake_run(mode_goal, world_size=1):
     ctx = types.SimpleNamespace(world_size=world_size, rank=0, distributed=False, is_main=True)
     return types.SimpleNamespace(
         cfg=FinetuneConfig.from_options(batch_size=8, probe_steps=2, mode_goal=mode_goal), ctx=ctx, world=world_size,
-        ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, prog={"step": 0})
+        ctl=types.SimpleNamespace(frozen_depth=0), packing=False, ckpt_path=None, prog=Record())
 
 
 def step(run, timer, parts, seconds):
-    run.prog["step"] += 1
+    run.prog.step += 1
     r = types.SimpleNamespace(seconds=seconds, t2=0.0, t3=0.01, samples=8, memory=None)
     for p in (*parts, timer):  # the parts ask the timer before its own after_step: one observation all the same
         p.after_step(run, r)

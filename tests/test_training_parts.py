@@ -10,7 +10,7 @@ from autofreeze_ext.training.checks import validate
 from autofreeze_ext.training.config import FinetuneConfig
 from autofreeze_ext.training.parts import (CHECKPOINT, CONTINUE, Checkpointer, CostGoal, EpochEnd, KillAt, ModelSaver,
                                            Outcome, Packer, Progress, ProgressBar, StepTimer, stop)
-from autofreeze_ext.training.parts.progress import new_record
+from autofreeze_ext.training.record import Record
 from autofreeze_ext.training.step import StepResult, micro_batches
 
 pytestmark = pytest.mark.reference
@@ -22,7 +22,7 @@ def fake_run(**kw):
         cfg=FinetuneConfig.from_options(batch_size=8, checkpoint_every=3),
         ctx=types.SimpleNamespace(world_size=1, rank=0, distributed=False, is_main=True),
         ctl=ctl, t_start=0.0, world=1, cache=None, sampler=types.SimpleNamespace(position=0), steps_per_epoch=4,
-        prog={}, stopped=None, ckpt_path=None, num_blocks=4)
+        prog=Record.new(0, 8), stopped=None, ckpt_path=None, num_blocks=4)
     run.__dict__.update(kw)
     return run
 
@@ -39,18 +39,18 @@ def test_progress_accounts_every_phase_and_the_depth_trace():
     run.ctl.frozen_depth = 2
     p.after_step(run, res(t0=2.0))
     prog = run.prog
-    assert prog["step"] == 2 and prog["samples"] == 16 and prog["losses"] == [0.5, 0.5]
-    assert sum(prog["phases"].values()) == pytest.approx(prog["train_time"]) == pytest.approx(1.2)
-    assert prog["phases"]["backward"] == pytest.approx(0.6) and prog["phases"]["statistics"] == pytest.approx(0.04)
-    assert prog["depth_trace"] == [{"step": 0, "depth": 0}, {"step": 2, "depth": 2}]
-    assert prog["depth_seconds"] == {"0": [pytest.approx(1.2), 2]}
-    assert prog["startups"] == [{"step": 0, "world_size": 1, "startup_s": 1.0}]
+    assert prog.step == 2 and prog.samples == 16 and prog.losses == [0.5, 0.5]
+    assert sum(prog.phases.values()) == pytest.approx(prog.train_time) == pytest.approx(1.2)
+    assert prog.phases["backward"] == pytest.approx(0.6) and prog.phases["statistics"] == pytest.approx(0.04)
+    assert prog.depth_trace == [{"step": 0, "depth": 0}, {"step": 2, "depth": 2}]
+    assert prog.depth_seconds == {"0": [pytest.approx(1.2), 2]}
+    assert prog.startups == [{"step": 0, "world_size": 1, "startup_s": 1.0}]
     # resumed: the record comes back from the checkpoint and the restart is noted
     q = Progress()
-    q.load_state_dict(dict(prog))
+    q.load_state_dict(p.state_dict())  # what the checkpoint keeps: a plain dict
     run2 = fake_run()
     q.start(run2)
-    assert run2.prog["resumed_at"] == [2] and len(run2.prog["world_sizes"]) == 2
+    assert run2.prog.resumed_at == [2] and len(run2.prog.world_sizes) == 2
 
 
 def test_epoch_end_closes_the_epoch_only_at_its_last_step():
@@ -59,11 +59,11 @@ def test_epoch_end_closes_the_epoch_only_at_its_last_step():
     end = EpochEnd(p)
     run.sampler.position = 3
     end.after_step(run, res())
-    assert run.prog["epoch"] == 0
-    run.prog["epoch_time"] = 5.0
+    assert run.prog.epoch == 0
+    run.prog.epoch_time = 5.0
     run.sampler.position = 4
     end.after_step(run, res())
-    assert run.prog["epoch"] == 1 and run.prog["epoch_times"] == [5.0] and run.prog["epoch_time"] == 0.0
+    assert run.prog.epoch == 1 and run.prog.epoch_times == [5.0] and run.prog.epoch_time == 0.0
 
 
 def test_checkpointer_is_due_by_steps_epoch_end_or_request(tmp_path):
@@ -71,10 +71,10 @@ def test_checkpointer_is_due_by_steps_epoch_end_or_request(tmp_path):
     run, p = fake_run(), Progress()
     p.start(run)
     c = Checkpointer([p, Packer(StepTimer())])
-    c.save = lambda run: saved.append(run.prog["step"])
+    c.save = lambda run: saved.append(run.prog.step)
     for step, pos, outcome in [(1, 1, CONTINUE), (2, 2, CHECKPOINT), (3, 3, CONTINUE), (4, 4, CONTINUE),
                                (5, 1, stop("scale", checkpoint=True)), (7, 3, stop("converged"))]:
-        run.prog["step"], run.sampler.position = step, pos
+        run.prog.step, run.sampler.position = step, pos
         c.after_step(run, outcome)
     assert saved == [2, 3, 4, 5]  # requested, every 3, epoch end, a stop that asks for one
 
@@ -101,7 +101,7 @@ def test_kill_at_only_on_its_step_rank_and_first_launch(monkeypatch):
     killed = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(pid))
     run = fake_run()
-    run.prog = {"step": 5}
+    run.prog = Record(step=5)
     KillAt(4).step_done(run, CONTINUE)
     KillAt(5, rank=1).step_done(run, CONTINUE)
     assert killed == []
@@ -192,7 +192,7 @@ def test_checkpointer_writes_every_parts_state_into_the_file(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     run, prog = fake_run(), Progress()
     prog.start(run)
-    run.prog["step"] = 5
+    run.prog.step = 5
     timer = StepTimer()
     timer.start(run)
     timer.epoch_start(run, 0, [list(range(8))])
@@ -220,14 +220,14 @@ def test_evaluator_records_every_metric_at_the_tiled_points(monkeypatch):
                         lambda model, data, ctx: calls.append(1) or {"accuracy": 0.5 + 0.1 * len(calls), "f1": 0.4})
     run = fake_run(metric="accuracy", model=None, dev={}, steps_per_epoch=10)
     run.cfg = FinetuneConfig.from_options(evals_per_epoch=2)
-    run.prog = {"step": 0, "train_time": 1.0, "evals": []}
+    run.prog = Record(train_time=1.0)
     ev = ev_mod.Evaluator()
     ev.epoch_start(run, 1, [[0]] * 10)
     for pos in range(1, 11):
-        run.sampler.position, run.prog["step"] = pos, 10 + pos
+        run.sampler.position, run.prog.step = pos, 10 + pos
         ev.after_step(run, res())
-    assert [(e["step"], e["epoch"]) for e in run.prog["evals"]] == [(15, 1.5), (20, 2.0)]
-    last = run.prog["evals"][-1]
+    assert [(e["step"], e["epoch"]) for e in run.prog.evals] == [(15, 1.5), (20, 2.0)]
+    last = run.prog.evals[-1]
     assert last["score"] == last["accuracy"] == pytest.approx(0.7) and last["metrics"]["f1"] == 0.4
     assert last["frozen_depth"] == 0 and len(calls) == 2
 
@@ -235,7 +235,7 @@ def test_evaluator_records_every_metric_at_the_tiled_points(monkeypatch):
 def test_progress_bar_counts_steps_and_follows_a_growing_batch():
     pytest.importorskip("tqdm")
     run = fake_run(total_steps=30)
-    run.prog = {"step": 4}
+    run.prog = Record(step=4)
     bar = ProgressBar()
     bar.start(run)
     assert bar.bar.total == 30 and bar.bar.n == 4
@@ -257,7 +257,7 @@ def test_model_saver_writes_only_a_finished_run_on_the_main_rank(tmp_path):
                                         (3, None, True, True)]:
         saved.clear()
         run = fake_run(model=model, tokenizer=tok, stopped=stopped)
-        run.prog, run.ctx.is_main = {"epoch": epoch}, main
+        run.prog, run.ctx.is_main = Record(epoch=epoch), main
         saver = ModelSaver(out)
         saver.end(run)
         assert (saved == [("model", out), ("tokenizer", out)]) is wrote

@@ -32,6 +32,7 @@ from .outputs import check_outputs
 from .model import default_model_path, load_model_and_tokenizer, probe_batch
 from .modes import make_mode_policy
 from .prefix_clock import PrefixClock
+from .record import Record
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -68,7 +69,7 @@ class Run:
     autocast: Any = None
     scaler: Optional[torch.amp.GradScaler] = None
     clock: Optional[PrefixClock] = None
-    prog: dict = field(default_factory=dict)  #: the run's record (Progress part); checkpointed
+    prog: Record = field(default_factory=Record)  #: the run's record (the Progress part keeps it); checkpointed
     stopped: Optional[str] = None  #: why the loop ended early (the loop records its parts' outcome)
     tokenizer: Any = None
     metric: str = "accuracy"  #: the dev metric that drives the comparison
@@ -132,7 +133,8 @@ def build_run(cfg: FinetuneConfig, t_start: float) -> Run:
               model=model, tokenizer=tok, metric=metric, model_path=model_path, sampler=sampler, loader=loader,
               opt=opt, sched=sched, val=val, autocast=autocast, scaler=scaler, run_id=_run_id(state, ctx),
               packing=packing(cfg), ctl=ctl, ckpt_path=ckpt_path, state=state, total_steps=total,
-              steps_per_epoch=len(sampler), cached=mode.cached)
+              steps_per_epoch=len(sampler), cached=mode.cached,
+              prog=Record.new(ctl.frozen_depth, cfg.optim.batch_size))
     if state is not None:
         restore(run, state)
     _attach_cache_and_runner(run)  # after the restore: DDP starts from the restored weights and depth

@@ -81,7 +81,7 @@ def run_state(run, rngs: list, parts) -> dict:
     cache's identity, the options to check, and the state of each named part of ``parts``."""
     cache = run.cache
     return {
-        "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog["step"], "options": resume_options(run),
+        "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog.step, "options": resume_options(run),
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "controller": run.ctl.state_dict(), "sampler": run.sampler.state_dict(),
         "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],

@@ -35,8 +35,8 @@ def run_loop(run, parts: List[Part], checkpointer: Optional[Checkpointer] = None
     cfg = run.cfg
     run.model.train()
     run.stopped = _merged(p.start(run) for p in parts).stop
-    while run.prog["epoch"] < cfg.optim.epochs and run.stopped is None:
-        epoch, planned = run.prog["epoch"], plan_epoch(run)
+    while run.prog.epoch < cfg.optim.epochs and run.stopped is None:
+        epoch, planned = run.prog.epoch, plan_epoch(run)
         run.steps_per_epoch = len(planned)  # this epoch's (the batch may have grown)
         run.ctl.begin_epoch(epoch, len(planned), done=run.sampler.position)
         if run.cache is not None:
@@ -48,7 +48,7 @@ def run_loop(run, parts: List[Part], checkpointer: Optional[Checkpointer] = None
             meter = next((m for m in (p.step_meter(run) for p in parts) if m is not None), None)
             res = train_step(run, indices, batch, meter)
             outcome = _merged([p.after_step(run, res) for p in parts])
-            if cfg.run.stop_after_steps and run.prog["step"] >= cfg.run.stop_after_steps:
+            if cfg.run.stop_after_steps and run.prog.step >= cfg.run.stop_after_steps:
                 outcome = outcome | stop(STOP_AFTER_STEPS)
             if checkpointer is not None:
                 checkpointer.after_step(run, outcome)

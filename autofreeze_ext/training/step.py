@@ -100,7 +100,7 @@ def train_step(run, indices, batch: dict, meter=None) -> StepResult:
 
 def _optimizer_step(run, samples: int) -> None:
     if run.packing:
-        run.sched.apply(run.prog["samples"], samples)
+        run.sched.apply(run.prog.samples, samples)
     if run.scaler is not None:  # a step GradScaler skips is not counted by the controller
         run.scaler.step(run.opt)
         run.scaler.update()

@@ -16,7 +16,7 @@ def _check_finite(run) -> None:
 
     bad = next((n for n, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
     if bad is not None:
-        raise TrainingDiverged(f"the weights became NaN or infinite by step {run.prog['step']} ({bad}): training "
+        raise TrainingDiverged(f"the weights became NaN or infinite by step {run.prog.step} ({bad}): training "
                                f"diverged; try a lower --lr (now {run.cfg.optim.lr:g}); the last good checkpoint "
                                f"stays in {run.cfg.run.checkpoint_dir}")
 
@@ -36,7 +36,7 @@ class Checkpointer:
         at each epoch's end."""
         every = max(1, run.cfg.run.checkpoint_every)
         epoch_end = run.sampler.position == run.steps_per_epoch
-        if outcome.checkpoint or run.prog["step"] % every == 0 or epoch_end:
+        if outcome.checkpoint or run.prog.step % every == 0 or epoch_end:
             self.save(run)
 
     def save(self, run) -> None:

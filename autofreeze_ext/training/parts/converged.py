@@ -25,6 +25,6 @@ class ConvergedStop(Part):
         if not run.ctl.policy.should_stop():
             return None
         if run.ctx.is_main:
-            log.info("step %d: the policy judged training converged; stopping (%s)", run.prog["step"],
+            log.info("step %d: the policy judged training converged; stopping (%s)", run.prog.step,
                      run.ctl.policy.describe())
         return stop(CONVERGED)

@@ -11,6 +11,7 @@ from ...planning.planner import ThroughputModel, choose_workers
 from ...planning.step_probe import StepTiming
 from ..comm import from_rank0
 from ..config import FinetuneConfig
+from ..record import Record
 from .base import Outcome, Part, stop
 from .step_timer import StepTimer
 
@@ -34,7 +35,7 @@ class CostPlanner:
     Predictions are kept in the report (``planner``) with the step time measured after the
     relaunch."""
 
-    def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: dict, state: dict, ddp, total_steps: int) -> None:
+    def __init__(self, cfg: FinetuneConfig, ctx: DistContext, prog: Record, state: dict, ddp, total_steps: int) -> None:
         self.cfg, self.ctx, self.prog, self.state, self.ddp, self.total = cfg, ctx, prog, state, ddp, total_steps
 
     def on_timing(self, timing: StepTiming, step: int):
@@ -64,9 +65,9 @@ class CostPlanner:
         compute = max(t_step - t_ar, 1e-9) * w / b
         restart = self.cfg.goal.restart_s
         if restart is None:
-            restart = self.prog["startups"][-1]["startup_s"] if self.prog["startups"] else 0.0
+            restart = self.prog.startups[-1]["startup_s"] if self.prog.startups else 0.0
         left = self.total - step
-        elapsed = self.prog["train_time"]
+        elapsed = self.prog.train_time
         deadline = self.state.get("deadline_s") or self.cfg.goal.deadline_s or float("inf")
         # the planner's model from this one measurement: bandwidth-bound ring all-reduce (alpha 0)
         model = ThroughputModel({depth: compute}, {depth: nbytes}, alpha=0.0,
@@ -122,13 +123,13 @@ class CostGoal(Part):
         if self.planner is None:
             return None
         timing = self.timer.reading(run, res)
-        req = self.planner.on_timing(timing, run.prog["step"]) if timing is not None else None
+        req = self.planner.on_timing(timing, run.prog.step) if timing is not None else None
         if req is None:
             return None
         self.request = req
         log.info("planner: continuing on %d workers instead of %d (checkpoint at step %d); relaunch with "
                  "`autofreeze launch` or torchrun --nproc_per_node %d ... --resume", req["world_size"],
-                 run.ctx.world_size, run.prog["step"], req["world_size"])
+                 run.ctx.world_size, run.prog.step, req["world_size"])
         return stop(SCALE, checkpoint=True)  # the relaunch resumes from this step's checkpoint
 
     def end(self, run) -> None:

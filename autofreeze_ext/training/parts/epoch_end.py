@@ -20,6 +20,6 @@ class EpochEnd(Part):
             t = time.perf_counter()
             run.cache.flush()
             self.progress.add_time(run, time.perf_counter() - t, "cache_io")
-        run.prog["epoch_times"].append(run.prog["epoch_time"])
-        run.prog["epoch_time"] = 0.0
-        run.prog["epoch"] += 1
+        run.prog.epoch_times.append(run.prog.epoch_time)
+        run.prog.epoch_time = 0.0
+        run.prog.epoch += 1

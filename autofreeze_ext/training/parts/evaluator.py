@@ -27,19 +27,19 @@ class Evaluator(Part):
 
     def end(self, run) -> None:
         """A run the policy stopped mid-epoch is scored where it stopped."""
-        evals = run.prog["evals"]
-        if run.stopped == CONVERGED and (not evals or evals[-1]["step"] != run.prog["step"]):
+        evals = run.prog.evals
+        if run.stopped == CONVERGED and (not evals or evals[-1]["step"] != run.prog.step):
             self._evaluate(run)
 
     def _evaluate(self, run) -> None:
         in_epoch = run.sampler.position
         metrics = evaluate_metrics(run.model, run.dev, ctx=run.ctx)
         at = self.epoch + in_epoch / run.steps_per_epoch
-        entry = {"step": run.prog["step"], "epoch": at, "train_time_s": run.prog["train_time"],
+        entry = {"step": run.prog.step, "epoch": at, "train_time_s": run.prog.train_time,
                  "score": metrics[run.metric], "metrics": metrics, "frozen_depth": run.ctl.frozen_depth}
         if "accuracy" in metrics:
             entry["accuracy"] = metrics["accuracy"]
-        run.prog["evals"].append(entry)
+        run.prog.evals.append(entry)
         if run.ctx.is_main:
-            log.info("%s: step %d epoch %.2f dev %s %.2f%% frozen %d/%d", run.cfg.freeze.mode, run.prog["step"], at,
+            log.info("%s: step %d epoch %.2f dev %s %.2f%% frozen %d/%d", run.cfg.freeze.mode, run.prog.step, at,
                      run.metric, 100 * metrics[run.metric], run.ctl.frozen_depth, run.num_blocks)

@@ -18,7 +18,7 @@ class KillAt(Part):
         self.step, self.rank, self.agent = int(step), rank, agent
 
     def step_done(self, run, outcome) -> None:
-        if run.prog["step"] != self.step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        if run.prog.step != self.step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
             return
         if self.agent:
             os.kill(os.getppid(), signal.SIGKILL)

@@ -41,7 +41,7 @@ class LossGuard(Part):
             return  # GradScaler skipped the step; the weights are intact
         ckpt = run.ckpt_path if run.ckpt_path and os.path.exists(run.ckpt_path) else None
         raise TrainingDiverged(
-            f"the loss became {res.loss} at step {run.prog['step']}"
+            f"the loss became {res.loss} at step {run.prog.step}"
             f"{f' ({self.bad} steps in a row)' if self.bad > 1 else ''}: training diverged; try a lower --lr "
             f"(now {run.cfg.optim.lr:g}){' or --amp bf16' if run.scaler is not None else ''}"
             + (f"; the last good checkpoint is {ckpt}" if ckpt else ""))
@@ -55,7 +55,7 @@ class LossGuard(Part):
         if not self.warned and len(self.recent) == self.window and sum(self.recent) / self.window > 3 * start > 0:
             self.warned = True
             msg = (f"the training loss is growing: mean {sum(self.recent) / self.window:.3g} over the last "
-                   f"{self.window} steps against {start:.3g} at the start (step {run.prog['step']}); a lower --lr "
+                   f"{self.window} steps against {start:.3g} at the start (step {run.prog.step}); a lower --lr "
                    "may be needed")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.warning("%s", msg)

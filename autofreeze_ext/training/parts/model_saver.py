@@ -25,7 +25,7 @@ class ModelSaver(Part):
         self.error: Optional[str] = None  #: why it could not be (the report's ``save_error``)
 
     def end(self, run) -> None:
-        finished = run.prog["epoch"] >= run.cfg.optim.epochs or run.stopped in (STOP_AFTER_STEPS, CONVERGED)
+        finished = run.prog.epoch >= run.cfg.optim.epochs or run.stopped in (STOP_AFTER_STEPS, CONVERGED)
         if not finished or not run.ctx.is_main:
             return
         try:

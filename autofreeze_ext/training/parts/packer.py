@@ -76,7 +76,7 @@ class Packer(Part):
         timing = self.timer.reading(run, res)
         if timing is None:
             return
-        new = self.packer.on_timing(timing, step=run.prog["step"])
+        new = self.packer.on_timing(timing, step=run.prog.step)
         if new is not None:
             if isinstance(run.sampler, ShardedBatchSampler):
                 run.sampler.set_global_batch(new)

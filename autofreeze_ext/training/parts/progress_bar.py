@@ -10,12 +10,12 @@ class ProgressBar(Part):
     def start(self, run) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=run.total_steps, initial=run.prog["step"], desc=run.cfg.freeze.mode, unit="step",
+        self.bar = tqdm(total=run.total_steps, initial=run.prog.step, desc=run.cfg.freeze.mode, unit="step",
                         dynamic_ncols=True)
 
     def epoch_start(self, run, epoch: int, planned: list) -> None:  # the batch may have grown
         n = len(planned)
-        self.bar.total = run.prog["step"] + n - run.sampler.position + n * (run.cfg.optim.epochs - epoch - 1)
+        self.bar.total = run.prog.step + n - run.sampler.position + n * (run.cfg.optim.epochs - epoch - 1)
         self.bar.refresh()
 
     def after_step(self, run, res) -> None:
