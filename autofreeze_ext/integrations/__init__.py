@@ -1,12 +1,15 @@
-"""Hugging Face ``transformers`` integrations (need ``pip install ".[hf]"``, imported on use):
+"""Framework integrations, imported on use:
 
-* :class:`AutoFreezeCallback` (:mod:`.hf_callback`): freezing in any ``Trainer``;
+* :class:`AutoFreezeCallback` (:mod:`.hf_callback`, ``pip install ".[hf]"``): freezing in any
+  Hugging Face ``Trainer``;
 * :class:`AutoFreezeTrainer` (:mod:`.hf_trainer`): freezing and the activation cache, also
-  under ``torchrun`` (:mod:`.hf_ddp`).
+  under ``torchrun`` (:mod:`.hf_ddp`);
+* :class:`AutoFreezeLightning` (:mod:`.lightning`, ``pip install ".[lightning]"``): freezing in
+  a Lightning ``Trainer``, checkpoints, DDP, and the cache through ``cached_forward``.
 """
 from __future__ import annotations
 
-_LAZY = {"AutoFreezeCallback": "hf_callback", "AutoFreezeTrainer": "hf_trainer"}
+_LAZY = {"AutoFreezeCallback": "hf_callback", "AutoFreezeTrainer": "hf_trainer", "AutoFreezeLightning": "lightning"}
 
 __all__ = list(_LAZY)
 

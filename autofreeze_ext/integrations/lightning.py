@@ -1,0 +1,268 @@
+"""Adaptive freezing for an unchanged Lightning ``LightningModule``: one callback.
+
+Usage::
+
+    from autofreeze_ext.integrations.lightning import AutoFreezeLightning
+    trainer = lightning.Trainer(max_epochs=3, callbacks=[AutoFreezeLightning()])
+    trainer.fit(module, train_loader)
+
+When fitting starts the callback finds the model's blocks (a Hugging Face BERT-family model
+anywhere inside the module, or ``blocks=`` / ``embeddings=``), builds a
+:class:`~autofreeze_ext.FreezeController` on the trainer's optimizer and hooks its ``step()``:
+one controller step per optimizer update (``accumulate_grad_batches`` counted once), none for an
+update the precision plugin's ``GradScaler`` skipped (``"16-mixed"``: ``step()`` is not called
+then). Frozen parameters leave the optimizer (the others keep their Adam state; the LR
+scheduler's groups stay) and, under ``strategy="ddp"``, the all-reduce: the strategy's
+``DistributedDataParallel`` is rebuilt over the parameters that still train. The controller's
+state is the callback's state in Lightning checkpoints, and ``trainer.fit(ckpt_path=...)``
+resumes with the same frozen depth and decisions. The activation cache (``cache=True``):
+:func:`cached_forward` in ``training_step``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import uuid
+from typing import Optional, Union
+
+import torch
+
+from ..cache.activation_cache import ActivationCache, CacheInUse
+from ..freezing.adapters import hf_layout
+from ..freezing.controller import ControllerOptions, FreezeController
+from ..freezing.prefix import FrozenPrefixRunner
+from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
+from ..policies.registry import check_spec
+from ..signals import NEEDS_PROBE, make_signals
+
+log = logging.getLogger("autofreeze_ext")
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # lightning is optional: using this module then explains
+    Callback = object  # type: ignore[misc,assignment]
+    _ERROR: Optional[str] = "lightning is not installed: pip install \".[lightning]\""
+else:
+    _ERROR = None
+
+
+class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
+    """A ``lightning.pytorch.Callback`` that freezes the blocks that stopped learning.
+
+    Args:
+        policy: a :class:`~autofreeze_ext.FreezePolicy`, a policy name from
+            :data:`~autofreeze_ext.policies.POLICIES` or a mode string (``"static:half"``,
+            ``"autofreeze"``; see :func:`~autofreeze_ext.policies.make_policy`), built when fitting
+            starts with the trainer's ``estimated_stepping_batches`` as the run's total steps
+            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`).
+        options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name.
+        probe_samples: training rows in the probe batch of the probe signals a policy reads
+            (the first rows of the train dataloader's dataset, collated by its ``collate_fn``).
+        val_data: rows never trained on, the validation slice of a policy that reads one
+            (``"plateau"``): a dict of tensors (``input_ids``, ``attention_mask``, ``labels`` ...).
+        cache: keep the frozen prefix's output per row for :func:`cached_forward` (default
+            False: the whole forward pass runs). Each fit caches afresh (its own fingerprint:
+            a disk tier an earlier fit left is never read); under DDP each rank in its own folder.
+        cache_dir: the cache's disk tier (default: RAM tier only); cache_memory: its RAM budget;
+        cost_model: cache a depth only where reading beats recomputing.
+        **controller_kwargs: ``blocks=``, ``embeddings=`` for :class:`~autofreeze_ext.FreezeController`,
+            and the fields of :class:`~autofreeze_ext.freezing.controller.ControllerOptions`.
+
+    After fitting starts, :attr:`controller` is the live controller. A policy that judges
+    training converged (``"plateau"`` with ``stop_when_converged``) stops the trainer.
+    """
+
+    def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
+                 probe_samples: int = 64, val_data: Optional[dict] = None, cache: bool = False,
+                 cache_dir: Optional[str] = None, cache_memory: str = "2GiB", cost_model: bool = True,
+                 **controller_kwargs) -> None:
+        if _ERROR:
+            raise ImportError(_ERROR)
+        if isinstance(policy, str):
+            check_spec(policy)  # a policy name or a mode string, or a clear error now
+        self.policy = policy if policy is not None else DEFAULT_POLICY
+        self.options, self.probe_samples, self.val_data = options, probe_samples, val_data
+        self.use_cache, self.cost_model = cache, cost_model
+        self.cache_options = {"path": cache_dir, "memory_budget": cache_memory}
+        self.cache: Optional[ActivationCache] = None
+        self.controller_kwargs = controller_kwargs
+        self.controller: Optional[FreezeController] = None
+        self.runner: Optional[FrozenPrefixRunner] = None
+        self._pending: Optional[dict] = None  # the checkpoint's controller state, until fitting starts
+        self._groups: Optional[list] = None  # the optimizer's parameter groups as configure_optimizers built them
+        self._ddp_depth = 0
+
+    # ------------------------------------------------------------------ fitting
+    def on_fit_start(self, trainer, pl_module) -> None:
+        model = _frozen_model(pl_module, self.controller_kwargs)
+        optimizer = _raw_optimizer(trainer)
+        self._groups = [list(g["params"]) for g in optimizer.param_groups]
+        total = int(trainer.estimated_stepping_batches)  # (it also sizes the train dataloader)
+        batches = trainer.num_training_batches
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+        policy = self._policy(model, total)
+        probe = _probe(trainer, model, self.probe_samples) if set(policy.signals) & set(NEEDS_PROBE) else None
+        val = self._val() if policy.reads_val_slice else None
+        known = ControllerOptions.__dataclass_fields__
+        opts = ControllerOptions(**{**{k: v for k, v in self.controller_kwargs.items() if k in known}, "attach": True})
+        rest = {k: v for k, v in self.controller_kwargs.items() if k not in known}
+        self.controller = FreezeController(model, optimizer, policy, steps_per_epoch=per_epoch,
+                                           signals=make_signals(policy.signals, probe, val=val), options=opts, **rest)
+        if self.use_cache:
+            self.cache = _fresh_cache(self.cache_options, trainer, next(model.parameters()).device)
+            self.runner = FrozenPrefixRunner(model, self.controller, self.cache, cost_model=self.cost_model)
+        self._ddp_depth = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Resuming: the checkpoint's frozen depth and decisions, applied once Lightning has
+        loaded the optimizer's state (after ``on_fit_start``) into the full optimizer."""
+        if self._pending is not None and self.controller is not None:
+            self.controller.load_state_dict(self._pending)
+            self._pending = None
+            log.info("AutoFreezeLightning: resumed with %d frozen blocks", self.controller.frozen_depth)
+
+    def _policy(self, model, total: int) -> FreezePolicy:
+        if not isinstance(self.policy, str):
+            return self.policy
+        o = dataclasses.replace(self.options) if self.options is not None else PolicyOptions()
+        o.total_steps = o.total_steps or total or None
+        o.cached = self.use_cache
+        n = len(_layout(model, self.controller_kwargs).blocks)
+        return make_policy(self.policy, options=o, num_blocks=n)
+
+    def _val(self) -> dict:
+        if not self.val_data or "labels" not in self.val_data:
+            raise ValueError("AutoFreezeLightning: this policy reads a validation slice: pass val_data={'input_ids': "
+                             "..., 'attention_mask': ..., 'labels': ...}, rows never trained on")
+        return {k: v.cpu() for k, v in self.val_data.items() if isinstance(v, torch.Tensor)}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.runner is not None:  # the last epoch's rows are never read back: nothing is written
+            self.runner.later_passes = trainer.current_epoch + 1 < trainer.max_epochs
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Under DDP, after a freeze: rebuild the strategy's DDP over the parameters that still
+        train (the frozen ones leave the all-reduce); every rank freezes at the same step."""
+        depth = self.controller.frozen_depth if self.controller is not None else 0
+        if depth != self._ddp_depth:
+            self._ddp_depth = depth
+            _rebuild_ddp(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.controller is not None and self.controller.policy.should_stop():
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.cache.close()
+        if self.controller is not None:
+            self.controller.detach()  # the optimizer may outlive this fit
+            log.info("AutoFreezeLightning: %d of %d blocks frozen at the end", self.controller.frozen_depth,
+                     self.controller.num_blocks)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        if self.controller is not None:
+            return {"controller": self.controller.state_dict()}
+        return {"controller": self._pending} if self._pending is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict.get("controller")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """The optimizer's state in the layout ``configure_optimizers`` builds (frozen parameters
+        back in their groups, without state), so a resumed fit loads it into a fresh optimizer;
+        the controller then removes the frozen parameters again."""
+        if self._groups is None or not checkpoint.get("optimizer_states"):
+            return
+        checkpoint["optimizer_states"][0] = full_layout(checkpoint["optimizer_states"][0],
+                                                        _raw_optimizer(trainer), self._groups)
+
+
+def full_layout(saved: dict, optimizer: torch.optim.Optimizer, groups: list) -> dict:
+    """``saved`` (the optimizer's ``state_dict()`` now, its frozen parameters removed) re-indexed
+    as if every parameter of ``groups`` (the original groups) were still in it."""
+    now = [p for g in optimizer.param_groups for p in g["params"]]
+    original = {id(p): k for k, p in enumerate(q for g in groups for q in g)}
+    state = {original[id(now[i])]: v for i, v in saved["state"].items()}
+    param_groups = [{**g, "params": [original[id(p)] for p in groups[k]]} for k, g in enumerate(saved["param_groups"])]
+    return {"state": state, "param_groups": param_groups}
+
+
+def cached_forward(module, indices, **batch):
+    """The forward pass of ``module``'s model through the frozen-prefix cache of its
+    :class:`AutoFreezeLightning` callback, for ``training_step``::
+
+        out = cached_forward(self, batch.pop("index"), **batch)   # instead of self.model(**batch)
+
+    ``indices``: each row's position in the training set (the cache's key). Without a cache
+    (or outside fitting) it is the model's plain forward pass."""
+    trainer = getattr(module, "_trainer", None)
+    cb = next((c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, AutoFreezeLightning)),
+              None)
+    if cb is None or cb.runner is None or not module.training:
+        return _frozen_model(module, cb.controller_kwargs if cb else {})(**batch)
+    return cb.runner(indices.tolist() if isinstance(indices, torch.Tensor) else list(indices), **batch)
+
+
+# ---------------------------------------------------------------------- helpers
+def _layout(model, kw: dict):
+    from ..freezing.adapters import resolve_layout
+
+    return resolve_layout(model, blocks=kw.get("blocks"), embeddings=kw.get("embeddings"))
+
+
+def _frozen_model(pl_module, kw: dict) -> torch.nn.Module:
+    """What the controller freezes: the module itself with ``blocks=``, else the first Hugging
+    Face BERT-family model inside it."""
+    if kw.get("blocks") is not None:
+        return pl_module
+    found = next((m for m in pl_module.modules() if hf_layout(m) is not None), None)
+    if found is None:
+        raise ValueError(f"AutoFreezeLightning: no Hugging Face BERT-family model inside {type(pl_module).__name__}: "
+                         "pass blocks=[...] (in forward order) and embeddings=[...]")
+    return found
+
+
+def _raw_optimizer(trainer) -> torch.optim.Optimizer:
+    if len(trainer.optimizers) != 1:
+        raise ValueError(f"AutoFreezeLightning supports one optimizer, configure_optimizers gave "
+                         f"{len(trainer.optimizers)}")
+    opt = trainer.optimizers[0]
+    return getattr(opt, "optimizer", opt)  # a LightningOptimizer wraps the torch optimizer
+
+
+def _probe(trainer, model, n: int) -> dict:
+    loader = trainer.train_dataloader
+    if loader is None or not hasattr(loader, "dataset"):
+        raise RuntimeError("AutoFreezeLightning: this policy reads probe signals and needs a map-style training set")
+    ds = loader.dataset
+    batch = loader.collate_fn([ds[i] for i in range(min(n, len(ds)))])
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "index"}
+
+
+def _fresh_cache(options: dict, trainer, device) -> ActivationCache:
+    """This fit's cache: a new fingerprint (nothing an earlier fit wrote is read), one folder
+    per rank; a folder another live fit holds makes this one take a folder of its own."""
+    run = uuid.uuid4().hex
+    if trainer.world_size > 1:  # the same id on every rank is not needed: each rank has its own folder
+        options = {**options, "path": os.path.join(options["path"], f"rank{trainer.global_rank}")} \
+            if options["path"] else options
+    try:
+        return ActivationCache(device=device, fingerprint={"lightning_run": run}, **options)
+    except CacheInUse as exc:
+        options = {**options, "path": os.path.join(options["path"], f"run-{run}")}
+        log.warning("%s; this fit caches in %s instead", exc, options["path"])
+        return ActivationCache(device=device, fingerprint={"lightning_run": run}, **options)
+
+
+def _rebuild_ddp(trainer) -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
+        strategy.model = strategy._setup_model(strategy.model.module)

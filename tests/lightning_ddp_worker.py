@@ -1,0 +1,47 @@
+"""Lightning DDP on 2 CPU processes (gloo) with AutoFreezeLightning; each rank writes what it saw.
+Run as a script (Lightning's ddp strategy launches the second process by running it again)."""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import lightning.pytorch as L  # noqa: E402
+
+from autofreeze_ext.integrations.lightning import AutoFreezeLightning  # noqa: E402
+from test_lightning import DS, Module  # noqa: E402
+
+
+class Watch(L.Callback):
+    """Reads the strategy's DDP before each step (after AutoFreezeLightning, listed before it)."""
+
+    def __init__(self):
+        self.start = self.end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.end = ddp_tensors(trainer)
+        self.start = self.end if self.start is None else self.start
+
+
+def ddp_tensors(trainer) -> int:
+    """Parameter tensors in the all-reduce of the strategy's DDP."""
+    return trainer.strategy.model._get_ddp_logging_data()["num_parameter_tensors"]
+
+
+def main(out: str) -> None:
+    torch.manual_seed(0)
+    cb, watch = AutoFreezeLightning("static:2@3"), Watch()
+    t = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", callbacks=[cb, watch], logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    t.fit(Module(dropout=0.0), torch.utils.data.DataLoader(DS(), batch_size=8))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{t.global_rank}.json"), "w") as f:
+        json.dump({"history": [h for h in cb.controller.history if h["event"] == "freeze"],
+                   "depth": cb.controller.frozen_depth, "ddp_params_start": watch.start,
+                   "ddp_params_end": watch.end}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

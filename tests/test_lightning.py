@@ -1,0 +1,238 @@
+"""AutoFreezeLightning on an unchanged LightningModule with a tiny BERT (CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+L = pytest.importorskip("lightning.pytorch")
+pytest.importorskip("transformers")
+
+from autofreeze_ext import GradientNormTest, ScheduledFreeze  # noqa: E402
+from autofreeze_ext.integrations.lightning import AutoFreezeLightning, cached_forward  # noqa: E402
+
+from models import tiny_bert  # noqa: E402
+
+pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class DS(torch.utils.data.Dataset):
+    def __init__(self, n=48):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 100, (n, 12), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"index": i, "input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
+                "labels": int(self.ids[i, 0] > 50)}
+
+
+class Module(L.LightningModule):
+    """A plain module: the model, a loss, AdamW from self.parameters() and a per-step LR schedule."""
+
+    def __init__(self, use_cache=False, dropout=0.1):
+        super().__init__()
+        self.model = tiny_bert(num_layers=4, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        self.use_cache, self.losses, self.updates = use_cache, [], 0
+
+    def training_step(self, batch, batch_idx):
+        idx = batch.pop("index")
+        out = cached_forward(self, idx, **batch) if self.use_cache else self.model(**batch)
+        self.losses.append(float(out.loss.detach()))
+        return out.loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+        opt.register_step_post_hook(lambda *a: setattr(self, "updates", self.updates + 1))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def trainer(tmp_path, cb, epochs=2, accum=1, **kw):
+    torch.manual_seed(0)
+    return L.Trainer(max_epochs=epochs, accumulate_grad_batches=accum, accelerator="cpu", devices=1,
+                     callbacks=[cb, *kw.pop("callbacks", [])], logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=kw.pop("checkpointing", False),
+                     default_root_dir=str(tmp_path), deterministic=True, **kw)
+
+
+def loader():
+    return torch.utils.data.DataLoader(DS(), batch_size=8, shuffle=False)
+
+
+def test_freezes_inside_an_unchanged_module_one_step_per_update(tmp_path):
+    cb = AutoFreezeLightning("static:2@4")
+    m = Module()
+    t = trainer(tmp_path, cb, epochs=2, accum=2)
+    t.fit(m, loader())
+    ctl = cb.controller
+    assert t.global_step == 6 and m.updates == 6 and ctl.global_step == 6  # 12 batches, 2 per update
+    assert ctl.frozen_depth == 2 and [h["step"] for h in ctl.history if h["event"] == "freeze"] == [4]
+    opt = t.optimizers[0]
+    owned = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = [p for b in m.model.bert.encoder.layer[:2] for p in b.parameters()]
+    assert all(id(p) not in owned and not p.requires_grad for p in frozen)
+    top = m.model.bert.encoder.layer[3].attention.self.query.weight
+    assert int(opt.state[top]["step"]) == 6  # active Adam state kept through the freeze
+    assert t.lr_scheduler_configs[0].scheduler.last_epoch == 6  # the scheduler kept stepping
+
+
+def test_default_policy_and_a_policy_object(tmp_path):
+    cb = AutoFreezeLightning()  # the default policy (late): all blocks but the top one after 80% of the run
+    t = trainer(tmp_path, cb, epochs=5)
+    t.fit(Module(), loader())
+    assert cb.controller.policy.total_steps == 30 and cb.controller.frozen_depth in (0, 3)
+    cb2 = AutoFreezeLightning(ScheduledFreeze([(3, 1)]))
+    trainer(tmp_path, cb2, epochs=1).fit(Module(), loader())
+    assert cb2.controller.frozen_depth == 1
+    with pytest.raises(ValueError, match="unknown policy"):
+        AutoFreezeLightning("nope")
+
+
+def test_updates_skipped_by_the_grad_scaler_are_not_counted(tmp_path):
+    """16-mixed: an update with an inf gradient is skipped by the precision plugin's GradScaler
+    (the optimizer's step() is not called), so the controller does not count it. CPU has no
+    16-mixed in Lightning, so the plugin is given torch's CPU GradScaler."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    cb = AutoFreezeLightning(GradientNormTest(interval_steps=2))
+    m = Module()
+    calls = {"n": 0}
+
+    def poison(grad):  # the 4th backward pass gets an inf gradient: that update is skipped
+        calls["n"] += 1
+        return torch.full_like(grad, float("inf")) if calls["n"] == 4 else grad
+
+    m.model.classifier.weight.register_hook(poison)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 8))
+    t = trainer(tmp_path, cb, epochs=2, plugins=[plugin])
+    t.fit(m, loader())
+    assert m.updates == 11 and cb.controller.global_step == 11  # 12 batches, one update skipped
+
+
+def _fit(tmp_path, policy, epochs, ckpt_path=None, max_steps=-1, every=None):
+    cb = AutoFreezeLightning(policy)
+    m = Module(dropout=0.0)
+    extra = {}
+    if every:
+        extra["callbacks"] = [L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), every_n_train_steps=every,
+                                                          save_top_k=-1, filename="{step}")]
+    t = trainer(tmp_path, cb, epochs=epochs, max_steps=max_steps, checkpointing=bool(every), **extra)
+    t.fit(m, loader(), ckpt_path=ckpt_path)
+    return cb, m
+
+
+def test_fit_resumes_from_a_checkpoint_with_the_same_depth_and_decisions(tmp_path):
+    """Interrupted after a freeze and resumed with fit(ckpt_path=...): the same frozen depth, the
+    same decisions (the gradient test's statistics were checkpointed) and the same losses as an
+    uninterrupted fit; the optimizer's state loads into the fresh optimizer."""
+    policy = lambda: GradientNormTest(percentile=50, interval_steps=3)  # noqa: E731
+    whole, mw = _fit(tmp_path / "a", policy(), epochs=4)
+    freezes = [h for h in whole.controller.history if h["event"] == "freeze"]
+    assert freezes and freezes[0]["step"] < 12, "the test needs a freeze before the checkpoint"
+    # at an epoch's end: Lightning resumes a plain DataLoader at an epoch's start
+    _, m1 = _fit(tmp_path / "b", policy(), epochs=4, max_steps=12, every=12)
+    ck = str(tmp_path / "b" / "ck" / "step=12.ckpt")
+    resumed, m2 = _fit(tmp_path / "c", policy(), epochs=4, ckpt_path=ck)
+    assert resumed.controller.frozen_depth == whole.controller.frozen_depth
+    assert json.dumps(resumed.controller.history) == json.dumps(whole.controller.history)  # (NaN == NaN here)
+    assert m1.losses + m2.losses == pytest.approx(mw.losses, rel=1e-5)
+
+
+def test_the_cache_serves_the_frozen_prefix_with_equal_losses(tmp_path):
+    """cached_forward in training_step: after the freeze the prefix's output comes from the
+    cache in later epochs, and the losses equal those of the plain forward pass."""
+    plain_cb, plain = AutoFreezeLightning("static:2@3"), Module(use_cache=False, dropout=0.0)
+    trainer(tmp_path / "p", plain_cb, epochs=3).fit(plain, loader())
+    cached_cb = AutoFreezeLightning("static:2@3", cache=True, cache_dir=str(tmp_path / "cache"), cache_memory=0)
+    cached = Module(use_cache=True, dropout=0.0)
+    trainer(tmp_path / "c", cached_cb, epochs=3).fit(cached, loader())
+    assert cached_cb.cache.counters()["hits_disk"] > 0  # the disk tier (no RAM budget)
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-6)
+
+
+def test_ddp_ranks_take_the_same_decisions_and_frozen_parameters_leave_the_allreduce(tmp_path):
+    """strategy="ddp" on 2 CPU processes (gloo): both ranks freeze at the same step, and the
+    strategy's DDP is rebuilt over the active parameters (DDP would fail at the next step
+    otherwise: find_unused_parameters is off)."""
+    out = tmp_path / "ranks"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, os.path.join(HERE, "lightning_ddp_worker.py"), str(out)], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["depth"] == ranks[1]["depth"] == 2
+    for rk in ranks:
+        assert rk["ddp_params_end"] < rk["ddp_params_start"]  # the frozen blocks left DDP's buckets
+
+
+class CliLike(L.LightningModule):
+    """The CLI's optimisation in a LightningModule: AdamW (decay 0.01 but on biases and LayerNorm
+    weights), a linear schedule without warm-up steps (10% of 9 steps rounds to 0)."""
+
+    def __init__(self, ckpt, use_cache=True):
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(ckpt)
+        self.use_cache, self.losses = use_cache, []
+
+    def training_step(self, batch, batch_idx):
+        idx = batch.pop("index")
+        out = cached_forward(self, idx, **batch) if self.use_cache else self.model(**batch)
+        self.losses.append(float(out.loss.detach()))
+        return out.loss
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        named = list(self.model.named_parameters())
+        no_decay = ("bias", "LayerNorm.weight")
+        opt = torch.optim.AdamW([{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": 0.01},
+                                 {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}],
+                                lr=1e-3)
+        sched = get_linear_schedule_with_warmup(opt, 0, 9)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_decisions_and_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsys):
+    """The same data, seed, optimizer and schedule through the CLI's ``autofreeze+cache`` and
+    through a LightningModule with AutoFreezeLightning and cached_forward (the paper's test in
+    both): the same freezes, gradient norms and losses within 1e-4 (one batch holds the whole
+    training set, so the samplers' orders do not matter; dropout is off)."""
+    from models import save_tiny_checkpoint
+    from test_cli import run, write_tsv
+    from autofreeze_ext.tasks import encode, load_task
+    from transformers import AutoTokenizer
+
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "gradient", "--model", ckpt,
+                         "--train", train_tsv, "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16",
+                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1",
+                         "--no-cost-model", "--out", str(tmp_path / "cli"), "--no-progress", "--no-plot"], capsys)
+    assert rc == 0, stdout
+    rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+    assert rep["cache"]["counters"]["hits_ram"] > 0
+
+    enc = encode(load_task(train_tsv), AutoTokenizer.from_pretrained(ckpt), 12)
+    rows = [{"index": i, **{k: v[i] for k, v in enc.items()}} for i in range(16)]
+    cb = AutoFreezeLightning("gradient", cache=True, cost_model=False)
+    m = CliLike(ckpt)
+    t = L.Trainer(max_epochs=9, accelerator="cpu", devices=1, callbacks=[cb], logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False, gradient_clip_val=None)
+    t.fit(m, torch.utils.data.DataLoader(rows, batch_size=16))
+    ctl = cb.controller
+    cli_freezes = [(h["step"], h["to"]) for h in rep["controller_history"] if h["event"] == "freeze"]
+    assert cli_freezes and [(h["step"], h["to"]) for h in ctl.history if h["event"] == "freeze"] == cli_freezes
+    norms = [[n for n in h["norms"] if n is not None] for h in ctl.history if h["event"] == "interval"]
+    cli_norms = [[n for n in h["norms"] if n is not None] for h in rep["controller_history"] if h["event"] == "interval"]
+    assert norms == [pytest.approx(n, rel=1e-4) for n in cli_norms]
+    assert m.losses == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)
+    assert cb.cache.counters()["hits_ram"] > 0
