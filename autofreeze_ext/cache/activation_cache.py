@@ -65,6 +65,10 @@ def parse_bytes(v: Bytes) -> Optional[int]:
     return int(float(m.group(1)) * scale)
 
 
+#: the RAM tier's default budget (the CLI's --cache-memory, the integrations' cache_memory)
+DEFAULT_MEMORY = "2GiB"
+
+
 def fingerprint_of(obj) -> str:
     """A stable string for what produced the cache (model identity, input settings...)."""
     if obj is None:
@@ -93,7 +97,7 @@ class ActivationCache:
         CacheError: the path cannot be created or written.
     """
 
-    def __init__(self, path: Optional[str] = None, memory_budget: Bytes = "2GiB", disk_budget: Bytes = None,
+    def __init__(self, path: Optional[str] = None, memory_budget: Bytes = DEFAULT_MEMORY, disk_budget: Bytes = None,
                  device: Union[str, torch.device, None] = None, fingerprint=None, io_backend: str = "auto",
                  direct: str = "auto", queue_depth: int = 32, prefetch_slots: int = 4,
                  segment_bytes: Bytes = "1GiB", write_queue_bytes: Bytes = "256MiB") -> None:

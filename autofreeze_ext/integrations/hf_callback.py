@@ -36,7 +36,7 @@ from .._io import atomic_write
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
-from ..signals import NEEDS_PROBE, make_signals
+from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -82,7 +82,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     """
 
     def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
-                 probe_samples: int = 64, val_data=None, **controller_kwargs) -> None:
+                 probe_samples: int = PROBE_SAMPLES, val_data=None, **controller_kwargs) -> None:
         if _HF_ERROR:
             raise ImportError(_HF_ERROR)
         if isinstance(policy, str):

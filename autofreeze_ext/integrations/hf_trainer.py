@@ -34,7 +34,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..cache.activation_cache import ActivationCache, CacheInUse
+from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
 from ..freezing.prefix import FrozenPrefixRunner
 from ..policies import FreezePolicy, PolicyOptions
 from .hf_callback import AutoFreezeCallback
@@ -145,7 +145,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     """
 
     def __init__(self, *args, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
-                 cache: bool = True, cache_dir: Optional[str] = None, cache_memory: str = "2GiB",
+                 cache: bool = True, cache_dir: Optional[str] = None, cache_memory: str = DEFAULT_MEMORY,
                  cache_disk: Optional[str] = None, cost_model: bool = True, val_data=None, val_fraction: float = 0.05,
                  **kwargs) -> None:
         if Trainer is object:

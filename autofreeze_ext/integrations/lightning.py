@@ -29,13 +29,13 @@ from typing import Optional, Union
 
 import torch
 
-from ..cache.activation_cache import ActivationCache, CacheInUse
+from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
 from ..freezing.adapters import hf_layout
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
 from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
-from ..signals import NEEDS_PROBE, make_signals
+from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -75,8 +75,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
     """
 
     def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
-                 probe_samples: int = 64, val_data: Optional[dict] = None, cache: bool = False,
-                 cache_dir: Optional[str] = None, cache_memory: str = "2GiB", cost_model: bool = True,
+                 probe_samples: int = PROBE_SAMPLES, val_data: Optional[dict] = None, cache: bool = False,
+                 cache_dir: Optional[str] = None, cache_memory: str = DEFAULT_MEMORY, cost_model: bool = True,
                  **controller_kwargs) -> None:
         if _ERROR:
             raise ImportError(_ERROR)

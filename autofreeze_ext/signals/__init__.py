@@ -29,7 +29,7 @@ from .probe import ProbeForward
 from .probe_drift import ProbeDrift, linear_cka
 from .probe_loss import ProbeLoss, prior_loss
 from .val_slice import ValSlice
-from .factory import ALL_SIGNALS, NEEDS_PROBE, make_signals
+from .factory import ALL_SIGNALS, NEEDS_PROBE, PROBE_SAMPLES, make_signals
 
-__all__ = ["ALL_SIGNALS", "BlockDrift", "NEEDS_PROBE", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "ValSlice",
+__all__ = ["ALL_SIGNALS", "BlockDrift", "NEEDS_PROBE", "PROBE_SAMPLES", "ParameterDisplacement", "ProbeDrift", "ProbeForward", "ProbeLoss", "Signal", "ValSlice",
            "linear_cka", "make_signals", "prior_loss"]

@@ -24,6 +24,8 @@ FACTORIES: Dict[str, Callable[[Optional[Mapping[str, Tensor]]], Signal]] = {
 #: every signal by name (``val_slice`` needs a validation slice instead of a probe batch)
 ALL_SIGNALS = (*FACTORIES, "val_slice")
 NEEDS_PROBE = ("probe_drift", "probe_loss", "block_drift")
+#: training rows in the probe batch those signals read (the CLI's --probe-samples, the integrations' probe_samples)
+PROBE_SAMPLES = 64
 
 
 def make_signals(names: Iterable[str], probe: Optional[Mapping[str, Tensor]] = None,

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Optional, Tuple
 
 from ..batching import BATCHING
+from ..cache.activation_cache import DEFAULT_MEMORY
 from ..planning.packing import LR_SCALINGS
 from ..policies.registry import DEFAULT_POLICY, POLICIES, PolicyOptions
 from ..samplers import SAMPLE_DIR
+from ..signals.factory import PROBE_SAMPLES
 from ..tasks import FORMATS, METRICS
 from ..tasks.labels import KINDS
 
@@ -150,7 +152,7 @@ class FreezeConfig:
     record_signals: bool = _opt(False, "measure every per-block freezing signal each interval into the report (full "
                                 "mode then observes; used to replay policies offline); training is unchanged",
                                 group="")
-    probe_samples: int = _opt(64, "training rows in the probe batch of the drift and loss signals", metavar="N")
+    probe_samples: int = _opt(PROBE_SAMPLES, "training rows in the probe batch of the drift and loss signals", metavar="N")
 
 
 @dataclass
@@ -161,7 +163,7 @@ class CacheConfig:
 
     dir: Optional[str] = _opt(None, "folder of the cache's disk tier (default: RAM tier only); a full or read-only "
                               "disk turns the disk tier off with a warning", option="cache_dir")
-    memory: str = _opt("2GiB", "RAM tier budget, e.g. 2GiB (0: disk only)", option="cache_memory")
+    memory: str = _opt(DEFAULT_MEMORY, "RAM tier budget, e.g. 2GiB (0: disk only)", option="cache_memory")
     disk: Optional[str] = _opt(None, "disk tier budget, e.g. 20GiB (default: the disk's size)", option="cache_disk")
     cost_model: bool = _opt(True, "cache at every frozen depth instead of only where reading beats recomputing",
                             option="cache_cost_model", negate="--no-cost-model")
