@@ -230,6 +230,37 @@ def plot_curves(out: str, path: str) -> Optional[str]:
     return path
 
 
+RUN_NAMES = {"full": "full fine-tuning (fixed budget)",
+             "early-stop (full, read off)": "early stopping (read off full, same slice and patience)",
+             "plateau_cache": "`plateau` + cache", "plateau_stop_cache": "`plateau --stop-when-converged` + cache"}
+
+
+def markdown(out: str) -> str:
+    """BENCHMARKS.md's table over every regime's ``time_to_accuracy.json`` under ``out``."""
+    lines = ["| regime | run | seeds | speedup (modelled) | Δ best | Δ final (at its end) | time to full's best − 0.5 "
+             "(x budget) | ends at (x budget) | overhead | never reached |", "|" + " --- |" * 10]
+    for regime in sorted(os.listdir(out), reverse=True):  # short, then overlong
+        path = os.path.join(out, regime, "time_to_accuracy.json")
+        if not os.path.exists(path):
+            continue
+        for key, v in json.load(open(path)).items():
+            task, run = key.split("/", 1)
+            rs = v["runs"]
+
+            def col(k):
+                return [r.get(k) for r in rs]
+
+            final = ci95(col("d_final"))
+            if run.startswith("early"):
+                final += f" (restoring the slice's best: {ci95(col('d_restore_best'))})"
+            lines.append(f"| {regime} ({task}) | {RUN_NAMES.get(run, run)} | {','.join(map(str, v['seeds']))} | "
+                         f"{ci95(col('modelled_speedup'))}x | {ci95(col('d_best'))} | {final} | "
+                         f"{ci95(col('time_to_target_x_full_budget'))} | {ci95(col('end_time_x_full_budget'))} | "
+                         f"{100 * statistics.mean(col('policy_overhead')):.1f}% | "
+                         f"{sum(r['step_to_target'] is None for r in rs)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "regimes"))
@@ -243,6 +274,7 @@ def main(argv=None) -> int:
         with open(os.path.join(d, "time_to_accuracy.json"), "w") as f:
             json.dump(table, f, indent=1)
         print("plot:", plot_curves(d, os.path.join(d, "curves.png")))
+    print("\n" + markdown(args.out))
     return 0
 
 

@@ -57,6 +57,10 @@ def test_every_documented_mode_means_the_same_at_every_entry_point(mode, tiny_ck
         from autofreeze_ext.integrations import AutoFreezeCallback
 
         AutoFreezeCallback(mode)  # accepted (built at train begin from the same make_policy)
+    pytest.importorskip("lightning")
+    from autofreeze_ext.integrations.lightning import AutoFreezeLightning
+
+    AutoFreezeLightning(mode)  # accepted (built at fit start from the same make_policy)
 
 
 @pytest.mark.parametrize("bad", ["full+cache", "static:x", "static:2@", "static:-1", "sometimes"])
@@ -68,3 +72,13 @@ def test_a_bad_mode_is_refused_the_same_way_everywhere(bad):
         validate(FinetuneConfig.from_options(mode=bad))
     with pytest.raises(ValueError, match="mode"):
         make_policy(bad)
+    pytest.importorskip("transformers")
+    from autofreeze_ext.integrations import AutoFreezeCallback
+
+    with pytest.raises(ValueError, match="mode"):
+        AutoFreezeCallback(bad)
+    pytest.importorskip("lightning")
+    from autofreeze_ext.integrations.lightning import AutoFreezeLightning
+
+    with pytest.raises(ValueError, match="mode"):
+        AutoFreezeLightning(bad)
