@@ -6,7 +6,7 @@ import pytest
 
 from autofreeze_ext import cli
 from autofreeze_ext.training.checks import validate
-from autofreeze_ext.training.config import FinetuneConfig, option_flag, sections
+from autofreeze_ext.training.config import FinetuneConfig, choices_of, option_flag, sections
 
 pytestmark = pytest.mark.reference
 
@@ -38,7 +38,7 @@ def _other_value(f, hint):
     if hint is bool:
         return (not f.default), []
     if "choices" in m:
-        v = next(c for c in m["choices"] if c != f.default)
+        v = next(c for c in choices_of(f) if c != f.default)
         return v, [v]
     if "const" in m:
         return "other", ["other"]
@@ -68,6 +68,20 @@ def test_every_option_is_in_help_once(capsys):
         if not f.metadata.get("hidden"):
             assert text.count(option_flag(f) + " ") + text.count(option_flag(f) + "\n") >= 1, option_flag(f)
     assert "--stop-after-steps" not in text  # hidden
+    flat = " ".join(text.split())
+    for _, f, _ in _fields():  # every default worth saying is said (0 and 1 too, not only other numbers)
+        m = f.metadata
+        if not m.get("hidden") and not any(f.default is v for v in (None, True, False)) and "default" not in m["help"]:
+            assert f"(default: {f.default})" in flat, option_flag(f)
+
+
+def test_a_policy_registered_at_run_time_is_a_valid_choice(monkeypatch):
+    from autofreeze_ext.policies import POLICIES
+
+    monkeypatch.setitem(POLICIES, "mine", (lambda o: None, "test policy"))
+    validate(FinetuneConfig.from_options(policy="mine"))
+    args = _parser().parse_args(["--policy", "mine"])
+    assert args.policy == "mine"
 
 
 @pytest.mark.parametrize("sec,f,hint", [x for x in _fields() if "choices" in x[1].metadata],

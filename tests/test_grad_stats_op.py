@@ -145,6 +145,20 @@ def test_an_accumulator_list_is_checked_once_and_again_when_it_changes(monkeypat
     gs.validate(accs, grads, [0, 1], 2, "l2")
     with pytest.raises(ValueError, match="block id"):  # the same tensors under other block ids
         gs.validate(accs, grads, [0, 2], 2, "l2")
+    buf = torch.zeros(64)
+    accs[0] = buf.view(64)  # a view: it can later point at the same address with another dtype
+    gs.validate(accs, [torch.ones(64), torch.ones(64)], [0, 1], 2, "l2")
+    accs[0].data = buf.view(torch.float16)[:64]  # same object, address and size; float16 now
+    assert accs[0].data_ptr() == buf.data_ptr() and accs[0].numel() == 64
+    with pytest.raises(ValueError, match="float16"):
+        gs.validate(accs, [torch.ones(64), torch.ones(64)], [0, 1], 2, "l2")
+    buf = torch.zeros(64)
+    accs[0] = buf
+    gs.validate(accs, [torch.ones(64), torch.ones(64)], [0, 1], 2, "l2")
+    buf.as_strided_((64,), (0,))  # same object, address and size, no longer contiguous
+    with pytest.raises(ValueError, match="not contiguous"):
+        gs.validate(accs, [torch.ones(64), torch.ones(64)], [0, 1], 2, "l2")
+    accs[0] = torch.zeros(10)
     accs[0].resize_(64)  # same object, in place: another size means another entry
     with pytest.raises(ValueError, match="elements"):  # and the gradients are checked every time
         gs.validate(accs, grads, [0, 1], 2, "l2")

@@ -236,3 +236,42 @@ def test_decisions_and_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsy
     assert norms == [pytest.approx(n, rel=1e-4) for n in cli_norms]
     assert m.losses == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)
     assert cb.cache.counters()["hits_ram"] > 0
+
+
+class WarmupModule(Module):
+    """The usual transformers schedule: linear warm-up over 5 steps, then linear decay."""
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+        sched = get_linear_schedule_with_warmup(opt, 5, self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_a_fit_bounded_by_max_steps_alone_freezes_caches_and_guards_the_warm_up(tmp_path):
+    """Trainer(max_steps=N) without max_epochs (Lightning then skips loading the data to
+    estimate the steps): the default policy gets the probe batch and the run's length, the cache
+    is written and read (no epoch is known to be the last), and the warm-up guard is the
+    schedule's own warm-up."""
+    cb = AutoFreezeLightning("gradient+guards", cache=True)
+    m = WarmupModule(use_cache=True, dropout=0.0)
+    t = L.Trainer(max_steps=18, accelerator="cpu", devices=1, callbacks=[cb], logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False)
+    t.fit(m, loader())
+    assert cb.controller.policy.guards.warmup_steps == 5 and t.global_step == 18
+    default = AutoFreezeLightning()
+    L.Trainer(max_steps=18, accelerator="cpu", devices=1, callbacks=[default], logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False).fit(Module(), loader())
+    assert default.controller.policy.total_steps == 18
+    cached = AutoFreezeLightning("static:2@3", cache=True)
+    L.Trainer(max_steps=18, accelerator="cpu", devices=1, callbacks=[cached], logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False).fit(Module(use_cache=True, dropout=0.0), loader())
+    assert cached.cache.counters()["hits_ram"] > 0
+
+
+def test_a_cache_mode_turns_the_cache_on_and_resuming_under_another_policy_is_refused(tmp_path):
+    assert AutoFreezeLightning("autofreeze+cache").use_cache and not AutoFreezeLightning("autofreeze").use_cache
+    _, _ = _fit(tmp_path / "b", ScheduledFreeze([(2, 1)]), epochs=2, max_steps=6, every=6)
+    with pytest.raises(ValueError, match="written by policy"):
+        _fit(tmp_path / "c", "static:2@4", epochs=2, ckpt_path=str(tmp_path / "b" / "ck" / "step=6.ckpt"))

@@ -151,7 +151,7 @@ def test_config_checks_and_micro_batches():
                        (dict(mode="bogus"), "unknown mode"), (dict(mode="static:3@x"), "unknown mode"),
                        (dict(probe_samples=0), "probe-samples"), (dict(patience=0), "--patience"),
                        (dict(cache_memory="lots"), "--cache-memory"), (dict(learned=1.5), "--learned"),
-                       (dict(lr=0.0), "lr > 0"), (dict(target_speedup=0.5), "target-speedup"),
+                       (dict(lr=0.0), "--lr must be > 0"), (dict(warmup_ratio=1.0), "--warmup-ratio"), (dict(weight_decay=-1.0), "--weight-decay"), (dict(target_speedup=0.5), "target-speedup"),
                        (dict(batching="sorted"), "--batching"), (dict(pad_to_multiple_of=0), "--pad-to-multiple-of")]:
         with pytest.raises(ValueError, match=match):
             validate(FinetuneConfig.from_options(**bad))

@@ -81,7 +81,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if _ERROR:
             raise ImportError(_ERROR)
         if isinstance(policy, str):
-            check_spec(policy)  # a policy name or a mode string, or a clear error now
+            policy = check_spec(policy)  # a policy name or a mode string, or a clear error now
+            cache = cache or policy.endswith("+cache")  # a "+cache" mode asks for the cache
         self.policy = policy if policy is not None else DEFAULT_POLICY
         self.options, self.probe_samples, self.val_data = options, probe_samples, val_data
         self.use_cache, self.cost_model = cache, cost_model
@@ -99,10 +100,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         model = _frozen_model(pl_module, self.controller_kwargs)
         optimizer = _raw_optimizer(trainer)
         self._groups = [list(g["params"]) for g in optimizer.param_groups]
-        total = int(trainer.estimated_stepping_batches)  # (it also sizes the train dataloader)
-        batches = trainer.num_training_batches
-        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
-        policy = self._policy(model, total)
+        total, per_epoch = _run_length(trainer)
+        policy = self._policy(trainer, model, total)
         probe = _probe(trainer, model, self.probe_samples) if set(policy.signals) & set(NEEDS_PROBE) else None
         val = self._val() if policy.reads_val_slice else None
         known = ControllerOptions.__dataclass_fields__
@@ -119,15 +118,21 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         """Resuming: the checkpoint's frozen depth and decisions, applied once Lightning has
         loaded the optimizer's state (after ``on_fit_start``) into the full optimizer."""
         if self._pending is not None and self.controller is not None:
-            self.controller.load_state_dict(self._pending)
+            saved, now = self._pending.get("policy"), self.controller.policy.describe()
+            if saved is not None and saved != now:
+                raise ValueError(f"AutoFreezeLightning: the checkpoint was written by policy {saved!r}, this fit runs "
+                                 f"{now!r}: resume with the same policy, or fit without ckpt_path")
+            self.controller.load_state_dict(self._pending["controller"])
             self._pending = None
             log.info("AutoFreezeLightning: resumed with %d frozen blocks", self.controller.frozen_depth)
 
-    def _policy(self, model, total: int) -> FreezePolicy:
+    def _policy(self, trainer, model, total: Optional[int]) -> FreezePolicy:
         if not isinstance(self.policy, str):
             return self.policy
         o = dataclasses.replace(self.options) if self.options is not None else PolicyOptions()
         o.total_steps = o.total_steps or total or None
+        if o.warmup_steps == 0:  # the warm-up guard: the schedule's own warm-up when it says it
+            o.warmup_steps = _warmup_steps(trainer)
         o.cached = self.use_cache
         n = len(_layout(model, self.controller_kwargs).blocks)
         return make_policy(self.policy, options=o, num_blocks=n)
@@ -140,7 +145,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.runner is not None:  # the last epoch's rows are never read back: nothing is written
-            self.runner.later_passes = trainer.current_epoch + 1 < trainer.max_epochs
+            last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+            self.runner.later_passes = not last
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Under DDP, after a freeze: rebuild the strategy's DDP over the parameters that still
@@ -158,19 +164,24 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if self.runner is not None:
             self.runner.close()
             self.cache.close()
+            self.runner = None
         if self.controller is not None:
             self.controller.detach()  # the optimizer may outlive this fit
             log.info("AutoFreezeLightning: %d of %d blocks frozen at the end", self.controller.frozen_depth,
                      self.controller.num_blocks)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A failed fit leaves no hook on the optimizer and no open cache behind."""
+        self.on_fit_end(trainer, pl_module)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         if self.controller is not None:
-            return {"controller": self.controller.state_dict()}
-        return {"controller": self._pending} if self._pending is not None else {}
+            return {"controller": self.controller.state_dict(), "policy": self.controller.policy.describe()}
+        return dict(self._pending or {})
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict.get("controller")
+        self._pending = dict(state_dict) if state_dict.get("controller") is not None else None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         """The optimizer's state in the layout ``configure_optimizers`` builds (frozen parameters
@@ -260,9 +271,33 @@ def _fresh_cache(options: dict, trainer, device) -> ActivationCache:
         return ActivationCache(device=device, fingerprint={"lightning_run": run}, **options)
 
 
+def _run_length(trainer) -> tuple:
+    """(optimizer steps of the fit, steps per epoch): None where the trainer cannot say (an
+    iterable dataset without a length, an unbounded fit)."""
+    if trainer.train_dataloader is None:  # estimated_stepping_batches skips this under max_steps alone
+        trainer.fit_loop.setup_data()
+    total = trainer.estimated_stepping_batches
+    total = int(total) if math.isfinite(total) and total > 0 else None
+    batches = trainer.num_training_batches
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+    return total, per_epoch
+
+
+def _warmup_steps(trainer) -> int:
+    """The LR warm-up of the fit's schedule when it says it (the ``transformers`` schedules keep
+    ``num_warmup_steps``), else 0: no freeze before it ends (the policies' warm-up guard)."""
+    for config in trainer.lr_scheduler_configs:
+        for fn in getattr(config.scheduler, "lr_lambdas", []):
+            steps = getattr(fn, "keywords", {}).get("num_warmup_steps")
+            if steps is not None:
+                return int(steps)
+    return 0
+
+
 def _rebuild_ddp(trainer) -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
     strategy = trainer.strategy
     if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
-        strategy.model = strategy._setup_model(strategy.model.module)
+        strategy.model = strategy._setup_model(strategy.model.module)  # as DDPStrategy.configure_ddp does
+        strategy._register_ddp_hooks()  # the strategy's communication hook (ddp_comm_hook=...) again

@@ -74,10 +74,13 @@ _CHECKED_MAX = 8
 def _checked_accumulators(accs: Sequence[Tensor], block_ids: Sequence[int], num_blocks: int) -> tuple:
     """``(data pointers, element counts)`` of float32, contiguous accumulators on one device
     with block ids in range. A list seen before (the same tensor objects, at the same
-    addresses, of the same sizes, with the same block ids) is not checked again."""
+    addresses, of the same sizes, dtypes, contiguity, devices and block ids) is not checked again."""
     ptrs = list(map(Tensor.data_ptr, accs))
     numels = list(map(Tensor.numel, accs))
-    key = (tuple(map(id, accs)), tuple(ptrs), tuple(numels), tuple(block_ids), num_blocks)
+    # everything a check reads is in the key: a tensor changed in place (.data =, as_strided_,
+    # a view of another dtype at the same address) is a new key, checked again
+    key = (tuple(map(id, accs)), tuple(ptrs), tuple(numels), tuple(map(_DTYPE, accs)),
+           tuple(map(Tensor.is_contiguous, accs)), tuple(map(_DEVICE, accs)), tuple(block_ids), num_blocks)
     refs = _CHECKED.get(key)
     if refs is not None and all(r() is a for r, a in zip(refs, accs)):
         _CHECKED.move_to_end(key)

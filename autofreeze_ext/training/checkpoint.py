@@ -13,7 +13,7 @@ from .._io import atomic_write
 
 log = logging.getLogger("autofreeze_ext")
 
-VERSION = 3  #: the one format this package writes and reads (no release before it to migrate from)
+VERSION = 4  #: the one format this package writes and reads (no release before it to migrate from); 4: the typed run record
 
 
 #: options a resumed run may change (where it writes, how it reports); every other must match

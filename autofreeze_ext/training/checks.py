@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..cache.activation_cache import parse_bytes
-from .config import DataConfig, FinetuneConfig, FreezeConfig, option_flag, sections
+from .config import DataConfig, FinetuneConfig, FreezeConfig, choices_of, option_flag, sections
 
 
 def validate(cfg: FinetuneConfig) -> None:
@@ -56,7 +56,7 @@ def _check_choices(cfg: FinetuneConfig) -> None:
     """Every field that declares ``choices`` holds one of them (or None, where None is its default)."""
     for sec, cls in sections():
         for f in dataclasses.fields(cls):
-            choices = f.metadata.get("choices")
+            choices = choices_of(f)
             value = getattr(getattr(cfg, sec), f.name)
             if choices is None or (value is None and f.default is None):
                 continue
@@ -71,9 +71,12 @@ def _check_ranges(cfg: FinetuneConfig) -> None:
               ("--reshuffle-shards-every", p.reshuffle_shards_every, 0),
               ("--stop-after-steps", cfg.run.stop_after_steps, 1),
               ("--deadline-s", g.deadline_s, 0), ("--restart-s", g.restart_s, 0))
-    if not o.lr > 0 or not 0 <= o.warmup_ratio < 1 or o.weight_decay < 0:
-        raise ValueError(f"need lr > 0, 0 <= warmup ratio < 1 and weight decay >= 0, got {o.lr}, {o.warmup_ratio}, "
-                         f"{o.weight_decay}")
+    if not o.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {o.lr}")
+    if not 0 <= o.warmup_ratio < 1:
+        raise ValueError(f"--warmup-ratio must be in [0, 1), got {o.warmup_ratio}")
+    if not o.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {o.weight_decay}")
     if not 0 <= g.min_packing_gain < 1:
         raise ValueError(f"--min-packing-gain must be in [0, 1), got {g.min_packing_gain}")
 

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import typing
 
-from .config import option_flag, sections
+from .config import choices_of, option_flag, sections
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,10 @@ def _arguments(f: dataclasses.Field, hint) -> dict:
         kw["action"] = "store_false" if f.default else "store_true"
         return kw
     kw["type"] = m.get("parse") or _value_type(hint)
-    for key in ("choices", "metavar"):
-        if key in m:
-            kw[key] = m[key]
+    if "choices" in m:
+        kw["choices"] = choices_of(f)
+    if "metavar" in m:
+        kw["metavar"] = m["metavar"]
     if "const" in m:
         kw["nargs"], kw["const"] = "?", m["const"]
     return kw
@@ -52,5 +53,5 @@ def _help(f: dataclasses.Field) -> str:
     if m.get("hidden"):
         return argparse.SUPPRESS
     text = m["help"]
-    shown = f.default not in (None, False, True) and "default" not in text
+    shown = not any(f.default is v for v in (None, False, True)) and "default" not in text
     return (text + (f" (default: {f.default})" if shown else "")).replace("%", "%%")

@@ -45,7 +45,7 @@ def _opt(default, help: str, **meta):
     """A field that is one ``autofreeze finetune`` option. ``meta``: ``option`` (its flat name,
     when not the field's), ``flag`` (when not ``--OPTION``), ``choices``, ``metavar``, ``parse``
     (text to value; default: the field's type), ``negate`` (a switch on by default: the flag
-    that turns it off), ``const`` (the value of the flag given alone), ``group`` (its --help
+    that turns it off; ``choices`` may be a callable, read when used), ``const`` (the value of the flag given alone), ``group`` (its --help
     group, when not the section's), ``hidden`` (left out of --help)."""
     return field(default=default, metadata={"help": help, **meta})
 
@@ -116,7 +116,7 @@ class FreezeConfig:
     mode: str = field(default="autofreeze", metadata={"cli": False})  # --mode / --modes: cli.py
     policy: Optional[str] = _opt(None, f"the adaptive policy (default: {DEFAULT_POLICY}); "
                                  + "; ".join(f"{name}: {text}" for name, (_, text) in POLICIES.items()),
-                                 choices=tuple(sorted(POLICIES)))
+                                 choices=lambda: tuple(sorted(POLICIES)))  # read when used: registered ones too
     percentile: float = _opt(_POLICY.percentile, "gradient tests: freeze below the N-th percentile of the blocks' "
                              "change rates, N in (0, 100)")
     intervals_per_epoch: int = _opt(_POLICY.intervals_per_epoch, "freezing decisions per epoch", group="")
@@ -268,6 +268,12 @@ class FinetuneConfig:
 def sections():
     """``(section name, its dataclass)`` in the configuration's order."""
     return [(sec.name, sec.default_factory) for sec in dataclasses.fields(FinetuneConfig)]
+
+
+def choices_of(f: dataclasses.Field) -> Optional[tuple]:
+    """A field's allowed values (None: any); a callable in the metadata is asked each time."""
+    c = f.metadata.get("choices")
+    return tuple(c()) if callable(c) else c
 
 
 def option_flag(f: dataclasses.Field) -> str:
