@@ -12,9 +12,6 @@ norms on the accumulators' device (zeros when ``compute_norms`` is False).
 """
 from __future__ import annotations
 
-import operator
-import weakref
-from collections import OrderedDict
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -43,10 +40,8 @@ def _fail(msg: str) -> None:
 
 def validate(accs: Sequence[Tensor], grads: Sequence[Tensor], block_ids: Sequence[int], num_blocks: int,
              norm: str) -> Meta:
-    """Checks shared by every backend, fused with collecting what the kernels need. Raises
-    ``ValueError`` naming the op and the bad value. This runs every training step: the
-    accumulators' side (fixed from step to step) is checked once per list and then looked up
-    (:func:`_checked_accumulators`); the gradients are checked every time."""
+    """Checks shared by every backend, fused with collecting what the kernels need (one pass:
+    this runs every training step). Raises ``ValueError`` naming the op and the bad value."""
     if norm not in NORMS:
         _fail(f"norm must be 'l1' or 'l2', got {norm!r}")
     if num_blocks < 0:
@@ -56,37 +51,13 @@ def validate(accs: Sequence[Tensor], grads: Sequence[Tensor], block_ids: Sequenc
         _fail(f"{len(block_ids)} block ids for {n} accumulators")
     if len(grads) not in (0, n):
         _fail(f"{len(grads)} gradients for {n} accumulators (pass all or none)")
+    meta = Meta([], [], [], [])
     if n == 0:
-        return Meta([], [], [], [])
-    acc_ptrs, numels = _checked_accumulators(accs, block_ids, num_blocks)
-    meta = Meta(acc_ptrs, [], numels, [])
-    if grads:
-        _check_grads(grads, meta, accs[0].device)
-    return meta
-
-
-#: accumulator lists already checked: key -> weak references to the tensors (identity, not a
-#: reused id); a few entries (the controller passes two or three lists per step)
-_CHECKED: "OrderedDict[tuple, tuple]" = OrderedDict()
-_CHECKED_MAX = 8
-
-
-def _checked_accumulators(accs: Sequence[Tensor], block_ids: Sequence[int], num_blocks: int) -> tuple:
-    """``(data pointers, element counts)`` of float32, contiguous accumulators on one device
-    with block ids in range. A list seen before (the same tensor objects, at the same
-    addresses, of the same sizes, dtypes, contiguity, devices and block ids) is not checked again."""
-    ptrs = list(map(Tensor.data_ptr, accs))
-    numels = list(map(Tensor.numel, accs))
-    # everything a check reads is in the key: a tensor changed in place (.data =, as_strided_,
-    # a view of another dtype at the same address) is a new key, checked again
-    key = (tuple(map(id, accs)), tuple(ptrs), tuple(numels), tuple(map(_DTYPE, accs)),
-           tuple(map(Tensor.is_contiguous, accs)), tuple(map(_DEVICE, accs)), tuple(block_ids), num_blocks)
-    refs = _CHECKED.get(key)
-    if refs is not None and all(r() is a for r, a in zip(refs, accs)):
-        _CHECKED.move_to_end(key)
-        return ptrs, numels
-    device, f32 = accs[0].device, torch.float32
-    for i, (a, b) in enumerate(zip(accs, block_ids)):
+        return meta
+    device = accs[0].device
+    f32, strided = torch.float32, torch.strided
+    for i in range(n):
+        a, b = accs[i], block_ids[i]
         if a.dtype is not f32:
             _fail(f"accumulator {i} is {a.dtype}, must be float32")
         if not a.is_contiguous():
@@ -95,42 +66,25 @@ def _checked_accumulators(accs: Sequence[Tensor], block_ids: Sequence[int], num_
             _fail(f"accumulator {i} is on {a.device}, accumulator 0 on {device}")
         if not 0 <= b < num_blocks:
             _fail(f"block id {b} of tensor {i} outside [0, {num_blocks})")
-    _CHECKED[key] = tuple(weakref.ref(a) for a in accs)
-    if len(_CHECKED) > _CHECKED_MAX:
-        _CHECKED.popitem(last=False)
-    return ptrs, numels
-
-
-def _check_grads(grads: Sequence[Tensor], meta: Meta, device: torch.device) -> None:
-    """Each gradient dense, contiguous, of a supported dtype, on the accumulators' device and
-    of its accumulator's size; its pointer and dtype code go into ``meta``. The checks run
-    over the whole list at C speed (``map``); a list that fails is walked again to name the
-    first bad gradient."""
-    codes = list(map(GRAD_DTYPES.get, map(_DTYPE, grads)))
-    ok = (None not in codes and all(map(torch.strided.__eq__, map(_LAYOUT, grads)))
-          and all(map(Tensor.is_contiguous, grads)) and list(map(Tensor.numel, grads)) == meta.numels
-          and all(map(device.__eq__, map(_DEVICE, grads))))
-    if not ok:
-        _name_bad_grad(grads, meta, device)
-    meta.grad_ptrs.extend(map(Tensor.data_ptr, grads))
-    meta.grad_dtypes.extend(codes)
-
-
-_DTYPE, _LAYOUT, _DEVICE = (operator.attrgetter(a) for a in ("dtype", "layout", "device"))
-
-
-def _name_bad_grad(grads: Sequence[Tensor], meta: Meta, device: torch.device) -> None:
-    for i, g in enumerate(grads):
-        if g.dtype not in GRAD_DTYPES:
-            _fail(f"gradient {i} is {g.dtype}; supported: float32, float16, bfloat16")
-        if g.layout is not torch.strided:
-            _fail(f"gradient {i} is {g.layout}; only dense gradients are supported")
-        if not g.is_contiguous():
-            _fail(f"gradient {i} is not contiguous; pass g.contiguous()")
-        if g.numel() != meta.numels[i]:
-            _fail(f"gradient {i} has {g.numel()} elements, its accumulator {meta.numels[i]}")
-        if g.device != device:
-            _fail(f"gradient {i} is on {g.device}, accumulators on {device}")
+        meta.acc_ptrs.append(a.data_ptr())
+        meta.numels.append(a.numel())
+    if grads:
+        for i in range(n):
+            g = grads[i]
+            code = GRAD_DTYPES.get(g.dtype)
+            if code is None:
+                _fail(f"gradient {i} is {g.dtype}; supported: float32, float16, bfloat16")
+            if g.layout is not strided:
+                _fail(f"gradient {i} is {g.layout}; only dense gradients are supported")
+            if not g.is_contiguous():
+                _fail(f"gradient {i} is not contiguous; pass g.contiguous()")
+            if g.numel() != meta.numels[i]:
+                _fail(f"gradient {i} has {g.numel()} elements, its accumulator {meta.numels[i]}")
+            if g.device != device:
+                _fail(f"gradient {i} is on {g.device}, accumulators on {device}")
+            meta.grad_ptrs.append(g.data_ptr())
+            meta.grad_dtypes.append(code)
+    return meta
 
 
 def finish_norms(sums: Tensor, norm: str) -> Tensor:
