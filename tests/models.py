@@ -12,6 +12,24 @@ def tiny_bert(num_layers=4, hidden=32, seed=0, **config):
     return BertForSequenceClassification(cfg)
 
 
+class TinyRows(torch.utils.data.Dataset):
+    """``n`` rows of 12 token ids for :func:`tiny_bert` (label: the first id > 50); with
+    ``index=True`` each row also carries its position (the activation cache's key)."""
+
+    def __init__(self, n=48, index=False):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 100, (n, 12), generator=g)
+        self.index = index
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        row = {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
+               "labels": int(self.ids[i, 0] > 50)}
+        return {"index": i, **row} if self.index else row
+
+
 def bert_batch(n=8, seq=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (n, seq), generator=g)

@@ -10,22 +10,12 @@ from autofreeze_ext.policies import LateFreeze  # noqa: E402
 from autofreeze_ext.policies import PolicyOptions  # noqa: E402
 from autofreeze_ext.integrations.hf_callback import STATE_FILE, AutoFreezeCallback  # noqa: E402
 
-from models import tiny_bert  # noqa: E402
+from models import TinyRows, tiny_bert  # noqa: E402
 
 pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 
 
-class DS(torch.utils.data.Dataset):
-    def __init__(self, n=48):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(1, 100, (n, 12), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
-                "labels": int(self.ids[i, 0] > 50)}
+DS = TinyRows  # 48 rows of 12 ids (other test modules import it from here)
 
 
 def make_trainer(tmp_path, model, cb, epochs=2, accum=2):

@@ -52,6 +52,20 @@ def train(tmp_path, cache, accum=1, epochs=4, cache_dir=None):
     return trainer, list(losses_of(trainer).values())
 
 
+def cli_reference_run(tmp_path, capsys, *extra):
+    """The CLI's ``autofreeze+cache`` run with the paper's test on 16 rows of a tiny BERT without
+    dropout, one batch of the whole set for 9 epochs: (checkpoint folder, training file, report)."""
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "gradient", "--model", ckpt,
+                         "--train", train_tsv, "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16",
+                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1",
+                         "--out", str(tmp_path / "cli"), "--no-progress", "--no-plot", *extra], capsys)
+    assert rc == 0, stdout
+    return ckpt, train_tsv, json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+
+
 @pytest.mark.parametrize("accum", [1, 2])
 def test_cached_training_matches_uncached_and_reads_the_cache(tmp_path, accum):
     epochs = 4 * accum  # the same number of updates: freezing comes early enough for later epochs to hit
@@ -112,15 +126,7 @@ def test_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsys):
     through AutoFreezeTrainer (the paper's test in both): the same decisions, and losses
     equal within 1e-4 (summation order; one batch holds the whole training set, so the two
     samplers' orders do not matter, and dropout is off)."""
-    (tmp_path / "ckpt").mkdir()
-    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
-    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "gradient", "--model", ckpt,
-                         "--train", train_tsv, "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16",
-                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1",
-                         "--out", str(tmp_path / "cli"), "--no-progress", "--no-plot"], capsys)
-    assert rc == 0, stdout
-    rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+    ckpt, train_tsv, rep = cli_reference_run(tmp_path, capsys)
 
     enc = encode(load_task(train_tsv), transformers.AutoTokenizer.from_pretrained(ckpt), 12)
     rows = [{k: v[i] for k, v in enc.items()} for i in range(16)]

@@ -13,31 +13,23 @@ pytest.importorskip("transformers")
 from autofreeze_ext import GradientNormTest, ScheduledFreeze  # noqa: E402
 from autofreeze_ext.integrations.lightning import AutoFreezeLightning, cached_forward  # noqa: E402
 
-from models import tiny_bert  # noqa: E402
+from models import TinyRows, tiny_bert  # noqa: E402
 
 pytestmark = pytest.mark.reference  # also run on the pure-PyTorch backend (see conftest.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class DS(torch.utils.data.Dataset):
-    def __init__(self, n=48):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(1, 100, (n, 12), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"index": i, "input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long),
-                "labels": int(self.ids[i, 0] > 50)}
+def DS(n=48):  # noqa: N802 - rows that carry their index (the cache's key)
+    return TinyRows(n, index=True)
 
 
 class Module(L.LightningModule):
     """A plain module: the model, a loss, AdamW from self.parameters() and a per-step LR schedule."""
 
-    def __init__(self, use_cache=False, dropout=0.1):
+    def __init__(self, use_cache=False, dropout=0.1, model=None):
         super().__init__()
-        self.model = tiny_bert(num_layers=4, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        self.model = model if model is not None else tiny_bert(num_layers=4, hidden_dropout_prob=dropout,
+                                                                attention_probs_dropout_prob=dropout)
         self.use_cache, self.losses, self.updates = use_cache, [], 0
 
     def training_step(self, batch, batch_idx):
@@ -171,22 +163,9 @@ def test_ddp_ranks_take_the_same_decisions_and_frozen_parameters_leave_the_allre
         assert rk["ddp_params_end"] < rk["ddp_params_start"]  # the frozen blocks left DDP's buckets
 
 
-class CliLike(L.LightningModule):
+class CliLike(Module):
     """The CLI's optimisation in a LightningModule: AdamW (decay 0.01 but on biases and LayerNorm
     weights), a linear schedule without warm-up steps (10% of 9 steps rounds to 0)."""
-
-    def __init__(self, ckpt, use_cache=True):
-        super().__init__()
-        from transformers import AutoModelForSequenceClassification
-
-        self.model = AutoModelForSequenceClassification.from_pretrained(ckpt)
-        self.use_cache, self.losses = use_cache, []
-
-    def training_step(self, batch, batch_idx):
-        idx = batch.pop("index")
-        out = cached_forward(self, idx, **batch) if self.use_cache else self.model(**batch)
-        self.losses.append(float(out.loss.detach()))
-        return out.loss
 
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
@@ -205,26 +184,19 @@ def test_decisions_and_losses_match_the_cli_autofreeze_cache_run(tmp_path, capsy
     through a LightningModule with AutoFreezeLightning and cached_forward (the paper's test in
     both): the same freezes, gradient norms and losses within 1e-4 (one batch holds the whole
     training set, so the samplers' orders do not matter; dropout is off)."""
-    from models import save_tiny_checkpoint
-    from test_cli import run, write_tsv
+    from test_hf_trainer import cli_reference_run
     from autofreeze_ext.tasks import encode, load_task
     from transformers import AutoTokenizer
 
-    (tmp_path / "ckpt").mkdir()
-    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 16), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
-    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "gradient", "--model", ckpt,
-                         "--train", train_tsv, "--dev", dev_tsv, "--epochs", "9", "--batch-size", "16",
-                         "--max-length", "12", "--lr", "1e-3", "--seed", "0", "--evals-per-epoch", "1",
-                         "--no-cost-model", "--out", str(tmp_path / "cli"), "--no-progress", "--no-plot"], capsys)
-    assert rc == 0, stdout
-    rep = json.loads((tmp_path / "cli" / "finetune_autofreeze_cache.json").read_text())
+    ckpt, train_tsv, rep = cli_reference_run(tmp_path, capsys, "--no-cost-model")
     assert rep["cache"]["counters"]["hits_ram"] > 0
 
     enc = encode(load_task(train_tsv), AutoTokenizer.from_pretrained(ckpt), 12)
     rows = [{"index": i, **{k: v[i] for k, v in enc.items()}} for i in range(16)]
     cb = AutoFreezeLightning("gradient", cache=True, cost_model=False)
-    m = CliLike(ckpt)
+    from transformers import AutoModelForSequenceClassification
+
+    m = CliLike(use_cache=True, model=AutoModelForSequenceClassification.from_pretrained(ckpt))
     t = L.Trainer(max_epochs=9, accelerator="cpu", devices=1, callbacks=[cb], logger=False, enable_progress_bar=False,
                   enable_model_summary=False, enable_checkpointing=False, gradient_clip_val=None)
     t.fit(m, torch.utils.data.DataLoader(rows, batch_size=16))

@@ -37,16 +37,12 @@ from ..freezing.controller import ControllerOptions, FreezeController
 from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
 from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
+from ._optional import optional_base
 
 log = logging.getLogger("autofreeze_ext")
 
-try:
-    from transformers import TrainerCallback
-except ImportError:  # transformers is optional: importing this module then explains
-    TrainerCallback = object  # type: ignore[misc,assignment]
-    _HF_ERROR: Optional[str] = "transformers is not installed: pip install \".[hf]\""
-else:
-    _HF_ERROR = None
+# transformers is optional: using this module without it explains how to install it
+TrainerCallback, _HF_ERROR = optional_base("transformers", "TrainerCallback", "hf")
 
 STATE_FILE = "autofreeze_controller.pt"
 

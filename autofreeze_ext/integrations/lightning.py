@@ -36,16 +36,12 @@ from ..freezing.prefix import FrozenPrefixRunner
 from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
 from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
+from ._optional import optional_base
 
 log = logging.getLogger("autofreeze_ext")
 
-try:
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # lightning is optional: using this module then explains
-    Callback = object  # type: ignore[misc,assignment]
-    _ERROR: Optional[str] = "lightning is not installed: pip install \".[lightning]\""
-else:
-    _ERROR = None
+# lightning is optional: using this module without it explains how to install it
+Callback, _ERROR = optional_base("lightning.pytorch.callbacks", "Callback", "lightning")
 
 
 class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
