@@ -66,10 +66,11 @@ def slice_checks(full: dict, per_epoch: int = 2) -> List[dict]:
             and ((h["step"] - 1) % spe + 1) in ends and isinstance(h.get("signals", {}).get("val_slice"), dict)]
 
 
-def early_stop(full: dict, patience: int = 2) -> Optional[dict]:
-    """Where the plateau rule would have stopped full fine-tuning (None: it never plateaus)."""
+def early_stop(full: dict, patience: int = 2, per_epoch: int = 2) -> Optional[dict]:
+    """Where the plateau rule (``patience`` checks without a gain, ``per_epoch`` checks per epoch)
+    would have stopped full fine-tuning (None: it never plateaus)."""
     rule = PlateauFreeze(patience=patience, guards=Guards(learned=None, keep_last=0))
-    checks, best = slice_checks(full), None
+    checks, best = slice_checks(full, per_epoch), None
     for h in checks:
         v = h["signals"]["val_slice"]
         if best is None or v["score"] > best[1]:
