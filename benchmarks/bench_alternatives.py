@@ -203,6 +203,47 @@ def summary(out: str) -> None:
                          _ms(final), f"{statistics.mean(x['trainable_at_end'] for x, _ in runs) / 1e6:.2f}M"])
     print_table(["task", "method", "seeds", "speedup vs full (same run)", "best dev acc", "Δ best", "Δ final",
                  "trainable at end"], rows)
+    print("plot:", plot(reports, os.path.join(out, "alternatives.png")))
+
+
+FLOOR = -6.0  # the plot's lowest Δ best (points)
+
+
+def plot(reports: list, path: str) -> str:
+    """Δ best against the speedup over full fine-tuning, each method's mean ± sd, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in reports})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for k, m in enumerate(METHODS):
+            runs = [(r["methods"][m], r["methods"]["full"]) for r in reports
+                    if r["task"] == task and m in r["methods"] and "full" in r["methods"]]
+            if not runs:
+                continue
+            sp = [f["train_s"] / x["train_s"] for x, f in runs]
+            db = [x["best"] - f["best"] for x, f in runs]
+            sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+            x, y = statistics.mean(sp), statistics.mean(db)
+            if y < FLOOR:  # off the scale (a method that did not learn): drawn at the floor, value written
+                ax.plot([x], [FLOOR], "v", color=plt.cm.tab10(k), label=f"{m} ({len(runs)} seeds): {y:.1f}")
+                continue
+            ax.errorbar(x, y, xerr=sd(sp), yerr=sd(db), fmt="o", color=plt.cm.tab10(k), capsize=3,
+                        label=f"{m} ({len(runs)} seeds)")
+        ax.axhline(-0.5, color="grey", ls="--", lw=0.8)
+        ax.set_ylim(FLOOR - 0.5, 1.0)
+        ax.set_xlabel("training speedup over full fine-tuning (same run)")
+        ax.set_ylabel("Δ best dev accuracy (points)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _ms(xs, unit="") -> str:
