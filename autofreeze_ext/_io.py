@@ -1,15 +1,44 @@
 """The one atomic-write helper: a crash leaves the old file or the new one, never half of one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 from typing import Any, Callable, IO
+
+
+@contextlib.contextmanager
+def ctrl_c_after():
+    """Hold a Ctrl-C (SIGINT) that comes inside the block until it ends, then raise it: a write
+    finishes whole. (Interrupted inside ``torch.save`` to a file object, torch's writer later
+    writes to the closed file from a destructor and the process aborts.) Only in the main
+    thread, and only while Python's own SIGINT handler is installed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, fsync it, rename it over
-    ``path`` and fsync the folder (so the rename itself survives a power cut)."""
+    ``path`` and fsync the folder (so the rename itself survives a power cut). A Ctrl-C during
+    the write is raised once the file is in place (:func:`ctrl_c_after`)."""
+    with ctrl_c_after():
+        _atomic_write(path, write, binary)
+
+
+def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb" if binary else "w") as f:
