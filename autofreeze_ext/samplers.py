@@ -32,6 +32,7 @@ class _PlannedSampler(Sampler):
     """Yields the planned batches of the running epoch from ``position`` on (resumable)."""
 
     position: int
+    _resumed = False  #: a state was just loaded: the next pass finishes its epoch, even if nothing is left
 
     def plan_epoch(self) -> List[List[int]]:
         raise NotImplementedError
@@ -41,6 +42,10 @@ class _PlannedSampler(Sampler):
 
     def __iter__(self):
         batches = self.plan_epoch()
+        if self.position >= len(batches) and not self._resumed:  # the last pass was read to its end
+            self._end_epoch()  # but not past it (a loop that counts its batches, as Lightning's): a new epoch
+            batches = self.plan_epoch()
+        self._resumed = False
         while self.position < len(batches):
             b = batches[self.position]
             self.position += 1
@@ -113,7 +118,7 @@ class PlannedBatchSampler(_PlannedSampler):
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._planned = state["planned"]
-        self.position = state["position"]
+        self.position, self._resumed = state["position"], True
         self.batch_size = int(state.get("batch_size", self.batch_size))
 
 
@@ -251,7 +256,7 @@ class ShardedBatchSampler(_PlannedSampler):
         if state.get("n") != self.n or state.get("global_batch") != self.global_batch:
             raise ValueError(f"sampler state is for {state.get('n')} samples in global batches of "
                              f"{state.get('global_batch')}, not {self.n} / {self.global_batch}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.epoch, self.position, self._resumed = int(state["epoch"]), int(state["position"]), True
         self._epoch_shards, self.seed = int(state["shards"]), int(state["seed"])
         self._epoch_batch = int(state.get("epoch_global_batch", self.global_batch))
         self._next_batch = int(state.get("next_global_batch", self._epoch_batch))

@@ -104,3 +104,33 @@ def test_evaluation_by_length_gives_each_row_its_own_prediction():
     with torch.no_grad():
         ref = model(**{k: v for k, v in data.items() if k != "labels"}).logits.argmax(-1).tolist()
     assert predict(model, data, batch_size=8) == ref
+
+
+@pytest.mark.parametrize("make", [lambda: PlannedBatchSampler(20, 4, seed=1),
+                                  lambda: ShardedBatchSampler(20, 4, world_size=2, rank=1, seed=1)])
+def test_a_pass_read_to_its_end_but_not_past_it_starts_a_new_epoch(make):
+    """A loop that takes len(sampler) batches and stops (Lightning's) never reaches the end of
+    the generator; its next pass must be a whole new epoch, not an empty one."""
+    s = make()
+    epochs = []
+    for _ in range(3):
+        it, n = iter(s), len(s)
+        epochs.append([next(it) for _ in range(n)])  # exactly n batches, the generator left open
+    assert all(len(e) == n and sorted(i for b in e for i in b) == sorted(i for b in epochs[0] for i in b)
+               for e in epochs)
+    assert epochs[0] != epochs[1]  # reshuffled, not the same epoch replayed
+
+
+def test_a_state_saved_at_an_epochs_end_resumes_with_an_empty_pass():
+    """The CLI's loop saves after an epoch's last batch: the resumed pass ends that epoch (no
+    batches), and the pass after it is the next epoch, as in the uninterrupted run."""
+    whole = PlannedBatchSampler(20, 4, seed=3)
+    first = list(whole)
+    second = list(whole)
+    s = PlannedBatchSampler(20, 4, seed=3)
+    it = iter(s)
+    assert [next(it) for _ in range(len(s))] == first
+    state = s.state_dict()
+    r = PlannedBatchSampler(20, 4, seed=0)
+    r.load_state_dict(state)
+    assert list(r) == [] and list(r) == second
