@@ -10,6 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lightning.pytorch as L  # noqa: E402
 
+from autofreeze_ext import ScheduledFreeze  # noqa: E402
+from autofreeze_ext.samplers import ShardedBatchSampler  # noqa: E402
 from autofreeze_ext.integrations.lightning import AutoFreezeLightning  # noqa: E402
 from test_lightning import DS, Module  # noqa: E402
 
@@ -32,15 +34,21 @@ def ddp_tensors(trainer) -> int:
 
 def main(out: str) -> None:
     torch.manual_seed(0)
-    cb, watch = AutoFreezeLightning("static:2@3"), Watch()
-    t = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", callbacks=[cb, watch], logger=False,
-                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    t.fit(Module(dropout=0.0), torch.utils.data.DataLoader(DS(), batch_size=8))
+    # the ranks' policies disagree (rank 1's would never freeze): rank 0's decision must reach both
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    policy = ScheduledFreeze([(3, 2)] if rank == 0 else [(10 ** 6, 2)])
+    cb, watch = AutoFreezeLightning(policy, cache=True), Watch()
+    # the cache's rows stay on their rank (Lightning's DistributedSampler would deal them anew each epoch)
+    sampler = ShardedBatchSampler(len(DS()), 16, world_size=2, rank=rank, seed=0)
+    t = L.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", callbacks=[cb, watch], logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                  use_distributed_sampler=False)
+    t.fit(Module(use_cache=True, dropout=0.0), torch.utils.data.DataLoader(DS(), batch_sampler=sampler))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{t.global_rank}.json"), "w") as f:
         json.dump({"history": [h for h in cb.controller.history if h["event"] == "freeze"],
                    "depth": cb.controller.frozen_depth, "ddp_params_start": watch.start,
-                   "ddp_params_end": watch.end}, f)
+                   "ddp_params_end": watch.end, "cache": cb.cache.counters()}, f)
 
 
 if __name__ == "__main__":

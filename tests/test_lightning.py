@@ -10,8 +10,8 @@ import torch
 L = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("transformers")
 
-from autofreeze_ext import GradientNormTest, ScheduledFreeze  # noqa: E402
-from autofreeze_ext.integrations.lightning import AutoFreezeLightning, cached_forward  # noqa: E402
+from autofreeze_ext import GradientNormTest, PolicyOptions, ScheduledFreeze  # noqa: E402
+from autofreeze_ext.integrations.lightning import AutoFreezeLightning, IndexedRows, cached_forward  # noqa: E402
 
 from models import TinyRows, tiny_bert  # noqa: E402
 
@@ -78,7 +78,12 @@ def test_default_policy_and_a_policy_object(tmp_path):
     cb = AutoFreezeLightning()  # the default policy (late): all blocks but the top one after 80% of the run
     t = trainer(tmp_path, cb, epochs=5)
     t.fit(Module(), loader())
-    assert cb.controller.policy.total_steps == 30 and cb.controller.frozen_depth in (0, 3)
+    # 30 steps from the trainer's estimate; the tiny model has not learned yet: the guard holds the freeze
+    assert cb.controller.policy.total_steps == 30 and cb.controller.frozen_depth == 0
+    assert "not learning yet" in cb.controller.history[-1]["held_by"]
+    unguarded = AutoFreezeLightning(options=PolicyOptions(learned=None))  # the default without that guard
+    trainer(tmp_path, unguarded, epochs=5).fit(Module(), loader())
+    assert [(h["step"], h["to"]) for h in unguarded.controller.history if h["event"] == "freeze"] == [(24, 3)]
     cb2 = AutoFreezeLightning(ScheduledFreeze([(3, 1)]))
     trainer(tmp_path, cb2, epochs=1).fit(Module(), loader())
     assert cb2.controller.frozen_depth == 1
@@ -145,22 +150,33 @@ def test_the_cache_serves_the_frozen_prefix_with_equal_losses(tmp_path):
     cached = Module(use_cache=True, dropout=0.0)
     trainer(tmp_path / "c", cached_cb, epochs=3).fit(cached, loader())
     assert cached_cb.cache.counters()["hits_disk"] > 0  # the disk tier (no RAM budget)
+    # a later fit on the same folder never reads what this one left: its first epoch misses every row
+    again_cb = AutoFreezeLightning("static:2", cache=True, cache_dir=str(tmp_path / "cache"), cache_memory=0)
+    rows = torch.utils.data.DataLoader(IndexedRows(TinyRows(48)), batch_size=8)  # "index" added to each row
+    trainer(tmp_path / "d", again_cb, epochs=2).fit(Module(use_cache=True, dropout=0.0), rows)
+    c = again_cb.cache.counters()
+    assert (c["misses"], c["hits_disk"]) == (48, 48)
     assert cached.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-6)
 
 
 def test_ddp_ranks_take_the_same_decisions_and_frozen_parameters_leave_the_allreduce(tmp_path):
-    """strategy="ddp" on 2 CPU processes (gloo): both ranks freeze at the same step, and the
+    """strategy="ddp" on 2 CPU processes (gloo) whose policies disagree (rank 1's never
+    freezes): rank 0's decision is broadcast, so both ranks freeze at the same step, and the
     strategy's DDP is rebuilt over the active parameters (DDP would fail at the next step
-    otherwise: find_unused_parameters is off)."""
+    otherwise: find_unused_parameters is off). With the cache and a ShardedBatchSampler every row
+    a rank cached is read back by that rank."""
     out = tmp_path / "ranks"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, os.path.join(HERE, "lightning_ddp_worker.py"), str(out)], env=env,
-                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+                       capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
-    assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["depth"] == ranks[1]["depth"] == 2
+    steps = [[(h["step"], h["from"], h["to"]) for h in rk["history"]] for rk in ranks]  # ("reason" names each
+    assert steps[0] == steps[1] == [(3, 0, 2)] and ranks[0]["depth"] == ranks[1]["depth"] == 2  # rank's policy)
     for rk in ranks:
         assert rk["ddp_params_end"] < rk["ddp_params_start"]  # the frozen blocks left DDP's buckets
+        # with a ShardedBatchSampler each rank's rows stay its own: epoch 2 writes its 24, epoch 3 reads all 24
+        assert rk["cache"]["puts_ram"] == rk["cache"]["hits_ram"] == 24
 
 
 class CliLike(Module):
@@ -247,3 +263,68 @@ def test_a_cache_mode_turns_the_cache_on_and_resuming_under_another_policy_is_re
     _, _ = _fit(tmp_path / "b", ScheduledFreeze([(2, 1)]), epochs=2, max_steps=6, every=6)
     with pytest.raises(ValueError, match="written by policy"):
         _fit(tmp_path / "c", "static:2@4", epochs=2, ckpt_path=str(tmp_path / "b" / "ck" / "step=6.ckpt"))
+
+
+def test_a_policy_that_freezes_from_the_start_resumes(tmp_path):
+    """static:2 freezes when fitting starts, before Lightning loads the checkpoint's optimizer
+    state (saved with every parameter in its group): the resumed fit loads it, takes the frozen
+    blocks out again and continues with the uninterrupted fit's losses and Adam state."""
+    whole, mw = _fit(tmp_path / "a", "static:2", epochs=4)
+    _, m1 = _fit(tmp_path / "b", "static:2", epochs=4, max_steps=12, every=12)
+    resumed, m2 = _fit(tmp_path / "c", "static:2", epochs=4, ckpt_path=str(tmp_path / "b" / "ck" / "step=12.ckpt"))
+    assert resumed.controller.frozen_depth == whole.controller.frozen_depth == 2
+    assert m1.losses + m2.losses == pytest.approx(mw.losses, rel=1e-5)
+    opt = resumed.controller.optimizer
+    owned = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) not in owned for p in resumed.controller.frozen_parameters())
+    top = m2.model.bert.encoder.layer[3].attention.self.query.weight
+    assert int(opt.state[top]["step"]) == 24  # 6 updates an epoch, Adam's count carried through the resume
+
+
+class StopAfter(ScheduledFreeze):
+    """Freezes 2 blocks at step 2 and judges training converged at step 4."""
+
+    def __init__(self):
+        super().__init__([(2, 2)])
+        self.seen = 0
+
+    def decide(self, stats):
+        self.seen = stats.step
+        return super().decide(stats)
+
+    def should_stop(self):
+        return self.seen >= 4
+
+
+def test_a_policy_that_judges_training_converged_stops_the_trainer_and_plateau_reads_val_data(tmp_path):
+    cb = AutoFreezeLightning(StopAfter())
+    t = trainer(tmp_path, cb, epochs=5)
+    t.fit(Module(), loader())
+    assert t.global_step == 4 and cb.controller.frozen_depth == 2  # 30 steps asked, stopped at 4
+    rows = DS(16)
+    val = {k: torch.stack([torch.as_tensor(rows[i][k]) for i in range(16)]) for k in ("input_ids", "attention_mask",
+                                                                                      "labels")}
+    plateau = AutoFreezeLightning("plateau", val_data=val)
+    trainer(tmp_path, plateau, epochs=2).fit(Module(), loader())
+    checks = [h["signals"]["val_slice"] for h in plateau.controller.history if h["event"] == "interval"]
+    assert len(checks) == 4 and all(0 <= c["score"] <= 1 and c["loss"] > 0 for c in checks)  # 2 checks an epoch
+    with pytest.raises(ValueError, match="val_data"):
+        trainer(tmp_path, AutoFreezeLightning("plateau"), epochs=1).fit(Module(), loader())
+
+
+def test_the_full_layout_maps_the_state_back_and_refuses_a_changed_optimizer():
+    from autofreeze_ext.integrations.lightning import LayoutChanged, full_layout
+
+    a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+    opt = torch.optim.AdamW([{"params": [a, b]}, {"params": [c]}])
+    groups = [[a, b], [c]]
+    for p in (a, b, c):
+        p.grad = torch.ones(2)
+    opt.step()
+    opt.param_groups[0]["params"] = [b]  # a frozen and taken out
+    opt.state.pop(a)
+    saved = full_layout(opt.state_dict(), opt, groups)
+    assert saved["param_groups"][0]["params"] == [0, 1] and sorted(saved["state"]) == [1, 2]
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})  # e.g. BaseFinetuning's unfreeze
+    with pytest.raises(LayoutChanged, match="changed"):
+        full_layout(opt.state_dict(), opt, groups)

@@ -280,6 +280,11 @@ class FreezeController:
         for fn in self._listeners:
             fn(old, depth)
 
+    def drop_frozen_from_optimizer(self) -> None:
+        """Take the frozen parameters (and any state of theirs) out of the optimizer again: after
+        an optimizer state saved with them in their groups was loaded into it (a framework's resume)."""
+        self._remove_from_optimizer(self.frozen_parameters())
+
     def frozen_parameters(self) -> List[nn.Parameter]:
         mods = (list(self.layout.embeddings) if self.frozen_depth else []) + list(self.layout.blocks[:self.frozen_depth])
         return [p for m in mods for p in m.parameters()]

@@ -105,6 +105,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         rest = {k: v for k, v in self.controller_kwargs.items() if k not in known}
         self.controller = FreezeController(model, optimizer, policy, steps_per_epoch=per_epoch,
                                            signals=make_signals(policy.signals, probe, val=val), options=opts, **rest)
+        if self._pending is not None:  # resuming: Lightning loads the checkpoint's optimizer state
+            _restore_groups(optimizer, self._groups)  # (saved in this layout) after this hook
         if self.use_cache:
             self.cache = _fresh_cache(self.cache_options, trainer, next(model.parameters()).device)
             self.runner = FrozenPrefixRunner(model, self.controller, self.cache, cost_model=self.cost_model)
@@ -119,6 +121,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
                 raise ValueError(f"AutoFreezeLightning: the checkpoint was written by policy {saved!r}, this fit runs "
                                  f"{now!r}: resume with the same policy, or fit without ckpt_path")
             self.controller.load_state_dict(self._pending["controller"])
+            self.controller.drop_frozen_from_optimizer()  # loaded in the full layout: out again
             self._pending = None
             log.info("AutoFreezeLightning: resumed with %d frozen blocks", self.controller.frozen_depth)
 
@@ -185,8 +188,15 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         the controller then removes the frozen parameters again."""
         if self._groups is None or not checkpoint.get("optimizer_states"):
             return
-        checkpoint["optimizer_states"][0] = full_layout(checkpoint["optimizer_states"][0],
-                                                        _raw_optimizer(trainer), self._groups)
+        try:
+            checkpoint["optimizer_states"][0] = full_layout(checkpoint["optimizer_states"][0],
+                                                            _raw_optimizer(trainer), self._groups)
+        except LayoutChanged as exc:  # saved as it is: it loads only into an optimizer laid out as now
+            log.warning("AutoFreezeLightning: %s; the optimizer state is saved as it is", exc)
+
+
+class LayoutChanged(ValueError):
+    """The optimizer no longer has the groups ``configure_optimizers`` built."""
 
 
 def full_layout(saved: dict, optimizer: torch.optim.Optimizer, groups: list) -> dict:
@@ -194,9 +204,35 @@ def full_layout(saved: dict, optimizer: torch.optim.Optimizer, groups: list) -> 
     as if every parameter of ``groups`` (the original groups) were still in it."""
     now = [p for g in optimizer.param_groups for p in g["params"]]
     original = {id(p): k for k, p in enumerate(q for g in groups for q in g)}
+    if len(saved["param_groups"]) != len(groups) or any(id(p) not in original for p in now):
+        raise LayoutChanged("the optimizer's parameter groups changed since fitting started (a group added?)")
     state = {original[id(now[i])]: v for i, v in saved["state"].items()}
     param_groups = [{**g, "params": [original[id(p)] for p in groups[k]]} for k, g in enumerate(saved["param_groups"])]
     return {"state": state, "param_groups": param_groups}
+
+
+def _restore_groups(optimizer: torch.optim.Optimizer, groups: list) -> None:
+    """Every parameter back in its ``configure_optimizers`` group (a policy that freezes from the
+    start took some out), so that the checkpoint's optimizer state, saved in that layout, loads."""
+    for group, params in zip(optimizer.param_groups, groups):
+        group["params"] = list(params)
+
+
+class IndexedRows(torch.utils.data.Dataset):
+    """``dataset``'s rows (dicts) with their position in it under ``"index"``: the key
+    :func:`cached_forward` caches each row under (``DataLoader(IndexedRows(ds), ...)``)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.dataset[i]
+        if not isinstance(row, dict):
+            raise TypeError(f"IndexedRows: rows must be dicts of model inputs, row {i} is a {type(row).__name__}")
+        return {**row, "index": i}
 
 
 def cached_forward(module, indices, **batch):
@@ -205,8 +241,10 @@ def cached_forward(module, indices, **batch):
 
         out = cached_forward(self, batch.pop("index"), **batch)   # instead of self.model(**batch)
 
-    ``indices``: each row's position in the training set (the cache's key). Without a cache
-    (or outside fitting) it is the model's plain forward pass."""
+    ``indices``: each row's position in the training set (the cache's key; :class:`IndexedRows`
+    adds it to a dataset's rows). Without a cache (or outside fitting) it is the model's plain
+    forward pass. The model is the Hugging Face model found inside ``module``; with ``blocks=``
+    it is ``module`` itself, whose ``forward(**batch)`` must then run the model."""
     trainer = getattr(module, "_trainer", None)
     cb = next((c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, AutoFreezeLightning)),
               None)
