@@ -6,6 +6,19 @@ from __future__ import annotations
 from typing import List
 
 
+def save_figure(fig, axes, path: str, dpi: int = 110, legend_size: int = 8) -> str:
+    """Grid and legend on each of ``axes``, then ``fig`` laid out, written to ``path`` and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_reports(reports: List[dict], path: str) -> str:
     import matplotlib
 
@@ -41,13 +54,7 @@ def plot_reports(reports: List[dict], path: str) -> str:
     ax3.set_title("where the time goes")
     if story:
         _story(axes[3], story)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes, path, dpi=120, legend_size=7)
 
 
 GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}

@@ -8,7 +8,8 @@ its longest row), optimizer (AdamW, decay 0.01, linear schedule, 10% warm-up) an
 * ``autofreeze``: :class:`~autofreeze_ext.integrations.lightning.AutoFreezeLightning` with the
   default policy and the activation cache (``cached_forward``);
 * ``backbone``: Lightning's ``BackboneFinetuning()`` with its documented defaults (the backbone,
-  embeddings and encoder, frozen until epoch 10, then trained at a tenth of the LR);
+  embeddings and encoder, frozen until epoch 10, then trained at a tenth of the LR): in runs
+  shorter than 10 epochs only the classifier trains, at the fine-tuning LR (a linear probe);
 * ``static-half``: the embeddings and the bottom half of the blocks frozen from the start
   (``AutoFreezeLightning("static:half", cache=True)``);
 * ``lora``: LoRA through ``peft`` (r=8, alpha 16, dropout 0.1 on query and value; the classifier
@@ -123,7 +124,9 @@ def make_module(method: str, labels, args):
             from transformers import get_linear_schedule_with_warmup
 
             lr = args.lora_lr if method == "lora" else args.lr
-            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
+            # what requires grad now (BackboneFinetuning's documented form; the same set for every
+            # other method: the callbacks freeze after configure_optimizers)
+            opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
             total = self.trainer.estimated_stepping_batches
             sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -216,6 +219,8 @@ def plot(reports: list, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from autofreeze_ext.plots import save_figure
+
     tasks = sorted({r["task"] for r in reports})
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -238,12 +243,7 @@ def plot(reports: list, path: str) -> str:
         ax.set_xlabel("training speedup over full fine-tuning (same run)")
         ax.set_ylabel("Δ best dev accuracy (points)")
         ax.set_title(task)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes[0], path)
 
 
 def _ms(xs, unit="") -> str:

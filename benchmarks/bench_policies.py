@@ -282,6 +282,8 @@ def pareto_plot(table: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from autofreeze_ext.plots import save_figure
+
     tasks = sorted({k.split("/")[0] for k in table})
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.5), squeeze=False)
     markers = "osD^v<>Px*"
@@ -304,12 +306,7 @@ def pareto_plot(table: dict, path: str) -> None:
         ax.set_xlabel("speedup vs full (same seed); hollow: modelled (busy machine)")
         ax.set_ylabel("Δ best dev metric (points)")
         ax.set_title(task)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}")
+    print(f"plot: {save_figure(fig, axes[0], path, dpi=120)}")
 
 
 def main(argv=None) -> int:

@@ -201,6 +201,8 @@ def plot_curves(out: str, path: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from autofreeze_ext.plots import save_figure
+
     runs = load_regime(out)
     if not runs:
         return None
@@ -223,12 +225,7 @@ def plot_curves(out: str, path: str) -> Optional[str]:
         ax.set_ylim(top - 8, top + 1)  # the first epoch's rise is cut: the plateau is what matters here
         ax.set_ylabel("dev score (%)")
         ax.set_title(f"{task}: {os.path.basename(os.path.abspath(out))}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes[0], path)
 
 
 RUN_NAMES = {"full": "full fine-tuning (fixed budget)",
