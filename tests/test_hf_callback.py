@@ -151,3 +151,22 @@ def test_policy_by_name_reads_probe_signals_and_tells_its_story(tmp_path):
 def test_unknown_policy_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         AutoFreezeCallback("nope")
+
+
+def test_a_default_that_reads_a_validation_slice_falls_back_without_val_data(tmp_path, monkeypatch, caplog):
+    """Were the default a policy that reads a validation slice (plateau), a callback given no
+    val_data cannot hold rows out of the Trainer's dataloader: it gets NO_VAL_DEFAULT (late) and
+    says so; given val_data it gets the default. A policy named explicitly is never replaced."""
+    from autofreeze_ext.policies import PlateauFreeze, registry
+
+    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
+    cb = AutoFreezeCallback()
+    with caplog.at_level("WARNING", logger="autofreeze_ext"):
+        make_trainer(tmp_path / "a", tiny_bert(num_layers=4), cb, epochs=1, accum=1).train()
+    assert isinstance(cb.controller.policy, LateFreeze) and "using 'late' instead" in caplog.text
+    with_val = AutoFreezeCallback(val_data=DS(16))
+    make_trainer(tmp_path / "b", tiny_bert(num_layers=4), with_val, epochs=1, accum=1).train()
+    assert isinstance(with_val.controller.policy, PlateauFreeze)
+    with pytest.raises(ValueError, match="val_data"):
+        make_trainer(tmp_path / "c", tiny_bert(num_layers=4), AutoFreezeCallback("plateau"), epochs=1,
+                     accum=1).train()

@@ -328,3 +328,18 @@ def test_the_full_layout_maps_the_state_back_and_refuses_a_changed_optimizer():
     opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})  # e.g. BaseFinetuning's unfreeze
     with pytest.raises(LayoutChanged, match="changed"):
         full_layout(opt.state_dict(), opt, groups)
+
+
+def test_a_default_that_reads_a_validation_slice_falls_back_without_val_data(tmp_path, monkeypatch):
+    from autofreeze_ext.policies import LateFreeze, PlateauFreeze, registry
+
+    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
+    cb = AutoFreezeLightning(cache=True)
+    trainer(tmp_path, cb, epochs=1).fit(Module(use_cache=True), loader())
+    assert isinstance(cb.controller.policy, LateFreeze) and cb.cache is not None  # the cache still on
+    rows = DS(16)
+    val = {k: torch.stack([torch.as_tensor(rows[i][k]) for i in range(16)]) for k in ("input_ids", "attention_mask",
+                                                                                      "labels")}
+    with_val = AutoFreezeLightning(val_data=val)
+    trainer(tmp_path, with_val, epochs=1).fit(Module(), loader())
+    assert isinstance(with_val.controller.policy, PlateauFreeze)

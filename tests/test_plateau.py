@@ -327,3 +327,14 @@ def test_warnings_for_runs_that_cannot_do_what_they_say(tiny_ckpt, tmp_path, cap
                       "full", "--out", str(tmp_path / "o2"), "--no-progress", "--no-plot", "--max-length", "16",
                       "--batch-size", "8", "--epochs", "1"], capsys)
     assert rc == 0 and "Pearson and Spearman are undefined" in caplog.text
+
+
+def test_make_policy_gives_a_run_without_validation_rows_the_no_val_default(monkeypatch):
+    from autofreeze_ext.policies import LateFreeze, PlateauFreeze, make_policy, registry
+
+    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
+    assert isinstance(make_policy("autofreeze", 100), PlateauFreeze)  # a run that holds rows out (the CLI)
+    assert isinstance(make_policy("autofreeze", 100, has_val_rows=False), LateFreeze)
+    assert isinstance(make_policy("plateau", 100, has_val_rows=False), PlateauFreeze)  # named: never replaced
+    monkeypatch.setattr(registry, "DEFAULT_POLICY", "late")
+    assert registry.default_policy(has_val_rows=False) == "late"

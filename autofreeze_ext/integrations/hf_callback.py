@@ -34,7 +34,7 @@ import torch
 
 from .._io import atomic_write
 from ..freezing.controller import ControllerOptions, FreezeController
-from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
+from ..policies import FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
 from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
 from ._optional import optional_base
@@ -58,7 +58,9 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             :func:`~autofreeze_ext.policies.make_policy`), built when training begins with the Trainer's
             warm-up steps as the warm-up guard and its total steps for ``late`` and ``budget``
             (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``late``: all blocks but
-            the top one freeze after 80% of the run, once the model has started learning).
+            the top one freeze after 80% of the run, once the model has started learning; a
+            default that reads a validation slice falls back to
+            :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT` without ``val_data``).
         options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name
             (e.g. ``PolicyOptions(target_speedup=2.0)``).
         probe_samples: training samples in the probe batch of the probe signals a policy reads
@@ -83,7 +85,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             raise ImportError(_HF_ERROR)
         if isinstance(policy, str):
             check_spec(policy)  # a policy name or a mode string (static:half, static:K@STEP ...), or a clear error
-        self.policy = policy if policy is not None else DEFAULT_POLICY
+        self.policy = policy if policy is not None else "autofreeze"  # the default adaptive policy
         self.options = options
         self.probe_samples = probe_samples
         self.val_data = val_data
@@ -106,7 +108,8 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
 
             n = resolve_layout(model, blocks=self.controller_kwargs.get("blocks"),
                                embeddings=self.controller_kwargs.get("embeddings")).num_blocks
-            self.policy = make_policy(self.policy, options=self._options(args, state), num_blocks=n)
+            self.policy = make_policy(self.policy, options=self._options(args, state), num_blocks=n,
+                                      has_val_rows=self.val_data is not None)
         signals = make_signals(self.policy.signals, self._probe(train_dataloader, model)
                                if set(self.policy.signals) & set(NEEDS_PROBE) else None,
                                val=self._val(train_dataloader) if self.policy.reads_val_slice else None)

@@ -33,7 +33,7 @@ from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
 from ..freezing.adapters import hf_layout
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
-from ..policies import DEFAULT_POLICY, FreezePolicy, PolicyOptions, make_policy
+from ..policies import FreezePolicy, PolicyOptions, make_policy
 from ..policies.registry import check_spec
 from ..signals import NEEDS_PROBE, PROBE_SAMPLES, make_signals
 from ._optional import optional_base
@@ -52,7 +52,9 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
             :data:`~autofreeze_ext.policies.POLICIES` or a mode string (``"static:half"``,
             ``"autofreeze"``; see :func:`~autofreeze_ext.policies.make_policy`), built when fitting
             starts with the trainer's ``estimated_stepping_batches`` as the run's total steps
-            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`).
+            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`; a default that reads a
+            validation slice falls back to :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT`
+            without ``val_data``).
         options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name.
         probe_samples: training rows in the probe batch of the probe signals a policy reads
             (the first rows of the train dataloader's dataset, collated by its ``collate_fn``).
@@ -79,7 +81,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if isinstance(policy, str):
             policy = check_spec(policy)  # a policy name or a mode string, or a clear error now
             cache = cache or policy.endswith("+cache")  # a "+cache" mode asks for the cache
-        self.policy = policy if policy is not None else DEFAULT_POLICY
+        self.policy = policy if policy is not None else ("autofreeze+cache" if cache else "autofreeze")  # the default
         self.options, self.probe_samples, self.val_data = options, probe_samples, val_data
         self.use_cache, self.cost_model = cache, cost_model
         self.cache_options = {"path": cache_dir, "memory_budget": cache_memory}
@@ -134,7 +136,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
             o.warmup_steps = _warmup_steps(trainer)
         o.cached = self.use_cache
         n = len(_layout(model, self.controller_kwargs).blocks)
-        return make_policy(self.policy, options=o, num_blocks=n)
+        return make_policy(self.policy, options=o, num_blocks=n, has_val_rows=self.val_data is not None)
 
     def _val(self) -> dict:
         if not self.val_data or "labels" not in self.val_data:

@@ -30,13 +30,13 @@ from .guards import AdaptivePolicy, Guards
 from .late import LateFreeze
 from .modes import MODES_HELP, Mode, parse_mode
 from .plateau import PlateauFreeze
-from .registry import (DEFAULT_POLICY, POLICIES, PolicyOptions, build_policy, make_policy,
-                       reads_val_slice)
+from .registry import (DEFAULT_POLICY, NO_VAL_DEFAULT, POLICIES, PolicyOptions, build_policy, default_policy,
+                       make_policy, reads_val_slice)
 from .stability import GuardedGradientTest, StabilityPolicy
 
 __all__ = ["AdaptivePolicy", "MODES_HELP", "Mode", "parse_mode", "DEFAULT_POLICY", "Decision", "FreezePolicy", "GradientNormTest", "GuardedGradientTest",
            "Guards", "IntervalSchedule", "IntervalStats", "LateFreeze", "NeverFreeze", "ObserveOnly", "POLICIES",
            "PlateauFreeze", "PolicyOptions",
            "ScheduledFreeze", "SpeedBudget", "StabilityPolicy", "StaticFreeze", "build_policy", "make_policy",
-           "reads_val_slice",
+           "reads_val_slice", "default_policy", "NO_VAL_DEFAULT",
            "percentile", "tiled_interval_ends"]

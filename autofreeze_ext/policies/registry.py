@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -91,6 +92,21 @@ POLICIES: Dict[str, tuple] = {
 #: chosen by the policy sweep's rule (BENCHMARKS.md, "Choosing the default policy", sweep 4). The
 #: paper's test stays available as ``gradient``.
 DEFAULT_POLICY = "late"
+#: the default of a run that has no validation rows when :data:`DEFAULT_POLICY` reads a validation
+#: slice: the Trainer and Lightning callbacks cannot hold rows out of a dataloader already built
+NO_VAL_DEFAULT = "late"
+
+
+def default_policy(has_val_rows: bool = True) -> str:
+    """The adaptive policy a run gets when it names none: :data:`DEFAULT_POLICY`, or
+    :data:`NO_VAL_DEFAULT` (with a warning) where the default reads a validation slice and the
+    run has no validation rows."""
+    if has_val_rows or not reads_val_slice(DEFAULT_POLICY):
+        return DEFAULT_POLICY
+    logging.getLogger("autofreeze_ext").warning(
+        "the default policy %r reads a validation slice and this run has none (pass val_data=rows never "
+        "trained on): using %r instead", DEFAULT_POLICY, NO_VAL_DEFAULT)
+    return NO_VAL_DEFAULT
 
 
 def reads_val_slice(name: str) -> bool:
@@ -120,12 +136,14 @@ def check_spec(spec: str) -> str:
 
 
 def make_policy(spec: str, total_steps: Optional[int] = None, *, num_blocks: Optional[int] = None,
-                options: Optional[PolicyOptions] = None, adaptive: Optional[str] = None) -> FreezePolicy:
+                options: Optional[PolicyOptions] = None, adaptive: Optional[str] = None,
+                has_val_rows: bool = True) -> FreezePolicy:
     """The policy of a mode string (:data:`~autofreeze_ext.policies.modes.MODES_HELP`: ``full``,
     ``static:K``, ``static:half``, ``static:all``, ``static:K@STEP``, ``autofreeze``; a
     ``+cache`` suffix sets ``options.cached``) or of a policy name from :data:`POLICIES`.
 
-    ``autofreeze`` is the adaptive policy ``adaptive`` (default :data:`DEFAULT_POLICY`);
+    ``autofreeze`` is the adaptive policy ``adaptive`` (default: :func:`default_policy` of
+    ``has_val_rows``, whether the run has validation rows);
     ``total_steps`` (the run's optimizer steps) is needed by the policies that plan over the run
     (``late``, the default, ``budget``, ``plateau-or-late``); ``num_blocks`` by ``static:half``
     and ``static:all``; ``options`` are the policy's options (default ``PolicyOptions()``)."""
@@ -144,4 +162,4 @@ def make_policy(spec: str, total_steps: Optional[int] = None, *, num_blocks: Opt
             raise ValueError(f"policy static:{mode.depth} needs the model's number of blocks (num_blocks=)")
         k = mode.blocks(num_blocks) if num_blocks is not None else int(mode.depth)
         return ScheduledFreeze([(mode.at, k)]) if mode.at else StaticFreeze(k)
-    return build_policy(adaptive or DEFAULT_POLICY, o)
+    return build_policy(adaptive or default_policy(has_val_rows), o)
