@@ -113,10 +113,11 @@ def main(argv: Optional[List[str]] = None, parts=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_ft = sub.add_parser("finetune", help="fine-tune in one mode")
-    p_ft.add_argument("--mode", default="autofreeze", help=MODES_HELP)
+    p_ft.add_argument("--mode", default="autofreeze", help=f"{MODES_HELP} (default: autofreeze)")
     _common(p_ft)
     p_cmp = sub.add_parser("compare", help="run several modes with the same seed and data")
-    p_cmp.add_argument("--modes", default="full,static:half,autofreeze", help=f"comma-separated: {MODES_HELP}")
+    p_cmp.add_argument("--modes", default="full,static:half,autofreeze",
+                       help=f"comma-separated: {MODES_HELP} (default: full,static:half,autofreeze)")
     _common(p_cmp)
     sub.add_parser("info", help="which backends this install has, and how to get the missing ones")
     p_l = sub.add_parser("launch", help="run `finetune` under torchrun and relaunch it on the number of workers "
