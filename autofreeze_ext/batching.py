@@ -108,3 +108,11 @@ def batched_logits(model, tensors: dict, rows: Sequence[int], batch_size: int) -
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def first_rows(loader, n: int, device=None, skip: Sequence[str] = ()) -> dict:
+    """The first ``n`` rows of ``loader``'s map-style dataset, collated by its ``collate_fn``:
+    the tensors (those named in ``skip`` left out), on ``device`` (the integrations' probe batch)."""
+    ds = loader.dataset
+    batch = loader.collate_fn([ds[i] for i in range(min(n, len(ds)))])
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in skip}

@@ -7,7 +7,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +65,14 @@ class ControllerOptions:
     verify_order: bool = True
     process_group: Any = "auto"
     anneal_steps: int = 0
+
+    @classmethod
+    def split(cls, kwargs: dict, **fixed) -> Tuple["ControllerOptions", dict]:
+        """``(options, rest)``: the options among ``kwargs`` (``fixed`` overriding them), and the
+        other keyword arguments of :class:`FreezeController` (``blocks=``, ``embeddings=`` ...)."""
+        known = cls.__dataclass_fields__
+        options = cls(**{**{k: v for k, v in kwargs.items() if k in known}, **fixed})
+        return options, {k: v for k, v in kwargs.items() if k not in known}
 
 
 class FreezeController:

@@ -32,6 +32,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..batching import first_rows
 from .._io import atomic_write
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..policies import FreezePolicy, PolicyOptions, make_policy
@@ -115,10 +116,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                                val=self._val(train_dataloader) if self.policy.reads_val_slice else None)
         # attach=True: the controller runs in the inner optimizer's step post-hook, where the
         # gradients of the update still exist (on_step_end comes after Trainer's zero_grad)
-        known = ControllerOptions.__dataclass_fields__
-        options = ControllerOptions(**{**{k: v for k, v in self.controller_kwargs.items() if k in known},
-                                       "attach": True})
-        rest = {k: v for k, v in self.controller_kwargs.items() if k not in known}
+        options, rest = ControllerOptions.split(self.controller_kwargs, attach=True)
         self.controller = FreezeController(model, inner, self.policy, steps_per_epoch=steps_per_epoch,
                                            signals=signals, options=options, **rest)
         if self._pending_state is not None:
@@ -139,11 +137,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         if loader is None or not hasattr(loader, "dataset"):
             raise RuntimeError("AutoFreezeCallback: this policy reads probe signals and needs the Trainer's "
                                "train dataloader (a map-style train_dataset)")
-        ds = loader.dataset
-        rows = [ds[i] for i in range(min(self.probe_samples, len(ds)))]
-        batch = loader.collate_fn(rows)
-        dev = next(model.parameters()).device
-        return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return first_rows(loader, self.probe_samples, next(model.parameters()).device)
 
     def _val(self, loader) -> dict:
         """The validation slice's rows, collated as the Trainer collates training rows."""

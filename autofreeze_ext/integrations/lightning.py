@@ -29,6 +29,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..batching import first_rows
 from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
 from ..freezing.adapters import hf_layout
 from ..freezing.controller import ControllerOptions, FreezeController
@@ -102,9 +103,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         policy = self._policy(trainer, model, total)
         probe = _probe(trainer, model, self.probe_samples) if set(policy.signals) & set(NEEDS_PROBE) else None
         val = self._val() if policy.reads_val_slice else None
-        known = ControllerOptions.__dataclass_fields__
-        opts = ControllerOptions(**{**{k: v for k, v in self.controller_kwargs.items() if k in known}, "attach": True})
-        rest = {k: v for k, v in self.controller_kwargs.items() if k not in known}
+        opts, rest = ControllerOptions.split(self.controller_kwargs, attach=True)
         self.controller = FreezeController(model, optimizer, policy, steps_per_epoch=per_epoch,
                                            signals=make_signals(policy.signals, probe, val=val), options=opts, **rest)
         if self._pending is not None:  # resuming: Lightning loads the checkpoint's optimizer state
@@ -286,10 +285,7 @@ def _probe(trainer, model, n: int) -> dict:
     loader = trainer.train_dataloader
     if loader is None or not hasattr(loader, "dataset"):
         raise RuntimeError("AutoFreezeLightning: this policy reads probe signals and needs a map-style training set")
-    ds = loader.dataset
-    batch = loader.collate_fn([ds[i] for i in range(min(n, len(ds)))])
-    dev = next(model.parameters()).device
-    return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "index"}
+    return first_rows(loader, n, next(model.parameters()).device, skip=("index",))
 
 
 def _fresh_cache(options: dict, trainer, device) -> ActivationCache:
