@@ -43,10 +43,11 @@ def off_or_int(v: str) -> Optional[int]:
 
 def _opt(default, help: str, **meta):
     """A field that is one ``autofreeze finetune`` option. ``meta``: ``option`` (its flat name,
-    when not the field's), ``flag`` (when not ``--OPTION``), ``choices``, ``metavar``, ``parse``
-    (text to value; default: the field's type), ``negate`` (a switch on by default: the flag
-    that turns it off; ``choices`` may be a callable, read when used), ``const`` (the value of the flag given alone), ``group`` (its --help
-    group, when not the section's), ``hidden`` (left out of --help)."""
+    when not the field's), ``flag`` (when not ``--OPTION``), ``choices`` (or a callable giving
+    them, read when used), ``metavar``, ``parse`` (text to value; default: the field's type),
+    ``negate`` (a switch on by default: the flag that turns it off), ``const`` (the value of the
+    flag given alone), ``group`` (its --help group, when not the section's), ``hidden`` (left
+    out of --help)."""
     return field(default=default, metadata={"help": help, **meta})
 
 
