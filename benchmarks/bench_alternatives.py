@@ -75,28 +75,12 @@ def collate(rows) -> dict:
     return trim_batch(torch.utils.data.default_collate(rows))
 
 
-class GroupedBatches(torch.utils.data.Sampler):
-    """A new shuffle every epoch, rows of similar length batched together
-    (:func:`~autofreeze_ext.batching.grouped_batches`), as the CLI's default batching."""
-
-    def __init__(self, lengths, batch: int, seed: int) -> None:
-        self.lengths, self.batch = list(lengths), batch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch)
-
-    def __iter__(self):
-        from autofreeze_ext.batching import grouped_batches
-
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        return iter(grouped_batches(order, self.lengths, self.batch, self.generator))
-
-
 def loader(train: dict, batch: int, seed: int):
     from autofreeze_ext.batching import row_lengths
+    from autofreeze_ext.samplers import PlannedBatchSampler
 
-    sampler = GroupedBatches(row_lengths(train), batch, seed)
+    # a new shuffle every epoch, rows of similar length batched together: the CLI's default batching
+    sampler = PlannedBatchSampler(len(train["labels"]), batch, seed=seed, lengths=row_lengths(train))
     return torch.utils.data.DataLoader(Rows(train), batch_sampler=sampler, collate_fn=collate)
 
 
