@@ -148,8 +148,10 @@ def test_unusable_cache_dir_warns_and_caches_in_ram(tiny_ckpt, task, tmp_path, c
     assert rep["cache"]["info"]["disk"] == "no disk tier" and rep["cache"]["counters"]["hits_ram"] == 48
 
 
-@pytest.mark.parametrize("mode", ["autofreeze", "autofreeze+cache"])
-def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("mode, policy", [("autofreeze", None), ("autofreeze+cache", "gradient")])
+def test_resume_after_kill_9_continues_identically(mode, policy, tiny_ckpt, tmp_path):
+    """A run killed mid-epoch and resumed equals the uninterrupted run. The default policy, and
+    the paper's test with the cache (it freezes within these steps, so the cache is read)."""
     import signal
     import subprocess
     import sys
@@ -159,7 +161,7 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
     args = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", mode, "--model", tiny_ckpt,
             "--train", train, "--dev", dev, "--epochs", "4", "--batch-size", "8", "--max-length", "12",
             "--intervals-per-epoch", "2", "--evals-per-epoch", "2", "--no-progress", "--no-plot",
-            "--no-cost-model", "--cache-memory", "0", "--threads", "1"]
+            "--no-cost-model", "--cache-memory", "0", "--threads", "1", *(["--policy", policy] if policy else [])]
 
     def go(name, extra, kill_at=None):
         cmd = args if not kill_at else [sys.executable, CRASH_CLI, "--kill-at", str(kill_at), "--", *args[3:]]
@@ -182,6 +184,11 @@ def test_resume_after_kill_9_continues_identically(mode, tiny_ckpt, tmp_path):
     assert [e["accuracy"] for e in b["evals"]] == [e["accuracy"] for e in a["evals"]]
     if mode.endswith("+cache"):
         assert "reused" in b["cache"]["info"]["disk"]
+        # the report counts the cache over both processes: every prefix lookup of the run (the
+        # steps the crash lost are looked up again), not only the resumed process's
+        lookups = [r["cache"]["counters"]["hits_ram"] + r["cache"]["counters"]["hits_disk"]
+                   + r["cache"]["counters"]["misses"] for r in (a, b)]
+        assert lookups[1] == lookups[0] > 0, lookups
 
 
 def _cached_run(tiny_ckpt, task, out, capsys, *extra, mode="autofreeze+cache", policy="gradient"):
@@ -296,9 +303,9 @@ def test_policy_options_outside_autofreeze_mode_are_called_out(tiny_ckpt, task, 
     assert rc == 0 and "--policy, --threshold only apply to --mode autofreeze" in err
 
 
-def test_default_policy_late_freezes_all_but_the_top_block_at_its_fraction_of_the_run(tiny_ckpt, task, tmp_path,
-                                                                                      capsys):
-    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--freeze-at", "0.5", "--learned", "off", policy=None)
+def test_late_freezes_all_but_the_top_block_at_its_fraction_of_the_run(tiny_ckpt, task, tmp_path, capsys):
+    """``late``, the default before ``plateau`` and its fallback where no slice can be held out."""
+    rep = _cached_run(tiny_ckpt, task, tmp_path / "o", capsys, "--freeze-at", "0.5", "--learned", "off", policy="late")
     assert rep["steps"] == 18 and rep["policy"].startswith("LateFreeze(at 0.5 of 18 steps = step 9")
     n = rep["num_blocks"]
     assert [(t["step"], t["depth"]) for t in rep["frozen_depth"]][:2] == [(0, 0), (10, n - 1)]  # interval end 10 >= 9

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from .._io import atomic_write
+from .report import cache_totals
 
 log = logging.getLogger("autofreeze_ext")
 
@@ -78,7 +79,8 @@ def rng_states(run) -> dict:
 def run_state(run, rngs: list, parts) -> dict:
     """Everything a resumed run needs: model, optimizer, schedule, controller, sampler position,
     every rank's RNG streams (``rngs``: :func:`rng_states` of each rank), AMP scaler, the
-    cache's identity, the options to check, and the state of each named part of ``parts``."""
+    cache's identity and counts so far, the options to check, and the state of each named part
+    of ``parts``."""
     cache = run.cache
     return {
         "mode": run.cfg.freeze.mode, "run_id": run.run_id, "step": run.prog.step, "options": resume_options(run),
@@ -87,6 +89,7 @@ def run_state(run, rngs: list, parts) -> dict:
         "rng_per_rank": [r["cpu"] for r in rngs], "cuda_rng_per_rank": [r["cuda"] for r in rngs],
         "packing": run.packing, "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "cache": {"path": cache.path, "fingerprint": cache.fingerprint} if cache is not None else None,
+        "cache_counts": cache_totals(run) if cache is not None else None,
         "parts": {p.name: p.state_dict() for p in parts if p.name}}
 
 

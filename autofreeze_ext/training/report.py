@@ -52,10 +52,34 @@ def make_report(run, packer, cost_goal, saver=None) -> dict:
                         "ddp_rebuilds": ddp.rebuilds if ddp is not None else 0},
     }
     if run.cache is not None:
-        report["cache"] = {"decisions": run.runner.decisions, "counters": run.cache.counters(),
-                           "writes_skipped": run.runner.writes_skipped,
-                           "info": run.cache.info()}
+        report["cache"] = {**cache_totals(run), "info": run.cache.info()}
     return report
+
+
+#: counters derived from the others (recomputed over a resumed run's processes, never summed)
+_DERIVED = ("hit_rate", "bytes_per_row")
+
+
+def cache_totals(run) -> dict:
+    """The cache's decisions, counters and skipped writes over the whole run: this process's,
+    plus what the checkpoint it resumed from kept of the processes before it (a resumed run's
+    report would otherwise count only its last process). The disk tier's own ``disk`` stats
+    are this process's."""
+    now = {"decisions": list(run.runner.decisions), "counters": run.cache.counters(),
+           "writes_skipped": run.runner.writes_skipped}
+    before = (run.state or {}).get("cache_counts")
+    if not before:
+        return now
+    counters = dict(now["counters"])
+    for k, v in before["counters"].items():
+        if k not in _DERIVED and isinstance(v, (int, float)) and isinstance(counters.get(k), (int, float)):
+            counters[k] = counters[k] + v
+    lookups = counters["hits_ram"] + counters["hits_disk"] + counters["misses"]
+    counters["hit_rate"] = (counters["hits_ram"] + counters["hits_disk"]) / lookups if lookups else 0.0
+    puts = counters["puts_ram"] + counters["puts_disk"]
+    counters["bytes_per_row"] = counters["bytes_put"] / puts if puts else 0.0
+    return {"decisions": before["decisions"] + now["decisions"], "counters": counters,
+            "writes_skipped": before["writes_skipped"] + now["writes_skipped"]}
 
 
 def score(entry: dict) -> float:
