@@ -61,9 +61,12 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
     d = FinetuneConfig().freeze
     plateau = [f"--{k.replace('_', '-')}" for k in ("stop_when_converged", "plateau_patience", "min_improvement",
                                                      "val_checks_per_epoch") if getattr(args, k) != getattr(d, k)]
-    if plateau and not reads_val_slice(args.policy or DEFAULT_POLICY):
-        print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late; "
-              f"policy {args.policy or DEFAULT_POLICY!r} ignores them", file=sys.stderr)
+    policy = args.policy or DEFAULT_POLICY
+    ignored = [m for m in modes if _kind(m) != "autofreeze" or not reads_val_slice(policy)]
+    if plateau and ignored:
+        print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late "
+              f"under --mode autofreeze[+cache]; mode {', '.join(ignored)} with policy {policy!r} ignores them",
+              file=sys.stderr)
 
 
 def _kind(mode: str) -> Optional[str]:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from autofreeze_ext.policies import (POLICIES, GradientNormTest, GuardedGradientTest, Guards, IntervalStats,
+from autofreeze_ext.policies import (POLICIES, PlateauFreeze, GradientNormTest, GuardedGradientTest, Guards, IntervalStats,
                                      LateFreeze, PolicyOptions, SpeedBudget, StabilityPolicy, build_policy, make_policy)
 
 pytestmark = pytest.mark.reference
@@ -113,10 +113,13 @@ def test_registry_and_bad_options():
     assert isinstance(late, LateFreeze) and late.freeze_step == 375 and late.guards.learned is None
     with pytest.raises(ValueError, match="total optimizer steps"):
         build_policy("late")
-    auto = make_policy("autofreeze", total_steps=750)  # the default adaptive policy
-    assert isinstance(auto, LateFreeze) and auto.freeze_step == 600 and auto.guards.learned == 0.75
+    auto = make_policy("autofreeze", total_steps=750)  # the default adaptive policy: plateau
+    assert isinstance(auto, PlateauFreeze) and (auto.patience, auto.intervals_per_epoch) == (2, 2)
+    assert auto.guards.learned == 0.75 and auto.guards.keep_last == 1 and auto.freeze_by is None
+    fallback = make_policy("autofreeze", total_steps=750, has_val_rows=False)  # no slice: late
+    assert isinstance(fallback, LateFreeze) and fallback.freeze_step == 600 and fallback.guards.learned == 0.75
     with pytest.raises(ValueError, match="total optimizer steps"):
-        make_policy("autofreeze")
+        make_policy("autofreeze", has_val_rows=False)
     for bad in (dict(freeze_at=0), dict(freeze_at=1.2), dict(total_steps=0)):
         with pytest.raises(ValueError, match="freeze_at|total_steps"):
             LateFreeze(**{"total_steps": 100, **bad})

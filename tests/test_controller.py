@@ -478,25 +478,38 @@ def test_soft_freeze_needs_the_optimizer_hook():
         blocknet_ctl(ScheduledFreeze([(2, 1)]), attach=False, anneal_steps=3)
 
 
-def test_default_policy_in_a_plain_loop_freezes_late_once_learned():
-    """README's plain-loop recipe for the default policy: LateFreeze with the run's length and a
-    probe batch; nothing freezes before 80% of the run, then all blocks but the top one at once."""
+def test_default_policy_in_a_plain_loop_freezes_at_the_validation_plateau():
+    """README's plain-loop recipe for the default policy: PlateauFreeze with the run's length, a
+    probe batch (its learning guard) and held-out rows; once the slice has not improved for two
+    checks (one epoch), all blocks but the top one freeze at once, and not before."""
     from autofreeze_ext import make_policy
+    from autofreeze_ext.policies import PlateauFreeze
     from autofreeze_ext.signals import make_signals
 
     torch.manual_seed(0)
     model = tiny_bert(num_layers=4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids = torch.randint(1, 100, (64, 12))
+    ids = torch.randint(1, 100, (96, 12))
     rows = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 0] > 50).long()}
-    loader = [{k: v[i:i + 8] for k, v in rows.items()} for i in range(0, 64, 8)]
+    train = {k: v[:64] for k, v in rows.items()}
+    val = {k: v[64:] for k, v in rows.items()}  # held out: never trained on
+    loader = [{k: v[i:i + 8] for k, v in train.items()} for i in range(0, 64, 8)]
     policy = make_policy("autofreeze", total_steps=10 * len(loader))
+    assert isinstance(policy, PlateauFreeze)
     ctl = FreezeController(model, opt, policy, steps_per_epoch=len(loader),
-                           signals=make_signals(policy.signals, {k: v[:32] for k, v in rows.items()}))
+                           signals=make_signals(policy.signals, {k: v[:32] for k, v in train.items()}, val=val))
     for _ in range(10):
         for batch in loader:
             model(**batch).loss.backward()
             opt.step()
             opt.zero_grad()
+    checks = [h for h in ctl.history if h["event"] == "interval"]
     freezes = [(h["step"], h["to"]) for h in ctl.history if h["event"] == "freeze"]
-    assert freezes == [(64, 3)] and ctl.frozen_depth == 3
+    assert len(freezes) == 1 and freezes[0][1] == 3 and ctl.frozen_depth == 3, freezes
+    at = next(i for i, h in enumerate(checks) if h["step"] == freezes[0][0])
+    assert at >= 3 and [h["decided"] for h in checks[:at]] == [0] * at  # nothing before the plateau
+    seen = [h["signals"]["val_slice"] for h in checks[:at + 1]]
+    for v in seen[-2:]:  # the freeze's two checks: no better score, no lower loss than before them
+        assert v["score"] <= max(s["score"] for s in seen[:-2]) and v["loss"] >= min(s["loss"] for s in seen[:-2])
+    assert policy.frozen_at == freezes[0][0] < 80
+    assert all(h["signals"]["val_slice"] is None for h in checks[at + 1:])  # no checks after the freeze

@@ -83,9 +83,10 @@ def test_gradient_test_sees_gradients_and_freezes(tmp_path, accum):
     assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
 
 
-def test_default_policy_freezes_all_but_the_top_block_late_in_the_run(tmp_path):
-    """No policy given: the default (``late``) is built with the Trainer's total steps, waits for
-    the model to learn (probe loss guard) and freezes 3 of 4 blocks at 80% of the run at once."""
+def test_without_val_data_the_default_falls_back_to_late_in_the_run(tmp_path):
+    """No policy and no val_data: the default (``plateau``) has no slice, so the fallback
+    (``late``) is built with the Trainer's total steps, waits for the model to learn (probe loss
+    guard) and freezes 3 of 4 blocks at 80% of the run at once."""
     model = tiny_bert(num_layers=4)
     cb = AutoFreezeCallback()
     trainer = make_trainer(tmp_path, model, cb, epochs=10, accum=1)
@@ -153,13 +154,12 @@ def test_unknown_policy_name_is_a_clear_error():
         AutoFreezeCallback("nope")
 
 
-def test_a_default_that_reads_a_validation_slice_falls_back_without_val_data(tmp_path, monkeypatch, caplog):
-    """Were the default a policy that reads a validation slice (plateau), a callback given no
-    val_data cannot hold rows out of the Trainer's dataloader: it gets NO_VAL_DEFAULT (late) and
-    says so; given val_data it gets the default. A policy named explicitly is never replaced."""
-    from autofreeze_ext.policies import PlateauFreeze, registry
+def test_the_default_reads_a_validation_slice_and_falls_back_without_val_data(tmp_path, caplog):
+    """The default (plateau) reads a validation slice; a callback given no val_data cannot hold
+    rows out of the Trainer's dataloader: it gets NO_VAL_DEFAULT (late) and says so; given
+    val_data it gets the default. A policy named explicitly is never replaced."""
+    from autofreeze_ext.policies import PlateauFreeze
 
-    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
     cb = AutoFreezeCallback()
     with caplog.at_level("WARNING", logger="autofreeze_ext"):
         make_trainer(tmp_path / "a", tiny_bert(num_layers=4), cb, epochs=1, accum=1).train()

@@ -75,7 +75,7 @@ def test_freezes_inside_an_unchanged_module_one_step_per_update(tmp_path):
 
 
 def test_default_policy_and_a_policy_object(tmp_path):
-    cb = AutoFreezeLightning()  # the default policy (late): all blocks but the top one after 80% of the run
+    cb = AutoFreezeLightning()  # no val_data: the default's fallback (late), all blocks but the top one at 80%
     t = trainer(tmp_path, cb, epochs=5)
     t.fit(Module(), loader())
     # 30 steps from the trainer's estimate; the tiny model has not learned yet: the guard holds the freeze
@@ -330,13 +330,15 @@ def test_the_full_layout_maps_the_state_back_and_refuses_a_changed_optimizer():
         full_layout(opt.state_dict(), opt, groups)
 
 
-def test_a_default_that_reads_a_validation_slice_falls_back_without_val_data(tmp_path, monkeypatch):
-    from autofreeze_ext.policies import LateFreeze, PlateauFreeze, registry
+def test_the_default_reads_a_validation_slice_and_falls_back_without_val_data(tmp_path, caplog):
+    """The default (plateau) without val_data: NO_VAL_DEFAULT (late), said in a warning; with it: plateau."""
+    from autofreeze_ext.policies import LateFreeze, PlateauFreeze
 
-    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
     cb = AutoFreezeLightning(cache=True)
-    trainer(tmp_path, cb, epochs=1).fit(Module(use_cache=True), loader())
+    with caplog.at_level("WARNING", logger="autofreeze_ext"):
+        trainer(tmp_path, cb, epochs=1).fit(Module(use_cache=True), loader())
     assert isinstance(cb.controller.policy, LateFreeze) and cb.cache is not None  # the cache still on
+    assert "pass val_data=" in caplog.text and "using 'late' instead" in caplog.text
     rows = DS(16)
     val = {k: torch.stack([torch.as_tensor(rows[i][k]) for i in range(16)]) for k in ("input_ids", "attention_mask",
                                                                                       "labels")}

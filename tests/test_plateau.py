@@ -154,17 +154,20 @@ def test_val_slice_scores_as_the_dev_evaluation_does(tiny_ckpt):
     assert v["loss"] == pytest.approx(float(ref), rel=1e-4)
 
 
-def test_cli_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys, caplog):
+def test_cli_default_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys, caplog):
+    """The CLI's default policy (no --policy) is plateau: it holds 5% out, freezes at its plateau
+    and, asked to, stops when the top block plateaus too."""
     train = write_tsv(tmp_path / "train.tsv", 200)
     dev = write_tsv(tmp_path / "dev.tsv", 24, seed=1)
     out, saved = tmp_path / "out", tmp_path / "model"
     # lr so small the slice never improves after its first check: a plateau at the third check
-    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "plateau", "--stop-when-converged",
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--stop-when-converged",
                          "--learned", "off", "--lr", "1e-12", "--model", tiny_ckpt, "--train", train, "--dev", dev,
                          "--epochs", "4", "--batch-size", "8", "--val-checks-per-epoch", "4", "--max-length", "16",
                          "--out", str(out), "--no-progress", "--no-plot", "--save-model", str(saved)], capsys)
     assert rc == 0
     r = json.load(open(out / "finetune_autofreeze_cache.json"))
+    assert r["policy"].startswith("PlateauFreeze(no gain in 2 checks")
     assert r["val_samples"] == 10 and r["train_samples"] == 190 and r["steps_per_epoch"] == 24
     assert "the validation slice has only 10 rows" in caplog.text  # coarse steps: warned
     freeze = next(h for h in r["controller_history"] if h.get("event") == "freeze")
@@ -332,7 +335,7 @@ def test_warnings_for_runs_that_cannot_do_what_they_say(tiny_ckpt, tmp_path, cap
 def test_make_policy_gives_a_run_without_validation_rows_the_no_val_default(monkeypatch):
     from autofreeze_ext.policies import LateFreeze, PlateauFreeze, make_policy, registry
 
-    monkeypatch.setattr(registry, "DEFAULT_POLICY", "plateau")
+    assert registry.DEFAULT_POLICY == "plateau"
     assert isinstance(make_policy("autofreeze", 100), PlateauFreeze)  # a run that holds rows out (the CLI)
     assert isinstance(make_policy("autofreeze", 100, has_val_rows=False), LateFreeze)
     assert isinstance(make_policy("plateau", 100, has_val_rows=False), PlateauFreeze)  # named: never replaced

@@ -94,8 +94,9 @@ class FreezeController:
         optimizer: its optimizer; must own every trainable parameter of the blocks.
         policy: a :class:`~autofreeze_ext.policies.FreezePolicy`; default
             :class:`~autofreeze_ext.policies.GradientNormTest` (the paper's test, which needs no
-            knowledge of the run). The CLI's and the Trainer callback's default, ``late``, needs
-            the run's length: ``make_policy("autofreeze", total_steps=N)`` builds it.
+            knowledge of the run). The CLI's and the integrations' default, ``plateau``, reads a
+            validation slice: ``make_policy("autofreeze", total_steps=N)`` builds it, and
+            ``make_signals(policy.signals, probe_batch, val=held_out_rows)`` its signals.
         signals: extra per-block :class:`~autofreeze_ext.signals.Signal` objects measured
             each interval (e.g. ``ParameterDisplacement()``, ``ProbeDrift(probe_batch)``); a
             policy that reads a signal (its ``signals`` attribute) needs it here. Their values

@@ -58,10 +58,10 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
             takes it (``"full"``, ``"static:half"``, ``"static:K@STEP"``, ``"autofreeze"``; see
             :func:`~autofreeze_ext.policies.make_policy`), built when training begins with the Trainer's
             warm-up steps as the warm-up guard and its total steps for ``late`` and ``budget``
-            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``late``: all blocks but
-            the top one freeze after 80% of the run, once the model has started learning; a
-            default that reads a validation slice falls back to
-            :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT` without ``val_data``).
+            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``plateau``: all blocks but
+            the top one freeze at once when ``val_data`` has stopped improving for an epoch,
+            once the model has started learning; without ``val_data`` it falls back to
+            :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT`, ``late``, with a warning).
         options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name
             (e.g. ``PolicyOptions(target_speedup=2.0)``).
         probe_samples: training samples in the probe batch of the probe signals a policy reads

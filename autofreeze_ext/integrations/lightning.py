@@ -53,9 +53,9 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
             :data:`~autofreeze_ext.policies.POLICIES` or a mode string (``"static:half"``,
             ``"autofreeze"``; see :func:`~autofreeze_ext.policies.make_policy`), built when fitting
             starts with the trainer's ``estimated_stepping_batches`` as the run's total steps
-            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`; a default that reads a
-            validation slice falls back to :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT`
-            without ``val_data``).
+            (default: :data:`~autofreeze_ext.policies.DEFAULT_POLICY`, ``plateau``, which reads
+            ``val_data``; without it the default falls back to
+            :data:`~autofreeze_ext.policies.NO_VAL_DEFAULT`, ``late``, with a warning).
         options: :class:`~autofreeze_ext.policies.PolicyOptions` for a policy given by name.
         probe_samples: training rows in the probe batch of the probe signals a policy reads
             (the first rows of the train dataloader's dataset, collated by its ``collate_fn``).
