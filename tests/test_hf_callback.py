@@ -98,6 +98,31 @@ def test_without_val_data_the_default_falls_back_to_late_in_the_run(tmp_path):
     assert len(freezes) == 1 and freezes[0]["step"] >= 48
 
 
+def test_val_data_reaches_the_collator_with_the_training_rows_columns_only(tmp_path):
+    """val_data rows that still hold a text column (the Trainer drops it from a datasets.Dataset's
+    training rows, not from val_data) are cut to the training rows' columns before the
+    Trainer's collator, which, as DataCollatorWithPadding does, refuses text."""
+    from autofreeze_ext.policies import PlateauFreeze
+
+    class WithText(DS):
+        def __getitem__(self, i):
+            return {**super().__getitem__(i), "sentence": f"row {i}"}
+
+    def strict(rows):
+        assert not any(isinstance(v, str) for r in rows for v in r.values()), "a text column reached the collator"
+        return transformers.default_data_collator(rows)
+
+    cb = AutoFreezeCallback(val_data=WithText(16))
+    args = transformers.TrainingArguments(  # a datasets.Dataset's columns are cut in the dataset, not by a
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=1,  # collator wrapper
+        remove_unused_columns=False, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=tiny_bert(num_layers=4), args=args, train_dataset=DS(), callbacks=[cb],
+                                   data_collator=strict)
+    trainer.train()
+    assert isinstance(cb.controller.policy, PlateauFreeze)
+    assert cb.controller.signals[0].data["input_ids"].shape == (16, 12)
+
+
 def test_updates_skipped_by_grad_scaler_are_not_counted(tmp_path):
     """fp16 with a GradScaler: an update with an inf gradient is skipped by the scaler (the inner
     optimizer's step() is not called), so the controller does not count it. Accelerate has no

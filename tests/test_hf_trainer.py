@@ -307,15 +307,15 @@ def test_rank_stable_sampler_groups_by_length_within_each_rank_shard():
         assert len(g) == len(p) and waste(g) < 0.6 * waste(p)  # megabatches of 3 batches here (13 per rank)
 
 
-def test_plateau_holds_out_the_same_slice_and_decides_as_the_cli(tmp_path, capsys):
-    """Policy plateau with the built-in stop through the CLI and through AutoFreezeTrainer,
-    each holding out its own validation slice (25% of 40 rows, stratified, same seed): the same
+def test_the_default_holds_out_the_same_slice_and_decides_as_the_cli(tmp_path, capsys):
+    """The default policy (plateau) with the built-in stop through the CLI and through
+    AutoFreezeTrainer, neither naming a policy, each holding out its own validation slice (25% of 40 rows, stratified, same seed): the same
     slice, the same freeze and stop steps, losses equal within 1e-4 (one batch holds the rest
     of the training set; dropout off)."""
     (tmp_path / "ckpt").mkdir()
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     train_tsv, dev_tsv = write_tsv(tmp_path / "train.tsv", 40), write_tsv(tmp_path / "dev.tsv", 8, seed=1)
-    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--policy", "plateau", "--stop-when-converged",
+    rc, stdout, _ = run(["finetune", "--mode", "autofreeze+cache", "--stop-when-converged",
                          "--learned", "off", "--val-fraction", "0.25", "--model", ckpt, "--train", train_tsv,
                          "--dev", dev_tsv, "--epochs", "20", "--batch-size", "30", "--max-length", "12", "--lr", "3e-3",
                          "--seed", "0", "--evals-per-epoch", "1", "--out", str(tmp_path / "cli"), "--no-progress",
@@ -335,10 +335,11 @@ def test_plateau_holds_out_the_same_slice_and_decides_as_the_cli(tmp_path, capsy
         lr_scheduler_type="linear", max_grad_norm=0.0, optim="adamw_torch",
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt)
-    trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=rows, policy="plateau", val_fraction=0.25,
+    trainer = AutoFreezeTrainer(model=model, args=args, train_dataset=rows, val_fraction=0.25,
                                 options=PolicyOptions(learned=None, stop_when_converged=True))
     assert len(trainer.autofreeze.val_data) == 10 and len(trainer.train_dataset) == 30
     trainer.train()
+    assert type(trainer.autofreeze.controller.policy).__name__ == "PlateauFreeze"
     assert freezes(trainer) == cli_freezes
     assert trainer.state.global_step == rep["steps"]  # stopped where the CLI stopped
     assert list(losses_of(trainer).values()) == pytest.approx(rep["losses"], rel=1e-4, abs=1e-4)

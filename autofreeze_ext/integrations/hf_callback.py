@@ -48,6 +48,16 @@ TrainerCallback, _HF_ERROR = optional_base("transformers", "TrainerCallback", "h
 STATE_FILE = "autofreeze_controller.pt"
 
 
+def _row_keys(loader) -> Optional[set]:
+    """The columns of a training row as the Trainer's loader gives it to its collator (the
+    Trainer drops a ``datasets.Dataset``'s unused columns, e.g. the text, from the training
+    rows, not from ``val_data``), plus the label's names; None where rows cannot be indexed."""
+    try:
+        return set(loader.dataset[0]) | {"label", "labels", "label_ids"}
+    except (TypeError, IndexError, KeyError, AttributeError, NotImplementedError):
+        return None
+
+
 class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     """A ``transformers.TrainerCallback`` that freezes the blocks that stopped learning.
 
@@ -147,7 +157,9 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
                              "test_size=0.05)['test'] (AutoFreezeTrainer holds one out itself)")
         if loader is None:
             raise RuntimeError("AutoFreezeCallback: the validation slice needs the Trainer's train dataloader")
-        rows = [{k: v for k, v in self.val_data[i].items() if k != "sample_index"} for i in range(len(self.val_data))]
+        keep = _row_keys(loader)
+        rows = [{k: v for k, v in self.val_data[i].items() if k != "sample_index" and (keep is None or k in keep)}
+                for i in range(len(self.val_data))]
         batch = loader.collate_fn(rows)
         if "labels" not in batch:
             raise ValueError("AutoFreezeCallback: val_data rows need a label (a 'label' or 'labels' column)")

@@ -111,9 +111,10 @@ def hold_out_rows(rows, fraction: float, seed: int = 0):
 
 
 def _reads_val_slice(policy) -> bool:
+    """The callback's policy (None: the default; a name or mode string; an object) reads a slice."""
     from ..policies import reads_val_slice
 
-    if isinstance(policy, str):
+    if policy is None or isinstance(policy, str):
         return reads_val_slice(policy)
     return isinstance(policy, FreezePolicy) and policy.reads_val_slice
 

@@ -111,9 +111,16 @@ def default_policy(has_val_rows: bool = True) -> str:
     return NO_VAL_DEFAULT
 
 
-def reads_val_slice(name: str) -> bool:
-    """Policy ``name`` reads the validation slice (the run must hold one out): asked of the policy
-    itself (:attr:`FreezePolicy.reads_val_slice`), built with placeholder run facts."""
+def reads_val_slice(spec: Optional[str] = None) -> bool:
+    """The policy ``spec`` names reads the validation slice (the run must hold one out): a
+    policy name, a mode string (``autofreeze[+cache]``: the default policy; ``full``,
+    ``static:...``: none) or None (the default policy); asked of the policy itself
+    (:attr:`FreezePolicy.reads_val_slice`), built with placeholder run facts."""
+    name = check_spec(spec) if spec else DEFAULT_POLICY
+    if name not in POLICIES:
+        if parse_mode(name).kind != "autofreeze":
+            return False
+        name = DEFAULT_POLICY
     return build_policy(name, PolicyOptions(total_steps=1_000, target_speedup=2.0)).reads_val_slice
 
 
@@ -147,7 +154,7 @@ def make_policy(spec: str, total_steps: Optional[int] = None, *, num_blocks: Opt
     ``autofreeze`` is the adaptive policy ``adaptive`` (default: :func:`default_policy` of
     ``has_val_rows``, whether the run has validation rows);
     ``total_steps`` (the run's optimizer steps) is needed by the policies that plan over the run
-    (``late``, the default, ``budget``, ``plateau-or-late``); ``num_blocks`` by ``static:half``
+    (``late``, ``budget``, ``plateau-or-late``); ``num_blocks`` by ``static:half``
     and ``static:all``; ``options`` are the policy's options (default ``PolicyOptions()``)."""
     o = dataclasses.replace(options) if options is not None else PolicyOptions()
     if total_steps is not None:
