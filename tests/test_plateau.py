@@ -341,3 +341,29 @@ def test_make_policy_gives_a_run_without_validation_rows_the_no_val_default(monk
     assert isinstance(make_policy("plateau", 100, has_val_rows=False), PlateauFreeze)  # named: never replaced
     monkeypatch.setattr(registry, "DEFAULT_POLICY", "late")
     assert registry.default_policy(has_val_rows=False) == "late"
+
+
+def test_a_checkpoint_of_another_policy_is_refused_not_misread():
+    """A controller state written under ``late`` (the default before ``plateau``) loaded into a
+    plateau run: a ValueError that says what to pass, also for a state from before the policy's
+    class was recorded; a state of the same policy without it still loads."""
+    from autofreeze_ext import FreezeController
+    from models import tiny_bert
+
+    from autofreeze_ext.signals import make_signals
+
+    rows = {"input_ids": torch.randint(1, 100, (8, 6)), "attention_mask": torch.ones(8, 6, dtype=torch.long),
+            "labels": torch.tensor([0, 1] * 4)}
+
+    def ctl(policy):
+        model = tiny_bert(num_layers=4)
+        return FreezeController(model, torch.optim.SGD(model.parameters(), lr=0.1), policy, steps_per_epoch=10,
+                                signals=make_signals(policy.signals, rows, val=rows))
+
+    late = ctl(make_policy("late", total_steps=100)).state_dict()
+    for state in (late, {k: v for k, v in late.items() if k != "policy_class"}):
+        with pytest.raises(ValueError, match="policy was .*PlateauFreeze: resume under the policy that wrote it"):
+            ctl(make_policy("plateau")).load_state_dict(state)
+    mine = ctl(make_policy("plateau")).state_dict()
+    ctl(make_policy("plateau")).load_state_dict({k: v for k, v in mine.items() if k != "policy_class"})
+    ctl(make_policy("plateau")).load_state_dict(mine)

@@ -75,6 +75,11 @@ class ControllerOptions:
         return options, {k: v for k, v in kwargs.items() if k not in known}
 
 
+def _state_fits(policy, saved: dict) -> bool:
+    """A policy state without its class name (written before it was recorded) has this policy's keys."""
+    return set(policy.state_dict()) == set(saved)
+
+
 class FreezeController:
     """Freezes a growing prefix of a model's blocks during training.
 
@@ -314,6 +319,7 @@ class FreezeController:
         return {"version": 1, "global_step": self.global_step, "interval_steps": self.interval_steps,
                 "frozen_depth": self.frozen_depth,
                 "num_blocks": self.num_blocks, "policy": self.policy.state_dict(),
+                "policy_class": type(self.policy).__name__,
                 "stats": self.stats.state_dict() if self.stats is not None else None,
                 "signals": {sig.name: sig.state_dict() for sig in self.signals},
                 "soft": self.soft.state_dict() if self.soft is not None else None,
@@ -327,6 +333,7 @@ class FreezeController:
         if state["frozen_depth"] < self.frozen_depth:
             raise ValueError(f"state has {state['frozen_depth']} frozen blocks but {self.frozen_depth} are frozen "
                              "already; freezing cannot be undone")
+        self._check_policy(state)
         self.freeze_to(state["frozen_depth"], reason="resume")
         self.global_step = int(state["global_step"])
         self.interval_steps = int(state["interval_steps"])
@@ -343,6 +350,17 @@ class FreezeController:
             t = int(soft["target"])
             self.soft.start([p for b in range(self.frozen_depth, t) for p in self._block_params[b]], t, soft["done"])
         self._remove_order_hooks()
+
+    def _check_policy(self, state: dict) -> None:
+        """The state was written by this run's kind of policy (a state written under another one,
+        e.g. the default before it changed from ``late`` to ``plateau``, is refused, not misread)."""
+        mine = type(self.policy).__name__
+        saved = state.get("policy_class")
+        fits = saved == mine if saved is not None else _state_fits(self.policy, state["policy"])
+        if not fits:
+            raise ValueError(f"the checkpoint's freezing policy was {saved or 'another policy'}, this run's is {mine}: "
+                             "resume under the policy that wrote it (--policy / policy=; the default policy changed "
+                             "from 'late' to 'plateau')")
 
     # ------------------------------------------------------------------ internals
     def _policy_step(self) -> int:
