@@ -201,6 +201,8 @@ def _configs(args) -> List[FinetuneConfig]:
         if any(wants_val_slice(c) for c in cfgs) and not any(c.data.val or c.data.val_fraction for c in cfgs):
             for c in cfgs:  # every mode trains on the same rows: the slice is held out for all of them
                 c.data.val_fraction = DEFAULT_FRACTION
+            print(f"autofreeze: every mode holds out the same {DEFAULT_FRACTION:.0%} of the training rows (the "
+                  "validation slice a mode's policy reads), so all of them train on the same rows", file=sys.stderr)
     for cfg in cfgs:
         check_outputs(cfg, args.out)
     return cfgs

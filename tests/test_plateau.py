@@ -252,6 +252,21 @@ def test_cli_bad_validation_files_are_refused(tiny_ckpt, tmp_path, capsys):
     assert rc == 2 and "too few to hold out" in err, err
 
 
+def test_the_default_on_too_few_rows_for_a_slice_falls_back_to_late(tiny_ckpt, tmp_path, capsys, caplog):
+    """Two training rows, one per class: no slice can be held out; the named policy is refused
+    (above), the default falls back to late with a warning and trains on both rows."""
+    tiny = tmp_path / "two.tsv"
+    tiny.write_text("sentence\tlabel\ngood movie\t1\nbad movie\t0\n")
+    dev = write_tsv(tmp_path / "dev.tsv", 8, seed=1)
+    rc, _, err = run(["finetune", "--model", tiny_ckpt, "--train", str(tiny), "--dev", dev, "--out", str(tmp_path / "o"),
+                      "--no-progress", "--no-plot", "--epochs", "1", "--max-length", "16"], capsys)
+    assert rc == 0, err
+    r = json.load(open(tmp_path / "o" / "finetune_autofreeze.json"))
+    assert r["policy"].startswith("LateFreeze") and r["train_samples"] == 2 and r["val_samples"] is None
+    assert "too few to hold out the default policy's validation slice" in caplog.text
+    assert "using 'late' instead" in caplog.text
+
+
 def test_callback_policy_reading_a_slice_needs_rows(tmp_path):
     pytest.importorskip("transformers")
     from autofreeze_ext.integrations import AutoFreezeCallback
@@ -277,7 +292,7 @@ def test_review_findings_on_the_validation_slice(tiny_ckpt, tmp_path, capsys, ca
         assert rc == 2 and msg in err and "Traceback" not in err, err
     rc, _, err = run(base + ["--mode", "full", "--stop-when-converged", "--val-fraction", "0.2"], capsys)
     assert rc == 0 and "--stop-when-converged only apply to --policy plateau" in err
-    assert "held out, but mode full reads it only with --record-signals" in caplog.text
+    assert "held out, but mode full does not read it" in caplog.text
 
 
 def test_hold_out_leaves_every_class_a_training_row():
@@ -290,12 +305,13 @@ def test_hold_out_leaves_every_class_a_training_row():
 def test_compare_holds_out_the_same_rows_for_every_mode(tiny_ckpt, tmp_path, capsys):
     train = write_tsv(tmp_path / "train.tsv", 40)
     dev = write_tsv(tmp_path / "dev.tsv", 8, seed=1)
-    rc, _, err = run(["compare", "--modes", "full,autofreeze", "--policy", "plateau", "--model", tiny_ckpt,
+    rc, _, err = run(["compare", "--modes", "full,autofreeze", "--model", tiny_ckpt,  # the default policy: plateau
                       "--train", train, "--dev", dev, "--out", str(tmp_path / "o"), "--no-progress", "--no-plot",
                       "--max-length", "16", "--batch-size", "8", "--epochs", "1"], capsys)
     assert rc == 0, err
     runs = json.load(open(tmp_path / "o" / "compare.json"))["runs"]
     assert [r["train_samples"] for r in runs] == [38, 38] and [r["val_samples"] for r in runs] == [2, 2]
+    assert "every mode holds out the same 5% of the training rows" in err
 
 
 def test_resuming_a_run_the_policy_stopped_trains_no_further(tiny_ckpt, tmp_path, capsys):

@@ -107,7 +107,7 @@ def default_policy(has_val_rows: bool = True) -> str:
         return DEFAULT_POLICY
     logging.getLogger("autofreeze_ext").warning(
         "the default policy %r reads a validation slice and this run has none (pass val_data=rows never "
-        "trained on): using %r instead", DEFAULT_POLICY, NO_VAL_DEFAULT)
+        "trained on, or --val FILE): using %r instead", DEFAULT_POLICY, NO_VAL_DEFAULT)
     return NO_VAL_DEFAULT
 
 

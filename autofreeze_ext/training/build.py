@@ -199,7 +199,8 @@ def _adamw(groups, lr: float) -> torch.optim.Optimizer:
 def _controller(cfg: FinetuneConfig, model, opt, train: dict, val, steps_per_epoch: int,
                 total: int) -> FreezeController:
     """``val``: (the encoded validation slice or None, the metric its score is)."""
-    policy = make_mode_policy(cfg.freeze.mode, cfg, resolve_layout(model).num_blocks, total)
+    policy = make_mode_policy(cfg.freeze.mode, cfg, resolve_layout(model).num_blocks, total,
+                              has_val_rows=val[0] is not None)
     if cfg.freeze.record_signals and isinstance(policy, NeverFreeze):
         policy = ObserveOnly(intervals_per_epoch=cfg.freeze.intervals_per_epoch)
     recorded = [n for n in ALL_SIGNALS if n != "val_slice" or val[0] is not None] if cfg.freeze.record_signals else []

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
-from ..tasks import Columns, Task, check_metric, load_task
+from ..tasks import Columns, DataError, Task, check_metric, load_task
 from ..tasks.split import DEFAULT_FRACTION, FEW_ROWS, hold_out
 from .config import FinetuneConfig
 from .modes import slice_is_read, wants_val_slice
@@ -37,12 +37,18 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
                         train_path=cfg.data.train)
         _same_shape(cfg.data.train, train, cfg.data.val, val)
     elif wants_val_slice(cfg):
-        train, val = hold_out(train, cfg.data.val_fraction or DEFAULT_FRACTION, seed=cfg.optim.seed)
-        log.info("validation slice: %d of the training rows held out (never trained on); %d train", len(val),
-                 len(train))
+        val = _held_out(cfg, train)
+        if val is not None:
+            train, val = val
+            log.info("validation slice: %d of the training rows held out (never trained on); %d train", len(val),
+                     len(train))
     if val is not None and not slice_is_read(cfg):
-        log.warning("a validation slice of %d rows is held out, but mode %s reads it only with --record-signals "
-                    "(--policy plateau reads it): those rows are not trained on", len(val), cfg.freeze.mode)
+        if cfg.data.val is not None:
+            log.warning("mode %s does not read the validation file (%d rows): only the plateau policies and "
+                        "--record-signals do", cfg.freeze.mode, len(val))
+        else:
+            log.warning("a validation slice of %d rows is held out, but mode %s does not read it (only the plateau "
+                        "policies and --record-signals do): those rows are not trained on", len(val), cfg.freeze.mode)
     if dev.label_space.regression and len(set(dev.labels)) < 2:
         log.warning("every label in %s is %s: Pearson and Spearman are undefined on it (reported as 0); use dev "
                     "rows whose targets vary", cfg.data.dev, dev.labels[0] if dev.labels else "missing")
@@ -50,6 +56,18 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
         log.warning("the validation slice has only %d rows: its score moves in coarse steps; pass --val FILE or "
                     "a larger --val-fraction", len(val))
     return Tasks(train, dev, val, check_metric(cfg.data.metric, train.label_space.regression))
+
+
+def _held_out(cfg: FinetuneConfig, train: Task) -> Optional[Tuple[Task, Task]]:
+    """``(training rows, validation slice)``; None where too few rows allow a slice and only the
+    default policy asked for one (it then falls back to a policy that needs none)."""
+    try:
+        return hold_out(train, cfg.data.val_fraction or DEFAULT_FRACTION, seed=cfg.optim.seed)
+    except DataError:
+        if cfg.freeze.policy is not None or cfg.data.val_fraction is not None:
+            raise
+        log.warning("%d training rows: too few to hold out the default policy's validation slice", len(train.labels))
+        return None
 
 
 def _not_the_same(cfg: FinetuneConfig) -> None:

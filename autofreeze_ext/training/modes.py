@@ -27,14 +27,16 @@ def policy_options(cfg: FinetuneConfig, total_steps: int = 0) -> PolicyOptions:
                          val_checks_per_epoch=f.val_checks_per_epoch, stop_when_converged=f.stop_when_converged)
 
 
-def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0) -> FreezePolicy:
+def make_mode_policy(mode: str, cfg: FinetuneConfig, num_blocks: int, total_steps: int = 0,
+                     has_val_rows: bool = True) -> FreezePolicy:
     """The policy a mode runs: full, static (from the start or at a step), or the adaptive
-    policy ``cfg.freeze.policy`` with its options."""
+    policy ``cfg.freeze.policy`` with its options (none named and no validation rows: the
+    default's fallback, :func:`~autofreeze_ext.policies.default_policy`)."""
     if parse_mode(mode).kind == "autofreeze" and cfg.freeze.keep_top >= num_blocks:
         raise ValueError(f"--keep-top {cfg.freeze.keep_top}: the model has {num_blocks} blocks, so nothing could "
                          f"freeze; use at most {num_blocks - 1} (or --mode full)")
     return make_policy(mode, num_blocks=num_blocks, options=policy_options(cfg, total_steps),
-                       adaptive=cfg.freeze.policy)
+                       adaptive=cfg.freeze.policy, has_val_rows=has_val_rows)
 
 
 def _policy_reads_slice(cfg: FinetuneConfig) -> bool:
