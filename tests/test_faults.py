@@ -315,3 +315,32 @@ def test_a_ctrl_c_during_a_checkpoint_write_is_raised_once_the_checkpoint_is_who
     state = load_checkpoint(path)
     assert state["version"] == VERSION and state["a"]["w"].shape == (256, 1024)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_resumed_runs_cache_totals_add_the_checkpointed_counts():
+    """cache_totals: the counts a checkpoint kept plus this process's, the disk tier's nested
+    stats too, the derived rates recomputed (not summed); only rank 0 (which writes the
+    checkpoints) adds them."""
+    from types import SimpleNamespace
+
+    from autofreeze_ext.training.report import cache_totals
+
+    def counts(hits, misses, puts, reads):
+        return {"hits_ram": 0, "hits_disk": hits, "misses": misses, "puts_ram": 0, "puts_disk": puts,
+                "bytes_put": 10 * puts, "hit_rate": hits / (hits + misses), "bytes_per_row": 10.0,
+                "disk": {"reads_ok": reads, "bytes_read": 10 * reads}}
+
+    before = {"counters": counts(6, 2, 2, 6), "decisions": [{"depth": 1}], "writes_skipped": 3}
+    cache = SimpleNamespace(counters=lambda: counts(30, 10, 10, 30))
+    runner = SimpleNamespace(decisions=[{"depth": 2}], writes_skipped=4)
+
+    def totals(rank):
+        return cache_totals(SimpleNamespace(state={"cache_counts": before}, cache=cache, runner=runner,
+                                            ctx=SimpleNamespace(rank=rank)))
+    t = totals(0)
+    c = t["counters"]
+    assert (c["hits_disk"], c["misses"], c["puts_disk"], c["disk"]["reads_ok"], c["disk"]["bytes_read"]) == (
+        36, 12, 12, 36, 360)
+    assert c["hit_rate"] == 36 / 48 and c["bytes_per_row"] == 10.0
+    assert t["decisions"] == [{"depth": 1}, {"depth": 2}] and t["writes_skipped"] == 7
+    assert totals(1)["counters"]["hits_disk"] == 30  # another rank: its own process only

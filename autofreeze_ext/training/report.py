@@ -63,23 +63,31 @@ _DERIVED = ("hit_rate", "bytes_per_row")
 def cache_totals(run) -> dict:
     """The cache's decisions, counters and skipped writes over the whole run: this process's,
     plus what the checkpoint it resumed from kept of the processes before it (a resumed run's
-    report would otherwise count only its last process). The disk tier's own ``disk`` stats
-    are this process's."""
+    report would otherwise count only its last process). Rank 0 writes the checkpoints, so only
+    rank 0's totals span processes; the other ranks' count their own process."""
     now = {"decisions": list(run.runner.decisions), "counters": run.cache.counters(),
            "writes_skipped": run.runner.writes_skipped}
-    before = (run.state or {}).get("cache_counts")
+    before = (run.state or {}).get("cache_counts") if run.ctx.rank == 0 else None
     if not before:
         return now
-    counters = dict(now["counters"])
-    for k, v in before["counters"].items():
-        if k not in _DERIVED and isinstance(v, (int, float)) and isinstance(counters.get(k), (int, float)):
-            counters[k] = counters[k] + v
+    counters = _summed(before["counters"], now["counters"])
     lookups = counters["hits_ram"] + counters["hits_disk"] + counters["misses"]
     counters["hit_rate"] = (counters["hits_ram"] + counters["hits_disk"]) / lookups if lookups else 0.0
     puts = counters["puts_ram"] + counters["puts_disk"]
     counters["bytes_per_row"] = counters["bytes_put"] / puts if puts else 0.0
     return {"decisions": before["decisions"] + now["decisions"], "counters": counters,
             "writes_skipped": before["writes_skipped"] + now["writes_skipped"]}
+
+
+def _summed(before: dict, now: dict) -> dict:
+    """``now`` with every count ``before`` also has added (the disk tier's nested stats too)."""
+    out = dict(now)
+    for k, v in before.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _summed(v, out[k])
+        elif k not in _DERIVED and isinstance(v, (int, float)) and isinstance(out.get(k), (int, float)):
+            out[k] = out[k] + v
+    return out
 
 
 def score(entry: dict) -> float:
