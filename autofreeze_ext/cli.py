@@ -67,6 +67,15 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
         print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late "
               f"under --mode autofreeze[+cache]; mode {', '.join(ignored)} with policy {policy!r} ignores them",
               file=sys.stderr)
+    others = [f"--{k.replace('_', '-')}" for k in NOT_READ_BY_PLATEAU if getattr(args, k) != getattr(d, k)]
+    if others and reads_val_slice(policy) and any(_kind(m) == "autofreeze" for m in modes):
+        print(f"autofreeze: warning: policy {policy!r} ignores {', '.join(others)} (it checks its validation slice "
+              "--val-checks-per-epoch times an epoch and freezes every block but the top one at once)", file=sys.stderr)
+
+
+#: the other policies' options that the plateau policies do not read
+NOT_READ_BY_PLATEAU = ("intervals_per_epoch", "percentile", "threshold", "signal", "patience", "max_new_blocks",
+                       "target_speedup")
 
 
 def _kind(mode: str) -> Optional[str]:

@@ -383,3 +383,14 @@ def test_a_checkpoint_of_another_policy_is_refused_not_misread():
     mine = ctl(make_policy("plateau")).state_dict()
     ctl(make_policy("plateau")).load_state_dict({k: v for k, v in mine.items() if k != "policy_class"})
     ctl(make_policy("plateau")).load_state_dict(mine)
+
+
+def test_options_the_default_policy_ignores_are_named(capsys):
+    """The other policies' options given to a plateau run: a warning names them; none when they
+    are left at their defaults, or when the policy named reads them."""
+    base = ["finetune", "--train", "/no/such.tsv", "--dev", "/no/such.tsv"]
+    _, _, err = run(base + ["--intervals-per-epoch", "3", "--patience", "1"], capsys)
+    assert "policy 'plateau' ignores --intervals-per-epoch, --patience" in err
+    for quiet in (base, base + ["--policy", "late", "--patience", "1"]):
+        _, _, err = run(quiet, capsys)
+        assert "ignores" not in err, err
