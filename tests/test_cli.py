@@ -236,6 +236,8 @@ def test_estimate_without_unfrozen_steps_says_so():
     rep.update(mode="autofreeze", frozen_depth=[{"step": 0, "depth": 0}, {"step": 4, "depth": 1}],
                depth_seconds={"0": [4.0, 4], "1": [3.0, 6]}, train_time_s=7.0)
     assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)
+    rep["signal_seconds"] = {"val_slice": 0.4}  # the plateau policy's checks: not full fine-tuning's time
+    assert estimate_full_time(rep)["speedup"] == pytest.approx(9 / 7)
 
 
 def test_policy_option_runs_the_stability_policy_and_plots_its_story(tiny_ckpt, task, tmp_path, capsys):

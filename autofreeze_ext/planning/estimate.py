@@ -6,8 +6,9 @@ from typing import List, Optional
 
 def estimate_full_time(report: dict) -> Optional[dict]:
     """Full fine-tuning's training time estimated from this run's own steps before the first
-    freeze: mean step time at frozen depth 0 (the controller's statistics included) times the
-    run's number of steps. ``None`` when fewer than 3 steps ran unfrozen (e.g. a static mode).
+    freeze: mean step time at frozen depth 0 (the controller's statistics included, less the
+    validation slice's checks: full fine-tuning makes none) times the run's number of steps.
+    ``None`` when fewer than 3 steps ran unfrozen (e.g. a static mode).
 
     Returns ``{"full_s", "step_s", "steps_measured", "steps", "speedup"}``, speedup against the
     run's measured training time (evaluation excluded in both).
@@ -15,7 +16,8 @@ def estimate_full_time(report: dict) -> Optional[dict]:
     seconds, steps = (report.get("depth_seconds") or {}).get("0", [0.0, 0])
     if steps < 3 or not report.get("train_time_s"):
         return None
-    step_s = seconds / steps
+    checks = min(seconds, (report.get("signal_seconds") or {}).get("val_slice", 0.0))  # (all before the freeze,
+    step_s = (seconds - checks) / steps  # but with --stop-when-converged: then the estimate errs low)
     full = step_s * report["steps"]
     return {"full_s": full, "step_s": step_s, "steps_measured": steps, "steps": report["steps"],
             "speedup": full / report["train_time_s"]}
