@@ -57,6 +57,26 @@ def plot_reports(reports: List[dict], path: str) -> str:
     return save_figure(fig, axes, path, dpi=120, legend_size=7)
 
 
+def _slice_story(ax, report: dict, ivs: list) -> None:
+    """A validation-slice policy's checks: the slice's score at each check, the checks that
+    gained (filled) and those that did not (open), and the freeze (vertical line)."""
+    pts = [(h["step"], h["signals"]["val_slice"]["score"], max(h["eta"].values()) == 0) for h in ivs
+           if isinstance((h.get("signals") or {}).get("val_slice"), dict)]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:blue", lw=1, label="validation slice score")
+        for gained, style in ((True, "o"), (False, "o")):
+            sel = [p for p in pts if p[2] == gained]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=style, s=18, color="tab:blue",
+                       facecolors="tab:blue" if gained else "none", label="gained" if gained else "no gain")
+    froze = [h["step"] for h in report["controller_history"] if h.get("event") == "freeze"]
+    for step in froze:
+        ax.axvline(step, color="grey", lw=0.8, alpha=0.6)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"slice {report.get('metric', 'score')}")
+    ax.set_title(f"{'why it froze' if froze else 'why nothing froze'}: {report.get('policy', report['mode'])}"[:70],
+                 fontsize=9)
+
+
 GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}
 
 
@@ -64,6 +84,8 @@ def _story(ax, report: dict) -> None:
     """Per interval: each active block's tested value (log scale), the threshold, freezes
     (vertical lines) and the guard that held a freeze back (coloured marks along the top)."""
     ivs = [h for h in report["controller_history"] if h.get("event") == "interval" and h.get("eta")]
+    if ivs and ivs[0].get("signal") == "val_slice":
+        return _slice_story(ax, report, ivs)
     blocks = sorted({int(b) for h in ivs for b in h["eta"]})
     for b in blocks:
         pts = [(h["step"], h["eta"][b] if b in h["eta"] else h["eta"].get(str(b))) for h in ivs]
@@ -82,4 +104,6 @@ def _story(ax, report: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ivs[0].get("signal") or "eta (gradient-norm change)" if ivs else "value")
-    ax.set_title(f"why it froze: {report.get('policy', report['mode'])}"[:70], fontsize=9)
+    froze = any(h.get("event") == "freeze" for h in report["controller_history"])
+    ax.set_title(f"{'why it froze' if froze else 'why nothing froze'}: {report.get('policy', report['mode'])}"[:70],
+                 fontsize=9)

@@ -394,3 +394,27 @@ def test_options_the_default_policy_ignores_are_named(capsys):
     for quiet in (base, base + ["--policy", "late", "--patience", "1"]):
         _, _, err = run(quiet, capsys)
         assert "ignores" not in err, err
+
+
+def test_a_plateau_runs_log_and_summary_say_what_the_slice_did():
+    """A check's log line gives the slice's score and loss and the checks without a gain; a run
+    that froze nothing says the slice was still improving and names its policy."""
+    from autofreeze_ext.freezing.history import describe
+    from autofreeze_ext.planning.estimate import estimate_lines
+
+    def check(step, score, since):
+        return {"event": "interval", "step": step, "decided": 0, "signal": "val_slice", "threshold": 2.0,
+                "eta": {b: float(since) for b in range(4)}, "signals": {"val_slice": {"score": score, "loss": 0.5}}}
+    history = [check(10, 0.7, 0), check(20, 0.69, 1), check(30, 0.8, 0)]
+    assert describe(history[1]) == ("autofreeze: step 20 check: validation slice score 0.69 loss 0.5, 1 of 2 checks "
+                                    "without a gain -> depth 0")
+    report = {"mode": "autofreeze", "num_blocks": 4, "steps": 30, "steps_per_epoch": 15, "train_time_s": 10.0,
+              "frozen_depth": [{"step": 0, "depth": 0}], "depth_seconds": {"0": [10.0, 30]},
+              "controller_history": history, "policy": "PlateauFreeze(no gain in 2 checks)",
+              "signal_seconds": {"val_slice": 0.5}}
+    lines = estimate_lines(report)
+    assert lines[0] == ("freezing: 0 of 4 blocks frozen (the validation slice was still improving: 0 check(s) "
+                        "without a gain at the end, a plateau takes 2; a run whose budget outlasts convergence "
+                        "freezes); policy PlateauFreeze(no gain in 2 checks)")
+    assert "mean over all steps: nothing froze, less the validation checks" in lines[1]
+    assert "estimated speedup: 0.95x" in lines[2]

@@ -29,8 +29,19 @@ def describe(entry: dict) -> Optional[str]:
     """One log line for an interval record that tested values (None when it tested none)."""
     if not entry.get("eta"):
         return None
+    if entry.get("signal") == "val_slice":
+        return _describe_check(entry)
     etas = " ".join(f"{b}:{v:.3g}" for b, v in sorted(entry["eta"].items()))
     why = entry.get("held_by") or entry.get("forced")
     return (f"autofreeze: step {entry['step']} interval: {entry.get('signal', 'eta')} {{{etas}}} threshold "
             f"{entry['threshold']:.3g} -> depth {entry['decided']}" + (f" ({why})" if why else ""))
 
+
+def _describe_check(entry: dict) -> str:
+    """A validation-slice check: the slice's score and loss, and the checks without a gain
+    against the patience (one value for every block: the decision is the model's)."""
+    value = (entry.get("signals") or {}).get("val_slice") or {}
+    since, why = max(entry["eta"].values()), entry.get("held_by") or entry.get("forced")
+    score = f"score {value['score']:.4g} loss {value['loss']:.4g}, " if "score" in value else ""
+    return (f"autofreeze: step {entry['step']} check: validation slice {score}{since:g} of {entry['threshold']:g} "
+            f"checks without a gain -> depth {entry['decided']}" + (f" ({why})" if why else ""))

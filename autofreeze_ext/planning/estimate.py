@@ -20,7 +20,7 @@ def estimate_full_time(report: dict) -> Optional[dict]:
     step_s = (seconds - checks) / steps  # but with --stop-when-converged: then the estimate errs low)
     full = step_s * report["steps"]
     return {"full_s": full, "step_s": step_s, "steps_measured": steps, "steps": report["steps"],
-            "speedup": full / report["train_time_s"]}
+            "speedup": full / report["train_time_s"], "checks_s": checks}
 
 
 def freezing_summary(report: dict) -> str:
@@ -29,7 +29,8 @@ def freezing_summary(report: dict) -> str:
     n = report.get("num_blocks")
     final = trace[-1]["depth"] if trace else 0
     if not final:
-        return f"0 of {n} blocks frozen"
+        why = _why_nothing_froze(report)
+        return f"0 of {n} blocks frozen" + (f" ({why})" if why else "")
     spe = report.get("steps_per_epoch") or 0
     first = next(e for e in trace if e["depth"] > 0)
     last = next(e for e in trace if e["depth"] == final)
@@ -38,11 +39,27 @@ def freezing_summary(report: dict) -> str:
     return f"{final} of {n} blocks frozen (first at {when}{tail})"
 
 
+def _why_nothing_froze(report: dict) -> Optional[str]:
+    """What the last decision of a run that froze nothing said: the guard that held it, or how
+    far the validation slice was from a plateau."""
+    tested = [h for h in report.get("controller_history") or [] if h.get("event") == "interval" and h.get("eta")]
+    if not tested:
+        return None
+    last = tested[-1]
+    if last.get("held_by"):
+        return f"held at the last check: {last['held_by']}"
+    if last.get("signal") == "val_slice":
+        since = max(last["eta"].values())
+        return (f"the validation slice was still improving: {since:g} check(s) without a gain at the end, a plateau "
+                f"takes {last['threshold']:g}; a run whose budget outlasts convergence freezes")
+    return None
+
+
 def estimate_lines(report: dict) -> List[str]:
     """What ``autofreeze finetune`` prints after its table: blocks frozen, the estimated full
     fine-tuning time and speedup (said to be an estimate, and how it was made), and how to
     measure it instead."""
-    lines = [f"freezing: {freezing_summary(report)}"]
+    lines = [f"freezing: {freezing_summary(report)}" + (f"; policy {report['policy']}" if report.get("policy") else "")]
     if report.get("mode") == "full":
         return lines
     measure = (f"for a measured speedup: autofreeze compare --modes full,{report.get('mode')} "
@@ -52,8 +69,10 @@ def estimate_lines(report: dict) -> List[str]:
         lines.append("no estimate of full fine-tuning's time: fewer than 3 steps ran before the first freeze; "
                      + measure)
         return lines
-    lines.append(f"full fine-tuning, estimated: {est['full_s']:.0f} s = {est['step_s']:.3f} s/step (mean over the "
-                 f"{est['steps_measured']} steps before the first freeze) x {est['steps']} steps")
+    over = ("all steps: nothing froze" if est["steps_measured"] >= est["steps"]
+            else f"the {est['steps_measured']} steps before the first freeze")
+    lines.append(f"full fine-tuning, estimated: {est['full_s']:.0f} s = {est['step_s']:.3f} s/step (mean over {over}"
+                 f"{', less the validation checks' if est.get('checks_s') else ''}) x {est['steps']} steps")
     lines.append(f"estimated speedup: {est['speedup']:.2f}x (training time {report['train_time_s']:.0f} s; an "
                  f"estimate, evaluation excluded); {measure}")
     return lines
