@@ -75,6 +75,9 @@ POLICIES: Dict[str, tuple] = {
     "plateau+cache": ("autofreeze+cache", ["--policy", "plateau"]),
     "plateau+stop+cache": ("autofreeze+cache", ["--policy", "plateau", "--stop-when-converged"]),
     "plateau-or-late+cache": ("autofreeze+cache", ["--policy", "plateau-or-late"]),
+    # half the checks' cost: one check an epoch, a plateau after one check without a gain (one epoch)
+    "plateau-1x1+cache": ("autofreeze+cache", ["--policy", "plateau", "--val-checks-per-epoch", "1",
+                                               "--plateau-patience", "1"]),
 }
 #: run lengths (issue 27): epochs, and what every run of the regime adds. Full fine-tuning there
 #: records the validation slice at 10 checks per epoch (the plateau policy's 2 per epoch among

@@ -230,7 +230,8 @@ def plot_curves(out: str, path: str) -> Optional[str]:
 
 RUN_NAMES = {"full": "full fine-tuning (fixed budget)",
              "early-stop (full, read off)": "early stopping (read off full, same slice and patience)",
-             "plateau_cache": "`plateau` + cache", "plateau_stop_cache": "`plateau --stop-when-converged` + cache"}
+             "plateau_cache": "`plateau` + cache", "plateau_stop_cache": "`plateau --stop-when-converged` + cache",
+             "plateau-1x1_cache": "`plateau --val-checks-per-epoch 1 --plateau-patience 1` + cache"}
 
 
 def markdown(out: str) -> str:
