@@ -63,8 +63,9 @@ _DERIVED = ("hit_rate", "bytes_per_row")
 def cache_totals(run) -> dict:
     """The cache's decisions, counters and skipped writes over the whole run: this process's,
     plus what the checkpoint it resumed from kept of the processes before it (a resumed run's
-    report would otherwise count only its last process). Rank 0 writes the checkpoints, so only
-    rank 0's totals span processes; the other ranks' count their own process."""
+    report would otherwise count only its last process). A resumed process decides again at the
+    depth it resumed at, so ``decisions`` has an entry per process and depth. Rank 0 writes the
+    checkpoints, so only rank 0's totals span processes; the other ranks' count their own process."""
     now = {"decisions": list(run.runner.decisions), "counters": run.cache.counters(),
            "writes_skipped": run.runner.writes_skipped}
     before = (run.state or {}).get("cache_counts") if run.ctx.rank == 0 else None
