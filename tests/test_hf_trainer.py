@@ -284,7 +284,10 @@ def test_an_iterable_dataset_is_a_clear_error(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=2)
     with pytest.raises(TypeError, match="map-style"):
         AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream())
-    AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream(), cache=False)  # freezing only: fine
+    t = AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream(), cache=False)  # freezing only: fine
+    assert t.autofreeze.val_data is None  # no slice out of a stream: the default falls back to late at train begin
+    with pytest.raises(TypeError, match="pass val_data="):  # a policy named to read a slice cannot
+        AutoFreezeTrainer(model=tiny_bert(), args=args, train_dataset=Stream(), cache=False, policy="plateau")
 
 
 def test_rank_stable_sampler_groups_by_length_within_each_rank_shard():

@@ -124,6 +124,22 @@ def _seed(kwargs) -> int:
     return int(getattr(args, "seed", 0) or 0)
 
 
+def _hold_out(kwargs: dict, policy, fraction: float):
+    """The validation slice held out of ``kwargs["train_dataset"]`` (which loses those rows);
+    None for a streamed dataset under the default policy (it then falls back to one that reads
+    no slice); a ``TypeError`` for a stream under a policy named to read one."""
+    train = kwargs["train_dataset"]
+    if isinstance(train, torch.utils.data.IterableDataset) or not hasattr(train, "__len__"):
+        if policy is not None:
+            raise TypeError("AutoFreezeTrainer: a policy that reads a validation slice holds it out of a map-style "
+                            "train_dataset; this one is a stream: pass val_data=rows never trained on")
+        logger.warning("AutoFreezeTrainer: no validation slice can be held out of a streamed train_dataset")
+        return None
+    kwargs["train_dataset"], val = hold_out_rows(train, fraction, seed=_seed(kwargs))
+    logger.info("AutoFreezeTrainer: %d training rows held out as the validation slice", len(val))
+    return val
+
+
 class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     """A ``transformers.Trainer`` with AutoFreeze's freezing and activation cache.
 
@@ -152,8 +168,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if Trainer is object:
             raise ImportError("transformers is not installed: pip install \".[hf]\"")
         if val_data is None and _reads_val_slice(policy) and kwargs.get("train_dataset") is not None:
-            kwargs["train_dataset"], val_data = hold_out_rows(kwargs["train_dataset"], val_fraction, seed=_seed(kwargs))
-            logger.info("AutoFreezeTrainer: %d training rows held out as the validation slice", len(val_data))
+            val_data = _hold_out(kwargs, policy, val_fraction)
         self.autofreeze = AutoFreezeCallback(policy, options, val_data=val_data)
         self._epochs = SamplerEpoch()
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze, self._epochs]
