@@ -150,7 +150,9 @@ def test_unusable_cache_dir_warns_and_caches_in_ram(tiny_ckpt, task, tmp_path, c
 
 @pytest.mark.parametrize("mode, policy", [("autofreeze", None), ("autofreeze+cache", "gradient")])
 def test_resume_after_kill_9_continues_identically(mode, policy, tiny_ckpt, tmp_path):
-    """A run killed mid-epoch and resumed equals the uninterrupted run. The default policy, and
+    """A run killed mid-epoch and resumed equals the uninterrupted run, freezes included. The
+    default policy (plateau; a learning rate so small that its slice stops improving after the
+    first check, so it freezes at the third, step 12, between the checkpoint and the kill), and
     the paper's test with the cache (it freezes within these steps, so the cache is read)."""
     import signal
     import subprocess
@@ -161,7 +163,8 @@ def test_resume_after_kill_9_continues_identically(mode, policy, tiny_ckpt, tmp_
     args = [sys.executable, "-m", "autofreeze_ext.cli", "finetune", "--mode", mode, "--model", tiny_ckpt,
             "--train", train, "--dev", dev, "--epochs", "4", "--batch-size", "8", "--max-length", "12",
             "--intervals-per-epoch", "2", "--evals-per-epoch", "2", "--no-progress", "--no-plot",
-            "--no-cost-model", "--cache-memory", "0", "--threads", "1", *(["--policy", policy] if policy else [])]
+            "--no-cost-model", "--cache-memory", "0", "--threads", "1",
+            *(["--policy", policy] if policy else ["--learned", "off", "--lr", "1e-12"])]
 
     def go(name, extra, kill_at=None):
         cmd = args if not kill_at else [sys.executable, CRASH_CLI, "--kill-at", str(kill_at), "--", *args[3:]]
@@ -180,7 +183,9 @@ def test_resume_after_kill_9_continues_identically(mode, policy, tiny_ckpt, tmp_
     b = json.loads((tmp_path / "run" / f"finetune_{slug}.json").read_text())
     assert b["resumed_at_steps"] == [10]
     assert b["controller_history"] == a["controller_history"]
-    assert b["frozen_depth"] == a["frozen_depth"]
+    assert b["frozen_depth"] == a["frozen_depth"] and len(a["frozen_depth"]) > 1  # it froze
+    if policy is None:
+        assert a["policy"].startswith("PlateauFreeze") and a["frozen_depth"][1]["step"] == 12
     assert [e["accuracy"] for e in b["evals"]] == [e["accuracy"] for e in a["evals"]]
     if mode.endswith("+cache"):
         assert "reused" in b["cache"]["info"]["disk"]
