@@ -69,6 +69,20 @@ def parse_bytes(v: Bytes) -> Optional[int]:
 DEFAULT_MEMORY = "2GiB"
 
 
+#: the counters :func:`with_rates` derives from the others (recomputed, never summed)
+RATES = ("hit_rate", "bytes_per_row")
+
+
+def with_rates(counts: dict) -> dict:
+    """``counts`` (hits, misses, puts, bytes put) with the rates derived from them: the share of
+    lookups that hit, and the payload of a stored row."""
+    n = counts["hits_ram"] + counts["hits_disk"] + counts["misses"]
+    counts["hit_rate"] = (counts["hits_ram"] + counts["hits_disk"]) / n if n else 0.0
+    puts = counts["puts_ram"] + counts["puts_disk"]
+    counts["bytes_per_row"] = counts["bytes_put"] / puts if puts else 0.0
+    return counts
+
+
 def fingerprint_of(obj) -> str:
     """A stable string for what produced the cache (model identity, input settings...)."""
     if obj is None:
@@ -155,11 +169,7 @@ class ActivationCache:
 
     def counters(self) -> dict:
         """Hit/miss/put counters, seconds spent reading/writing, and the disk tier's own stats."""
-        out = dict(self.stats)
-        n = out["hits_ram"] + out["hits_disk"] + out["misses"]
-        out["hit_rate"] = (out["hits_ram"] + out["hits_disk"]) / n if n else 0.0
-        puts = out["puts_ram"] + out["puts_disk"]
-        out["bytes_per_row"] = out["bytes_put"] / puts if puts else 0.0  # payload of a stored row
+        out = with_rates(dict(self.stats))
         if self._store is not None:
             out["disk"] = self._store.stats()
         return out

@@ -8,6 +8,7 @@ from typing import List
 import torch
 
 from .._backend import backend_info
+from ..cache.activation_cache import RATES, with_rates
 
 
 def make_report(run, packer, cost_goal, saver=None) -> dict:
@@ -56,10 +57,6 @@ def make_report(run, packer, cost_goal, saver=None) -> dict:
     return report
 
 
-#: counters derived from the others (recomputed over a resumed run's processes, never summed)
-_DERIVED = ("hit_rate", "bytes_per_row")
-
-
 def cache_totals(run) -> dict:
     """The cache's decisions, counters and skipped writes over the whole run: this process's,
     plus what the checkpoint it resumed from kept of the processes before it (a resumed run's
@@ -71,11 +68,7 @@ def cache_totals(run) -> dict:
     before = (run.state or {}).get("cache_counts") if run.ctx.rank == 0 else None
     if not before:
         return now
-    counters = _summed(before["counters"], now["counters"])
-    lookups = counters["hits_ram"] + counters["hits_disk"] + counters["misses"]
-    counters["hit_rate"] = (counters["hits_ram"] + counters["hits_disk"]) / lookups if lookups else 0.0
-    puts = counters["puts_ram"] + counters["puts_disk"]
-    counters["bytes_per_row"] = counters["bytes_put"] / puts if puts else 0.0
+    counters = with_rates(_summed(before["counters"], now["counters"]))
     return {"decisions": before["decisions"] + now["decisions"], "counters": counters,
             "writes_skipped": before["writes_skipped"] + now["writes_skipped"]}
 
@@ -86,7 +79,7 @@ def _summed(before: dict, now: dict) -> dict:
     for k, v in before.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _summed(v, out[k])
-        elif k not in _DERIVED and isinstance(v, (int, float)) and isinstance(out.get(k), (int, float)):
+        elif k not in RATES and isinstance(v, (int, float)) and isinstance(out.get(k), (int, float)):
             out[k] = out[k] + v
     return out
 
