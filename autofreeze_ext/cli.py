@@ -62,13 +62,14 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
     plateau = [f"--{k.replace('_', '-')}" for k in ("stop_when_converged", "plateau_patience", "min_improvement",
                                                      "val_checks_per_epoch") if getattr(args, k) != getattr(d, k)]
     policy = args.policy or DEFAULT_POLICY
-    ignored = [m for m in modes if _kind(m) != "autofreeze" or not reads_val_slice(policy)]
+    reads = reads_val_slice(policy)  # (builds the policy: asked once)
+    ignored = [m for m in modes if _kind(m) != "autofreeze" or not reads]
     if plateau and ignored:
         print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late "
               f"under --mode autofreeze[+cache]; mode {', '.join(ignored)} with policy {policy!r} ignores them",
               file=sys.stderr)
     others = [f"--{k.replace('_', '-')}" for k in NOT_READ_BY_PLATEAU if getattr(args, k) != getattr(d, k)]
-    if others and reads_val_slice(policy) and any(_kind(m) == "autofreeze" for m in modes):
+    if others and reads and any(_kind(m) == "autofreeze" for m in modes):
         print(f"autofreeze: warning: policy {policy!r} ignores {', '.join(others)} (it checks its validation slice "
               "--val-checks-per-epoch times an epoch and freezes every block but the top one at once)", file=sys.stderr)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import List
 
+from .freezing.history import checks_without_gain
+
 
 def save_figure(fig, axes, path: str, dpi: int = 110, legend_size: int = 8) -> str:
     """Grid and legend on each of ``axes``, then ``fig`` laid out, written to ``path`` and closed."""
@@ -60,21 +62,29 @@ def plot_reports(reports: List[dict], path: str) -> str:
 def _slice_story(ax, report: dict, ivs: list) -> None:
     """A validation-slice policy's checks: the slice's score at each check, the checks that
     gained (filled) and those that did not (open), and the freeze (vertical line)."""
-    pts = [(h["step"], h["signals"]["val_slice"]["score"], max(h["eta"].values()) == 0) for h in ivs
+    pts = [(h["step"], h["signals"]["val_slice"]["score"], checks_without_gain(h) == 0) for h in ivs
            if isinstance((h.get("signals") or {}).get("val_slice"), dict)]
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:blue", lw=1, label="validation slice score")
-        for gained, style in ((True, "o"), (False, "o")):
+        for gained in (True, False):
             sel = [p for p in pts if p[2] == gained]
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=style, s=18, color="tab:blue",
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker="o", s=18, color="tab:blue",
                        facecolors="tab:blue" if gained else "none", label="gained" if gained else "no gain")
-    froze = [h["step"] for h in report["controller_history"] if h.get("event") == "freeze"]
-    for step in froze:
+    for step in _freeze_steps(report):
         ax.axvline(step, color="grey", lw=0.8, alpha=0.6)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"slice {report.get('metric', 'score')}")
-    ax.set_title(f"{'why it froze' if froze else 'why nothing froze'}: {report.get('policy', report['mode'])}"[:70],
-                 fontsize=9)
+    _story_title(ax, report)
+
+
+def _freeze_steps(report: dict) -> List[int]:
+    return [h["step"] for h in report["controller_history"] if h.get("event") == "freeze"]
+
+
+def _story_title(ax, report: dict) -> None:
+    """``why it froze: POLICY`` (``why nothing froze`` when nothing did), cut to the panel."""
+    why = "why it froze" if _freeze_steps(report) else "why nothing froze"
+    ax.set_title(f"{why}: {report.get('policy', report['mode'])}"[:70], fontsize=9)
 
 
 GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}
@@ -93,9 +103,8 @@ def _story(ax, report: dict) -> None:
         if pts:
             ax.plot(*zip(*pts), marker=".", ms=3, lw=1, label=f"block {b}")
     ax.plot([h["step"] for h in ivs], [h["threshold"] for h in ivs], "k--", lw=1, label="threshold")
-    for h in report["controller_history"]:
-        if h.get("event") == "freeze":
-            ax.axvline(h["step"], color="grey", lw=0.8, alpha=0.6)
+    for step in _freeze_steps(report):
+        ax.axvline(step, color="grey", lw=0.8, alpha=0.6)
     top = ax.get_ylim()[1] if ivs else 1.0
     for name, color in GUARD_COLORS.items():
         held = [h["step"] for h in ivs if name in (h.get("held_by") or h.get("forced") or "")]
@@ -104,6 +113,4 @@ def _story(ax, report: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ivs[0].get("signal") or "eta (gradient-norm change)" if ivs else "value")
-    froze = any(h.get("event") == "freeze" for h in report["controller_history"])
-    ax.set_title(f"{'why it froze' if froze else 'why nothing froze'}: {report.get('policy', report['mode'])}"[:70],
-                 fontsize=9)
+    _story_title(ax, report)

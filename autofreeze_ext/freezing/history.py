@@ -41,7 +41,13 @@ def _describe_check(entry: dict) -> str:
     """A validation-slice check: the slice's score and loss, and the checks without a gain
     against the patience (one value for every block: the decision is the model's)."""
     value = (entry.get("signals") or {}).get("val_slice") or {}
-    since, why = max(entry["eta"].values()), entry.get("held_by") or entry.get("forced")
+    since, why = checks_without_gain(entry), entry.get("held_by") or entry.get("forced")
     score = f"score {value['score']:.4g} loss {value['loss']:.4g}, " if "score" in value else ""
     return (f"autofreeze: step {entry['step']} check: validation slice {score}{since:g} of {entry['threshold']:g} "
             f"checks without a gain -> depth {entry['decided']}" + (f" ({why})" if why else ""))
+
+
+def checks_without_gain(entry: dict) -> float:
+    """A validation-slice check's checks in a row without a gain (the policy records it as the
+    tested value of every active block: the decision is the model's)."""
+    return max(entry["eta"].values())

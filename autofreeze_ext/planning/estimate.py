@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from ..freezing.history import checks_without_gain
+
 
 def estimate_full_time(report: dict) -> Optional[dict]:
     """Full fine-tuning's training time estimated from this run's own steps before the first
@@ -49,7 +51,7 @@ def _why_nothing_froze(report: dict) -> Optional[str]:
     if last.get("held_by"):
         return f"held at the last check: {last['held_by']}"
     if last.get("signal") == "val_slice":
-        since = max(last["eta"].values())
+        since = checks_without_gain(last)
         return (f"the validation slice was still improving: {since:g} check(s) without a gain at the end, a plateau "
                 f"takes {last['threshold']:g}; a run whose budget outlasts convergence freezes")
     return None
