@@ -146,6 +146,20 @@ def test_resume_refuses_options_that_differ_from_the_checkpoint(changed, match, 
     refused_before_training(rc, stdout, err, match)
 
 
+def test_resume_accepts_another_spelling_of_the_same_files(tiny_ckpt, task, tmp_path, capsys):
+    """A run moved to another folder names its data by another path (``run/../data``, a link):
+    the same files, so it resumes; the snapshot sweeps of BENCHMARKS hit this."""
+    ck = _checkpointed(tiny_ckpt, task, tmp_path, capsys, "--stop-after-steps", "2")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(task[0], tmp_path / "link.tsv")
+    for train in (str(tmp_path / "elsewhere" / ".." / "train.tsv"), str(tmp_path / "link.tsv")):
+        rc, _, err = finetune(tiny_ckpt, (train, task[1]), tmp_path, capsys, "--checkpoint-dir", str(ck),
+                              "--resume", "--stop-after-steps", "3")
+        assert rc == 0, err
+        report = json.load(open(tmp_path / "out" / "finetune_full.json"))
+        assert report["resumed_at_steps"] and report["steps"] == 3
+
+
 def test_resume_on_an_empty_folder_says_it_starts_fresh(tiny_ckpt, task, tmp_path, capsys, caplog):
     rc, _, err = finetune(tiny_ckpt, task, tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "empty"), "--resume")
     assert rc == 0, err

@@ -58,10 +58,21 @@ def save_checkpoint(path: str, state: dict) -> None:
     atomic_write(path, write, binary=True)
 
 
+#: options that name a file or folder: they match when they name the same one (``data/../x`` and ``x``)
+PATHS = frozenset({"train", "val", "model", "checkpoint_dir"})
+
+
+def _same(key: str, a, b) -> bool:
+    if key in PATHS and isinstance(a, str) and isinstance(b, str):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
 def check_options(path: str, saved: dict, now: dict) -> None:
     """A resumed run's options against the checkpoint's: every one outside :data:`MAY_DIFFER`
-    must match (``ValueError`` naming both values)."""
-    diff = [(k, saved[k], now[k]) for k in sorted(saved) if k in now and k not in MAY_DIFFER and saved[k] != now[k]]
+    must match (``ValueError`` naming both values); paths match when they name the same file."""
+    diff = [(k, saved[k], now[k]) for k in sorted(saved)
+            if k in now and k not in MAY_DIFFER and not _same(k, saved[k], now[k])]
     if diff:
         said = "; ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, a, b in diff)
         raise ValueError(f"{path} was written with other options ({said}): resume with the checkpoint's options, "
