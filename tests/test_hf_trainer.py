@@ -114,6 +114,15 @@ def test_resume_from_checkpoint_continues_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     counters = resumed.cache_counters
     assert counters["puts_disk"] > 0 and counters["hits_disk"] > 0, counters
+    # the counts span both processes: every lookup of the uninterrupted run is counted once,
+    # those before the checkpoint (kept in it) among them
+    kept = json.loads((out / f"checkpoint-{step}" / "autofreeze_cache_counts_rank0.json").read_text())
+    assert lookups(kept) > 0 and lookups(counters) == lookups(whole.cache_counters), (kept, counters)
+    assert counters["hit_rate"] == pytest.approx((counters["hits_ram"] + counters["hits_disk"]) / lookups(counters))
+
+
+def lookups(counters):
+    return counters["hits_ram"] + counters["hits_disk"] + counters["misses"]
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

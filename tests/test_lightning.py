@@ -159,6 +159,25 @@ def test_the_cache_serves_the_frozen_prefix_with_equal_losses(tmp_path):
     assert cached.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-6)
 
 
+def test_a_resumed_fit_counts_the_cache_over_both_fits(tmp_path):
+    """The checkpoint keeps the cache's counts: a fit resumed from it reports every lookup of
+    the uninterrupted fit (its own cache starts empty), not only its own."""
+    def fit(out, **kw):
+        cb = AutoFreezeLightning("static:2@3", cache=True)
+        ck = [L.callbacks.ModelCheckpoint(dirpath=str(out / "ck"), every_n_train_steps=12, save_top_k=-1,
+                                          filename="{step}")]
+        trainer(out, cb, epochs=4, checkpointing=True, callbacks=ck,
+                max_steps=kw.pop("max_steps", -1)).fit(Module(use_cache=True, dropout=0.0), loader(), **kw)
+        return cb.cache_counters
+
+    whole = fit(tmp_path / "a")
+    first = fit(tmp_path / "b", max_steps=12)
+    resumed = fit(tmp_path / "c", ckpt_path=str(tmp_path / "b" / "ck" / "step=12.ckpt"))
+    lookups = lambda c: c["hits_ram"] + c["hits_disk"] + c["misses"]  # noqa: E731
+    assert lookups(first) > 0 and lookups(resumed) == lookups(whole) == 4 * 48 - 3 * 8, (first, resumed, whole)
+    assert resumed["hit_rate"] == pytest.approx((resumed["hits_ram"] + resumed["hits_disk"]) / lookups(resumed))
+
+
 def test_ddp_ranks_take_the_same_decisions_and_frozen_parameters_leave_the_allreduce(tmp_path):
     """strategy="ddp" on 2 CPU processes (gloo) whose policies disagree (rank 1's never
     freezes): rank 0's decision is broadcast, so both ranks freeze at the same step, and the

@@ -69,8 +69,9 @@ def parse_bytes(v: Bytes) -> Optional[int]:
 DEFAULT_MEMORY = "2GiB"
 
 
-#: the counters :func:`with_rates` derives from the others (recomputed, never summed)
+#: the counters :func:`with_rates` derives from the others (recomputed, never summed), and those it reads
 RATES = ("hit_rate", "bytes_per_row")
+_COUNTED = frozenset({"hits_ram", "hits_disk", "misses", "puts_ram", "puts_disk", "bytes_put"})
 
 
 def with_rates(counts: dict) -> dict:
@@ -81,6 +82,28 @@ def with_rates(counts: dict) -> dict:
     puts = counts["puts_ram"] + counts["puts_disk"]
     counts["bytes_per_row"] = counts["bytes_put"] / puts if puts else 0.0
     return counts
+
+
+def add_counts(before: Optional[dict], now: dict) -> dict:
+    """The counts of a run resumed across processes: ``now`` (this process's) plus ``before``
+    (what the checkpoint kept of the processes before it), every count summed (the disk tier's
+    nested ones too), the rates recomputed from the sums. ``before`` None or empty: ``now``."""
+    if not before:
+        return now
+    out = _summed(before, now)
+    return with_rates(out) if _COUNTED <= set(out) else out
+
+
+def _summed(before: dict, now: dict) -> dict:
+    out = dict(now)
+    for k, v in before.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _summed(v, out[k])
+        elif k not in RATES and isinstance(v, (int, float)) and isinstance(out[k], (int, float)):
+            out[k] = out[k] + v
+    return out
 
 
 def fingerprint_of(obj) -> str:

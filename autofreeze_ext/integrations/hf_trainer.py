@@ -34,9 +34,10 @@ from typing import Optional, Union
 
 import torch
 
-from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
+from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse, add_counts
 from ..freezing.prefix import FrozenPrefixRunner
 from ..policies import FreezePolicy, PolicyOptions
+from .hf_cache_counts import CacheCounts
 from .hf_callback import AutoFreezeCallback
 from .hf_ddp import RankStableSampler, SamplerEpoch, all_reduce_gradients, check_cached_setup
 
@@ -170,8 +171,8 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if val_data is None and _reads_val_slice(policy) and kwargs.get("train_dataset") is not None:
             val_data = _hold_out(kwargs, policy, val_fraction)
         self.autofreeze = AutoFreezeCallback(policy, options, val_data=val_data)
-        self._epochs = SamplerEpoch()
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze, self._epochs]
+        self._epochs, self._counts = SamplerEpoch(), CacheCounts(self._cache_totals)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.autofreeze, self._epochs, self._counts]
         super().__init__(*args, **kwargs)
         if cache:
             check_cached_setup(self)
@@ -183,7 +184,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         self.cache_options = {"path": cache_dir, "memory_budget": cache_memory, "disk_budget": cache_disk}
         self.cache: Optional[ActivationCache] = None
         self._runner: Optional[FrozenPrefixRunner] = None
-        self.cache_counters: dict = {}  #: the cache's counters when training ended
+        self.cache_counters: dict = {}  #: the cache's counters when training ended (a resumed run: all of it)
         self._through_runner = False  # the last training forward bypassed the DDP wrapper
         self.allreduce_bytes: list = []  #: under several processes: gradient bytes averaged per update
 
@@ -246,6 +247,7 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         if resume_from_checkpoint:
             resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
             self.autofreeze.prepare_resume(self.model, resume_from_checkpoint)
+        self._counts.resume_from(resume_from_checkpoint or None, self.args.process_index)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
@@ -260,14 +262,22 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
                 raise ValueError(f"resume_from_checkpoint=True: no checkpoint-* folder in {self.args.output_dir}")
         return str(ckpt)
 
-    def _close_cache(self) -> None:
+    def _cache_totals(self) -> dict:
+        """The cache's counters and the rows left unwritten (a last epoch's, never read back) so
+        far, the processes' before a resume included."""
         counters = {}
         if self._runner is not None:
-            counters["writes_skipped"] = self._runner.writes_skipped  # rows of the last epoch, never read back
+            counters["writes_skipped"] = self._runner.writes_skipped
+        if self.cache is not None:
+            counters.update(self.cache.counters())
+        return add_counts(self._counts.before, counters)
+
+    def _close_cache(self) -> None:
+        counters = self._cache_totals()
+        if self._runner is not None:
             self._runner.close()
             self._runner = None
         if self.cache is not None:
-            counters.update(self.cache.counters())
             self.cache.close()
         if counters:
             self.cache_counters = counters

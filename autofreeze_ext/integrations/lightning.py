@@ -30,7 +30,7 @@ from typing import Optional, Union
 import torch
 
 from ..batching import first_rows
-from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse
+from ..cache.activation_cache import DEFAULT_MEMORY, ActivationCache, CacheInUse, add_counts
 from ..freezing.adapters import hf_layout
 from ..freezing.controller import ControllerOptions, FreezeController
 from ..freezing.prefix import FrozenPrefixRunner
@@ -69,8 +69,9 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         **controller_kwargs: ``blocks=``, ``embeddings=`` for :class:`~autofreeze_ext.FreezeController`,
             and the fields of :class:`~autofreeze_ext.freezing.controller.ControllerOptions`.
 
-    After fitting starts, :attr:`controller` is the live controller. A policy that judges
-    training converged (``"plateau"`` with ``stop_when_converged``) stops the trainer.
+    After fitting starts, :attr:`controller` is the live controller; after it ends,
+    :attr:`cache_counters` the cache's counts over the whole fit (a resumed fit's: the fits
+    before it included, kept in the checkpoint). A policy that judges training converged (``"plateau"`` with ``stop_when_converged``) stops the trainer.
     """
 
     def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
@@ -87,6 +88,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         self.use_cache, self.cost_model = cache, cost_model
         self.cache_options = {"path": cache_dir, "memory_budget": cache_memory}
         self.cache: Optional[ActivationCache] = None
+        self.cache_counters: dict = {}  #: the cache's counts when the fit ended, a resumed fit's all of them
+        self._counts_before: Optional[dict] = None  # what the checkpoint resumed from counted
         self.controller_kwargs = controller_kwargs
         self.controller: Optional[FreezeController] = None
         self.runner: Optional[FrozenPrefixRunner] = None
@@ -109,6 +112,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if self._pending is not None:  # resuming: Lightning loads the checkpoint's optimizer state
             _restore_groups(optimizer, self._groups)  # (saved in this layout) after this hook
         if self.use_cache:
+            self._counts_before = (self._pending or {}).get("cache_counts")
             self.cache = _fresh_cache(self.cache_options, trainer, next(model.parameters()).device)
             self.runner = FrozenPrefixRunner(model, self.controller, self.cache, cost_model=self.cost_model)
         self._ddp_depth = 0
@@ -160,8 +164,15 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if self.controller is not None and self.controller.policy.should_stop():
             trainer.should_stop = True
 
+    def _cache_totals(self) -> Optional[dict]:
+        """The cache's counts and the rows left unwritten so far, the fits' before a resume included."""
+        if self.runner is None:
+            return None
+        return add_counts(self._counts_before, {"writes_skipped": self.runner.writes_skipped, **self.cache.counters()})
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.runner is not None:
+            self.cache_counters = self._cache_totals()
             self.runner.close()
             self.cache.close()
             self.runner = None
@@ -177,7 +188,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         if self.controller is not None:
-            return {"controller": self.controller.state_dict(), "policy": self.controller.policy.describe()}
+            return {"controller": self.controller.state_dict(), "policy": self.controller.policy.describe(),
+                    "cache_counts": self._cache_totals()}
         return dict(self._pending or {})
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -8,7 +8,7 @@ from typing import List
 import torch
 
 from .._backend import backend_info
-from ..cache.activation_cache import RATES, with_rates
+from ..cache.activation_cache import add_counts
 
 
 def make_report(run, packer, cost_goal, saver=None) -> dict:
@@ -68,20 +68,9 @@ def cache_totals(run) -> dict:
     before = (run.state or {}).get("cache_counts") if run.ctx.rank == 0 else None
     if not before:
         return now
-    counters = with_rates(_summed(before["counters"], now["counters"]))
-    return {"decisions": before["decisions"] + now["decisions"], "counters": counters,
+    return {"decisions": before["decisions"] + now["decisions"],
+            "counters": add_counts(before["counters"], now["counters"]),
             "writes_skipped": before["writes_skipped"] + now["writes_skipped"]}
-
-
-def _summed(before: dict, now: dict) -> dict:
-    """``now`` with every count ``before`` also has added (the disk tier's nested stats too)."""
-    out = dict(now)
-    for k, v in before.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _summed(v, out[k])
-        elif k not in RATES and isinstance(v, (int, float)) and isinstance(out.get(k), (int, float)):
-            out[k] = out[k] + v
-    return out
 
 
 def score(entry: dict) -> float:
