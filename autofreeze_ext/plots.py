@@ -3,6 +3,7 @@ training time per phase for each mode, and the freezing story of the first adapt
 value each block was tested on per interval, the threshold, and which guard held a freeze)."""
 from __future__ import annotations
 
+import textwrap
 from typing import List
 
 from .freezing.history import checks_without_gain
@@ -81,10 +82,16 @@ def _freeze_steps(report: dict) -> List[int]:
     return [h["step"] for h in report["controller_history"] if h.get("event") == "freeze"]
 
 
+#: characters of a story panel's title line (fontsize 8 in a third of the figure's width)
+TITLE_WIDTH = 58
+
+
 def _story_title(ax, report: dict) -> None:
-    """``why it froze: POLICY`` (``why nothing froze`` when nothing did), cut to the panel."""
+    """``why it froze: POLICY`` (``why nothing froze`` when nothing did), on at most two lines
+    of the panel's width."""
     why = "why it froze" if _freeze_steps(report) else "why nothing froze"
-    ax.set_title(f"{why}: {report.get('policy', report['mode'])}"[:70], fontsize=9)
+    text = textwrap.shorten(f"{why}: {report.get('policy', report['mode'])}", width=2 * TITLE_WIDTH)
+    ax.set_title(textwrap.fill(text, width=TITLE_WIDTH), fontsize=8)
 
 
 GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}

@@ -1,0 +1,41 @@
+"""The plot's story panel: its title says the whole policy and fits the panel."""
+import pytest
+
+from autofreeze_ext.plots import _story_title
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+
+@pytest.mark.parametrize("froze", [True, False])
+def test_the_story_title_fits_its_panel(froze):
+    import matplotlib.pyplot as plt
+
+    policy = "PlateauFreeze(no gain in 2 checks, 2/epoch, patience 1, warm-up 238, learned<=0.75, top 1 train)"
+    history = [{"event": "freeze", "step": 5}] if froze else []
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))  # plot_reports' layout with a story panel
+    _story_title(axes[3], {"policy": policy, "mode": "autofreeze", "controller_history": history})
+    fig.tight_layout()
+    fig.canvas.draw()
+    title = axes[3].title
+    text = title.get_text()
+    assert text.startswith("why it froze" if froze else "why nothing froze")
+    assert text.replace("\n", " ").endswith(policy)  # the whole description (it was cut at 70 characters)
+    r = fig.canvas.get_renderer()
+    assert title.get_window_extent(r).width <= axes[3].get_window_extent(r).width * 1.05
+    plt.close(fig)
+
+
+def test_a_longer_description_is_shortened_to_two_lines_that_fit():
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
+    _story_title(axes[3], {"policy": "Policy(" + ", ".join(f"option {i}" for i in range(40)) + ")", "mode": "m",
+                           "controller_history": []})
+    fig.tight_layout()
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    title = axes[3].title
+    assert title.get_text().count("\n") == 1 and title.get_text().endswith("[...]")
+    assert title.get_window_extent(r).width <= axes[3].get_window_extent(r).width * 1.05
+    plt.close(fig)
