@@ -154,6 +154,14 @@ def test_val_slice_scores_as_the_dev_evaluation_does(tiny_ckpt):
     assert v["loss"] == pytest.approx(float(ref), rel=1e-4)
 
 
+def test_no_check_at_the_runs_last_step():
+    """A freeze (or a stop) after the last update saves nothing: the slice is not checked there."""
+    ends = lambda p: [s for s in range(1, 25) if p.is_interval_end(s, 6)]  # noqa: E731
+    assert ends(PlateauFreeze(total_steps=24)) == [3, 6, 9, 12, 15, 18, 21]
+    assert ends(PlateauFreeze()) == [3, 6, 9, 12, 15, 18, 21, 24]  # the run's length unknown: every check
+    assert ends(PlateauFreeze(total_steps=24, checks_per_epoch=1)) == [6, 12, 18]
+
+
 def test_cli_default_plateau_holds_out_the_slice_freezes_and_stops(tiny_ckpt, tmp_path, capsys, caplog):
     """The CLI's default policy (no --policy) is plateau: it holds 5% out, freezes at its plateau
     and, asked to, stops when the top block plateaus too."""

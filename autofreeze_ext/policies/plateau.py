@@ -27,7 +27,8 @@ class PlateauFreeze(AdaptivePolicy):
     without either. The learning guard (and warm-up guard) still applies.
 
     Cost: one no-grad forward of the slice per check (``checks_per_epoch``, default 2); none
-    after the freeze unless ``stop_when_converged``.
+    after the freeze unless ``stop_when_converged``, and none at the run's last step (with
+    ``total_steps``: a freeze or a stop there would save nothing).
 
     Args:
         patience: checks in a row without improvement that make a plateau (default 2: one epoch).
@@ -40,7 +41,8 @@ class PlateauFreeze(AdaptivePolicy):
             same rule) :meth:`should_stop` turns true (early stopping built in).
         freeze_by: a fraction of the run (needs ``total_steps``): freeze then at the latest, if
             no plateau came first (None: only at a plateau).
-        total_steps: the run's optimizer steps (only with ``freeze_by``).
+        total_steps: the run's optimizer steps (needed by ``freeze_by``; without it the slice is
+            also checked at the last step).
     """
 
     reads = ("val_slice",)
@@ -61,9 +63,14 @@ class PlateauFreeze(AdaptivePolicy):
         self.stop_when_converged = bool(stop_when_converged)
         self.freeze_by = None if freeze_by is None else float(freeze_by)
         self.freeze_by_step = None if freeze_by is None else max(1, round(float(freeze_by) * int(total_steps)))
+        self.total_steps = None if not total_steps else int(total_steps)
         self._reset()
         self.frozen_at: Optional[int] = None  #: step of the plateau freeze
         self.converged_at: Optional[int] = None  #: step at which the top block plateaued too
+
+    def is_interval_end(self, step: int, steps_per_epoch: Optional[int]) -> bool:
+        """The checks tile each epoch, but the run's last step has none: nothing trains after it."""
+        return step != self.total_steps and super().is_interval_end(step, steps_per_epoch)
 
     def _reset(self) -> None:
         self.best_score, self.best_loss, self.since_best = -math.inf, math.inf, 0
