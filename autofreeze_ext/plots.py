@@ -82,16 +82,17 @@ def _freeze_steps(report: dict) -> List[int]:
     return [h["step"] for h in report["controller_history"] if h.get("event") == "freeze"]
 
 
-#: characters of a story panel's title line (fontsize 8 in a third of the figure's width)
-TITLE_WIDTH = 58
+#: characters of a story panel's title line (fontsize 8 in a quarter of the figure's width)
+TITLE_WIDTH = 72
 
 
 def _story_title(ax, report: dict) -> None:
     """``why it froze: POLICY`` (``why nothing froze`` when nothing did), on at most two lines
     of the panel's width."""
     why = "why it froze" if _freeze_steps(report) else "why nothing froze"
-    text = textwrap.shorten(f"{why}: {report.get('policy', report['mode'])}", width=2 * TITLE_WIDTH)
-    ax.set_title(textwrap.fill(text, width=TITLE_WIDTH), fontsize=8)
+    lines = textwrap.wrap(f"{why}: {report.get('policy', report['mode'])}", width=TITLE_WIDTH, max_lines=2,
+                          placeholder=" [...]", break_on_hyphens=False)
+    ax.set_title("\n".join(lines), fontsize=8)
 
 
 GUARD_COLORS = {"warm-up": "tab:orange", "not learning": "tab:red", "at most": "tab:purple", "budget": "tab:green"}

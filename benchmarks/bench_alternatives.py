@@ -150,7 +150,7 @@ def run_method(method: str, data, args) -> dict:
     t.fit(module, loader(train, args.batch_size, args.seed))
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     af = next((c for c in t.callbacks if type(c).__name__ == "AutoFreezeLightning"), None)
-    counters = af.cache.counters() if af is not None and af.cache is not None else {}
+    counters = af.cache_counters if af is not None else {}
     return {"method": method, "train_s": timer.seconds, "dev": timer.scores, "best": max(timer.scores),
             "final": timer.scores[-1], "steps": t.global_step, "trainable_at_end": trained,
             "frozen_depth": af.controller.frozen_depth if af is not None else None,

@@ -86,7 +86,7 @@ POLICIES: Dict[str, tuple] = {
 REGIMES = {
     "short": {"epochs": 3},  # full fine-tuning still improving at the end
     "overlong": {"epochs": 10},  # the paper's regime: full fine-tuning peaks well before the end
-    # fresh data: the whole training set (SST-2: 67,349 rows less the slice, 2,042 steps an epoch),
+    # fresh data: the whole training set (SST-2: 67,349 rows less the 2,000-row slice, 2,043 steps an epoch),
     # still learning at the end; estimated 14 minutes of training per epoch on one quiet core here
     # (0.40 s a step: over-long SST-2 seed 3's full run), plus its slice recordings and evaluations
     "fresh": {"epochs": 2, "all_rows": True},
@@ -350,6 +350,11 @@ def main(argv=None) -> int:
     for p in args.policies:
         if p not in POLICIES:
             ap.error(f"unknown policy {p!r}; known: {', '.join(POLICIES)}")
+    if args.regime and REGIMES[args.regime].get("all_rows"):
+        sized = [p for p in args.policies if p in ("static5@1ep+cache", "matched-static+cache")]
+        if sized:
+            ap.error(f"{', '.join(sized)}: their schedules are sized for the sweeps' row counts, not the whole "
+                     f"training set of --regime {args.regime}")
     if not args.summarize:
         if "full" not in args.policies:
             print("note: speedups need full fine-tuning on the same seeds (add 'full')")

@@ -3,6 +3,7 @@
 Each test names the fault it stands for in the README's "Faults and bad input" table."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -146,18 +147,32 @@ def test_resume_refuses_options_that_differ_from_the_checkpoint(changed, match, 
     refused_before_training(rc, stdout, err, match)
 
 
-def test_resume_accepts_another_spelling_of_the_same_files(tiny_ckpt, task, tmp_path, capsys):
-    """A run moved to another folder names its data by another path (``run/../data``, a link):
-    the same files, so it resumes; the snapshot sweeps of BENCHMARKS hit this."""
-    ck = _checkpointed(tiny_ckpt, task, tmp_path, capsys, "--stop-after-steps", "2")
+def test_resume_accepts_another_spelling_of_the_same_files(tiny_ckpt, task, tmp_path, capsys, monkeypatch):
+    """A run resumed from another folder names its data by another path (relative from there,
+    ``run/../data``, a link): the same file, so it resumes; another file of the same relative
+    name is refused. The snapshot sweeps of BENCHMARKS hit this."""
+    monkeypatch.chdir(tmp_path)
+    ck = _checkpointed(tiny_ckpt, ("train.tsv", task[1]), tmp_path, capsys, "--stop-after-steps", "2")
     (tmp_path / "elsewhere").mkdir()
     os.symlink(task[0], tmp_path / "link.tsv")
-    for train in (str(tmp_path / "elsewhere" / ".." / "train.tsv"), str(tmp_path / "link.tsv")):
+    write_tsv(tmp_path / "elsewhere" / "train.tsv", 24, seed=5)  # another file of the same relative name
+    cases = ((tmp_path, str(tmp_path / "elsewhere" / ".." / "train.tsv")), (tmp_path, "link.tsv"),
+             (tmp_path / "elsewhere", "../train.tsv"))
+    shutil.copytree(ck, tmp_path / "ck_first")
+    for cwd, train in cases:
+        shutil.rmtree(ck)
+        shutil.copytree(tmp_path / "ck_first", ck)  # each from the checkpoint the relative path wrote
+        monkeypatch.chdir(cwd)
         rc, _, err = finetune(tiny_ckpt, (train, task[1]), tmp_path, capsys, "--checkpoint-dir", str(ck),
                               "--resume", "--stop-after-steps", "3")
         assert rc == 0, err
         report = json.load(open(tmp_path / "out" / "finetune_full.json"))
         assert report["resumed_at_steps"] and report["steps"] == 3
+    shutil.rmtree(ck)
+    shutil.copytree(tmp_path / "ck_first", ck)
+    rc, stdout, err = finetune(tiny_ckpt, ("train.tsv", task[1]), tmp_path, capsys, "--checkpoint-dir", str(ck),
+                               "--resume")  # in elsewhere/: its own train.tsv
+    refused_before_training(rc, stdout, err, "--train")
 
 
 def test_resume_on_an_empty_folder_says_it_starts_fresh(tiny_ckpt, task, tmp_path, capsys, caplog):

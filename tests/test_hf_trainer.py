@@ -119,6 +119,8 @@ def test_resume_from_checkpoint_continues_the_uninterrupted_run(tmp_path):
     kept = json.loads((out / f"checkpoint-{step}" / "autofreeze_cache_counts_rank0.json").read_text())
     assert lookups(kept) > 0 and lookups(counters) == lookups(whole.cache_counters), (kept, counters)
     assert counters["hit_rate"] == pytest.approx((counters["hits_ram"] + counters["hits_disk"]) / lookups(counters))
+    resumed._close_cache()  # closing again (a later train() that runs no step) counts nothing twice
+    assert resumed.cache_counters == counters and resumed.cache is None
 
 
 def lookups(counters):

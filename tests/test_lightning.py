@@ -325,8 +325,10 @@ def test_a_policy_that_judges_training_converged_stops_the_trainer_and_plateau_r
                                                                                       "labels")}
     plateau = AutoFreezeLightning("plateau", val_data=val)
     trainer(tmp_path, plateau, epochs=2).fit(Module(), loader())
-    checks = [h["signals"]["val_slice"] for h in plateau.controller.history if h["event"] == "interval"]
-    assert len(checks) == 4 and all(0 <= c["score"] <= 1 and c["loss"] > 0 for c in checks)  # 2 checks an epoch
+    ivs = [h for h in plateau.controller.history if h["event"] == "interval"]
+    checks = [h["signals"]["val_slice"] for h in ivs]
+    assert all(0 <= c["score"] <= 1 and c["loss"] > 0 for c in checks)
+    assert [h["step"] for h in ivs] == [3, 6, 9]  # 2 checks an epoch, none at the last step (12)
     with pytest.raises(ValueError, match="val_data"):
         trainer(tmp_path, AutoFreezeLightning("plateau"), epochs=1).fit(Module(), loader())
 

@@ -422,7 +422,7 @@ def test_a_plateau_runs_log_and_summary_say_what_the_slice_did():
               "signal_seconds": {"val_slice": 0.5}}
     lines = estimate_lines(report)
     assert lines[0] == ("freezing: 0 of 4 blocks frozen (the validation slice was still improving: 0 check(s) "
-                        "without a gain at the end, a plateau takes 2; a run whose budget outlasts convergence "
+                        "without a gain at its last check, a plateau takes 2; a run whose budget outlasts convergence "
                         "freezes); policy PlateauFreeze(no gain in 2 checks)")
     assert "mean over all steps: nothing froze, less the validation checks" in lines[1]
     assert "estimated speedup: 0.95x" in lines[2]

@@ -39,3 +39,23 @@ def test_a_longer_description_is_shortened_to_two_lines_that_fit():
     assert title.get_text().count("\n") == 1 and title.get_text().endswith("[...]")
     assert title.get_window_extent(r).width <= axes[3].get_window_extent(r).width * 1.05
     plt.close(fig)
+
+
+def test_every_registered_policys_title_has_at_most_two_lines_that_fit():
+    """Each policy's own description (default options, the run facts a CLI run gives it)."""
+    import matplotlib.pyplot as plt
+
+    from autofreeze_ext.policies import POLICIES, PolicyOptions, make_policy
+
+    for name in POLICIES:
+        policy = make_policy(name, num_blocks=6, options=PolicyOptions(total_steps=2380, target_speedup=2.0,
+                                                                       warmup_steps=238, stop_when_converged=True))
+        fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
+        _story_title(axes[3], {"policy": policy.describe(), "mode": "m", "controller_history": [{"event": "freeze", "step": 1}]})
+        fig.tight_layout()
+        fig.canvas.draw()
+        r, title = fig.canvas.get_renderer(), axes[3].title
+        assert title.get_text().count("\n") <= 1, (name, title.get_text())
+        assert "warm-\n" not in title.get_text(), name
+        assert title.get_window_extent(r).width <= axes[3].get_window_extent(r).width * 1.05, name
+        plt.close(fig)

@@ -30,7 +30,10 @@ class CacheCounts(TrainerCallback):  # type: ignore[misc,valid-type]
     def resume_from(self, folder: Optional[str], rank: int) -> None:
         """Count on from the checkpoint in ``folder`` (None: from zero)."""
         path = counts_file(folder, rank) if folder else None
-        self.before = json.load(open(path)) if path and os.path.exists(path) else None
+        self.before = None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.before = json.load(f)
 
     def on_save(self, args, state, control, **kw):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

@@ -273,11 +273,14 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         return add_counts(self._counts.before, counters)
 
     def _close_cache(self) -> None:
+        if self._runner is None and self.cache is None:
+            return  # nothing open (no step cached since the last close)
         counters = self._cache_totals()
         if self._runner is not None:
             self._runner.close()
             self._runner = None
         if self.cache is not None:
             self.cache.close()
+            self.cache = None  # (a later train() without a step must not count it again)
         if counters:
             self.cache_counters = counters

@@ -112,7 +112,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         if self._pending is not None:  # resuming: Lightning loads the checkpoint's optimizer state
             _restore_groups(optimizer, self._groups)  # (saved in this layout) after this hook
         if self.use_cache:
-            self._counts_before = (self._pending or {}).get("cache_counts")
+            # Lightning saves rank 0's callback state and loads it on every rank: only rank 0 adds it
+            self._counts_before = (self._pending or {}).get("cache_counts") if trainer.global_rank == 0 else None
             self.cache = _fresh_cache(self.cache_options, trainer, next(model.parameters()).device)
             self.runner = FrozenPrefixRunner(model, self.controller, self.cache, cost_model=self.cost_model)
         self._ddp_depth = 0

@@ -39,10 +39,12 @@ class PlateauFreeze(AdaptivePolicy):
             or every ``interval_steps`` optimizer steps).
         stop_when_converged: after the freeze, measure on; when the slice plateaus again (the
             same rule) :meth:`should_stop` turns true (early stopping built in).
-        freeze_by: a fraction of the run (needs ``total_steps``): freeze then at the latest, if
-            no plateau came first (None: only at a plateau).
-        total_steps: the run's optimizer steps (needed by ``freeze_by``; without it the slice is
-            also checked at the last step).
+        freeze_by: a fraction of the run (needs ``total_steps``): freeze at the first check from
+            then on at the latest, if no plateau came first (None: only at a plateau); a deadline
+            after the last check before the end freezes nothing (it would save nothing).
+        total_steps: the run's optimizer steps, its last step (needed by ``freeze_by``; without
+            it the slice is also checked at the last step). A run that goes on past it (resumed
+            with a larger budget) has skipped the check at that step.
     """
 
     reads = ("val_slice",)

@@ -58,14 +58,17 @@ def save_checkpoint(path: str, state: dict) -> None:
     atomic_write(path, write, binary=True)
 
 
-#: options that name a file or folder: they match when they name the same one (``data/../x`` and ``x``)
+#: options that name a file or folder: recorded resolved (:func:`resume_options`), so they match when
+#: they name the same one (``data/../x`` and ``x``, a link, a relative path from another folder)
 PATHS = frozenset({"train", "val", "model", "checkpoint_dir"})
 
 
-def _same(key: str, a, b) -> bool:
-    if key in PATHS and isinstance(a, str) and isinstance(b, str):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
+def _real(key: str, v):
+    return os.path.realpath(v) if key in PATHS and isinstance(v, str) else v
+
+
+def _same(key: str, saved, now) -> bool:
+    return _real(key, saved) == _real(key, now)
 
 
 def check_options(path: str, saved: dict, now: dict) -> None:
@@ -122,8 +125,9 @@ def sharded(state: Optional[dict]) -> bool:
 
 
 def resume_options(run) -> dict:
-    """What a checkpoint records of the run's options: all of them, with the model's real path."""
-    return {**run.cfg.options(), "model": run.model_path}
+    """What a checkpoint records of the run's options: all of them, with the model's real path
+    and every path resolved (:data:`PATHS`: a resume from another folder compares the files)."""
+    return {k: _real(k, v) for k, v in {**run.cfg.options(), "model": run.model_path}.items()}
 
 
 def restore(run, state: dict) -> None:
