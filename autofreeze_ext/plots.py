@@ -45,6 +45,8 @@ def plot_reports(reports: List[dict], path: str) -> str:
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("frozen blocks")
     ax2.set_title("frozen depth")
+    ax2.set_ylim(-0.2, max(r.get("num_blocks") or 1 for r in reports) + 0.2)  # whole blocks, 0 to all
+    ax2.yaxis.get_major_locator().set_params(integer=True)
     phases = [k for k in ("prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io")
               if any(k in r.get("phases_s", {}) for r in reports)]
     bottom = [0.0] * len(reports)

@@ -59,3 +59,21 @@ def test_every_registered_policys_title_has_at_most_two_lines_that_fit():
         assert "warm-\n" not in title.get_text(), name
         assert title.get_window_extent(r).width <= axes[3].get_window_extent(r).width * 1.05, name
         plt.close(fig)
+
+
+def test_the_frozen_depth_axis_counts_whole_blocks_from_zero_to_all(tmp_path, monkeypatch):
+    """A run that froze nothing: the axis still spans 0..num_blocks in whole blocks (it showed
+    -0.04..0.04 around a flat line)."""
+    import autofreeze_ext.plots as plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, axes, path, **kw: seen.update(axes=axes) or path)
+    report = {"mode": "full", "num_blocks": 6, "evals": [{"train_time_s": 1.0, "score": 0.5, "accuracy": 0.5}],
+              "frozen_depth": [{"step": 0, "depth": 0}, {"step": 10, "depth": 0}], "controller_history": [],
+              "metric": "accuracy", "phases_s": {"backward": 1.0}}
+    plots.plot_reports([report], str(tmp_path / "p.png"))
+    ax = seen["axes"][1]
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert lo < 0 < 6 < hi and all(float(t).is_integer() for t in ticks) and max(ticks) == 6
