@@ -87,8 +87,9 @@ REGIMES = {
     "short": {"epochs": 3},  # full fine-tuning still improving at the end
     "overlong": {"epochs": 10},  # the paper's regime: full fine-tuning peaks well before the end
     # fresh data: the whole training set (SST-2: 67,349 rows less the 2,000-row slice, 2,043 steps an epoch),
-    # still learning at the end; estimated 14 minutes of training per epoch on one quiet core here
-    # (0.40 s a step: over-long SST-2 seed 3's full run), plus its slice recordings and evaluations
+    # still learning at the end; estimated 8-10 minutes of training per epoch on one core here
+    # (0.22-0.30 s a step: BENCHMARKS' quiet timing and over-long SST-2 seeds 3-4), plus its slice
+    # recordings and evaluations
     "fresh": {"epochs": 2, "all_rows": True},
 }
 REGIME_ARGS = ["--val-fraction", "0.05"]
