@@ -168,6 +168,11 @@ class FrozenPrefixRunner:
         with self._stubbed(depth, hidden):
             return self.suffix(**batch)
 
+    def counters(self) -> dict:
+        """The cache's counters (:meth:`ActivationCache.counters`) and the rows this runner left
+        unwritten because no later pass reads them (``writes_skipped``)."""
+        return {"writes_skipped": self.writes_skipped, **(self.cache.counters() if self.cache is not None else {})}
+
     def close(self) -> None:
         self._fmt_hook.remove()
 

@@ -7,6 +7,7 @@ import os
 from typing import Callable, Optional
 
 from .._io import atomic_json
+from .hf_callback import saved_folder
 
 try:
     from transformers import TrainerCallback
@@ -36,7 +37,7 @@ class CacheCounts(TrainerCallback):  # type: ignore[misc,valid-type]
                 self.before = json.load(f)
 
     def on_save(self, args, state, control, **kw):
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folder = saved_folder(args, state)
         counts = self.totals()
         if counts and os.path.isdir(folder):
             atomic_json(counts_file(folder, args.process_index), counts)

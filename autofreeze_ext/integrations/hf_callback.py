@@ -58,6 +58,11 @@ def _row_keys(loader) -> Optional[set]:
         return None
 
 
+def saved_folder(args, state) -> str:
+    """The ``checkpoint-N`` folder the Trainer has just saved (in ``on_save``)."""
+    return os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+
+
 class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     """A ``transformers.TrainerCallback`` that freezes the blocks that stopped learning.
 
@@ -209,7 +214,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     def on_save(self, args, state, control, **kw):
         if self.controller is None:
             return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folder = saved_folder(args, state)
         if os.path.isdir(folder):
             atomic_write(os.path.join(folder, STATE_FILE), functools.partial(torch.save, self.controller.state_dict()),
                          binary=True)

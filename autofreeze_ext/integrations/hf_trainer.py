@@ -265,22 +265,12 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
     def _cache_totals(self) -> dict:
         """The cache's counters and the rows left unwritten (a last epoch's, never read back) so
         far, the processes' before a resume included."""
-        counters = {}
-        if self._runner is not None:
-            counters["writes_skipped"] = self._runner.writes_skipped
-        if self.cache is not None:
-            counters.update(self.cache.counters())
-        return add_counts(self._counts.before, counters)
+        return add_counts(self._counts.before, self._runner.counters() if self._runner is not None else {})
 
     def _close_cache(self) -> None:
-        if self._runner is None and self.cache is None:
-            return  # nothing open (no step cached since the last close)
-        counters = self._cache_totals()
         if self._runner is not None:
+            self.cache_counters = self._cache_totals()
             self._runner.close()
-            self._runner = None
         if self.cache is not None:
             self.cache.close()
-            self.cache = None  # (a later train() without a step must not count it again)
-        if counters:
-            self.cache_counters = counters
+        self._runner = self.cache = None  # (a later train() without a step must not count them again)

@@ -71,7 +71,8 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
 
     After fitting starts, :attr:`controller` is the live controller; after it ends,
     :attr:`cache_counters` the cache's counts over the whole fit (a resumed fit's: the fits
-    before it included, kept in the checkpoint). A policy that judges training converged (``"plateau"`` with ``stop_when_converged``) stops the trainer.
+    before it included, kept in the checkpoint). A policy that judges training converged
+    (``"plateau"`` with ``stop_when_converged``) stops the trainer.
     """
 
     def __init__(self, policy: Union[FreezePolicy, str, None] = None, options: Optional[PolicyOptions] = None,
@@ -169,7 +170,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         """The cache's counts and the rows left unwritten so far, the fits' before a resume included."""
         if self.runner is None:
             return None
-        return add_counts(self._counts_before, {"writes_skipped": self.runner.writes_skipped, **self.cache.counters()})
+        return add_counts(self._counts_before, self.runner.counters())
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.runner is not None:

@@ -52,8 +52,8 @@ def _why_nothing_froze(report: dict) -> Optional[str]:
         return f"held at the last check: {last['held_by']}"
     if last.get("signal") == "val_slice":
         since = checks_without_gain(last)
-        return (f"the validation slice was still improving: {since:g} check(s) without a gain at its last check, a plateau "
-                f"takes {last['threshold']:g}; a run whose budget outlasts convergence freezes")
+        return (f"the validation slice was still improving: {since:g} check(s) without a gain at its last check, "
+                f"a plateau takes {last['threshold']:g}; a run whose budget outlasts convergence freezes")
     return None
 
 
