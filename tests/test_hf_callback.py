@@ -195,3 +195,14 @@ def test_the_default_reads_a_validation_slice_and_falls_back_without_val_data(tm
     with pytest.raises(ValueError, match="val_data"):
         make_trainer(tmp_path / "c", tiny_bert(num_layers=4), AutoFreezeCallback("plateau"), epochs=1,
                      accum=1).train()
+
+
+def test_steps_per_epoch_count_a_last_short_accumulation_as_the_trainer_does(tmp_path):
+    """48 rows in batches of 8 are 6 batches; accumulating 4 the Trainer runs 2 updates an epoch
+    (the last over 2 batches): the controller's epochs must tile the same updates."""
+    model = tiny_bert(num_layers=4)
+    cb = AutoFreezeCallback(LateFreeze(freeze_at=0.5, total_steps=4))
+    trainer = make_trainer(tmp_path, model, cb, epochs=2, accum=4)
+    trainer.train()
+    assert trainer.state.global_step == cb.controller.global_step == 4
+    assert cb.controller.steps_per_epoch == 2

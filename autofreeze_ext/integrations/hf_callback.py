@@ -63,6 +63,12 @@ def saved_folder(args, state) -> str:
     return os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
 
 
+def updates_per_epoch(batches: int, accum: int) -> int:
+    """The optimizer updates the Trainer runs in an epoch of ``batches`` batches accumulating
+    ``accum`` (its own count: a last, shorter accumulation is an update too)."""
+    return max(1, math.ceil(batches / max(1, accum)))
+
+
 class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
     """A ``transformers.TrainerCallback`` that freezes the blocks that stopped learning.
 
@@ -116,7 +122,7 @@ class AutoFreezeCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         steps_per_epoch = None
         if train_dataloader is not None:
             try:
-                steps_per_epoch = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
+                steps_per_epoch = updates_per_epoch(len(train_dataloader), args.gradient_accumulation_steps)
             except TypeError:  # iterable dataset without a length
                 steps_per_epoch = None
         if isinstance(self.policy, str):

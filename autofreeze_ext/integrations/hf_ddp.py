@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..batching import grouped_batches
+from .hf_callback import updates_per_epoch
 
 try:
     from transformers import TrainerCallback
@@ -88,9 +89,8 @@ class SamplerEpoch(TrainerCallback):  # type: ignore[misc,valid-type]
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kw):
         if self.sampler is None or train_dataloader is None:
             return
-        n, accum = len(train_dataloader), max(1, args.gradient_accumulation_steps)
-        updates_per_epoch = max(1, n // accum + int(n % accum > 0))
-        self.sampler.set_epoch(state.global_step // updates_per_epoch)
+        self.sampler.set_epoch(state.global_step // updates_per_epoch(len(train_dataloader),
+                                                                      args.gradient_accumulation_steps))
 
 
 def check_cached_setup(trainer) -> None:
