@@ -373,3 +373,28 @@ def test_a_resumed_runs_cache_totals_add_the_checkpointed_counts():
     assert c["hit_rate"] == 36 / 48 and c["bytes_per_row"] == 10.0
     assert t["decisions"] == [{"depth": 1}, {"depth": 2}] and t["writes_skipped"] == 7
     assert totals(1)["counters"]["hits_disk"] == 30  # another rank: its own process only
+
+
+def test_the_cache_fingerprint_names_the_files_not_the_spelling(tmp_path, monkeypatch):
+    """A resume through a link or from another folder reuses the disk tier: the fingerprint is
+    the files' real paths (it used abspath, so a link gave a cold cache)."""
+    import torch
+
+    from autofreeze_ext.parallel.context import DistContext
+    from autofreeze_ext.training.build import _make_cache
+    from autofreeze_ext.training.config import FinetuneConfig
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\na\t0\n")
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    prints = []
+    for cwd, train in ((tmp_path, "data/train.tsv"), (tmp_path / "data", "train.tsv"), (tmp_path, "link/train.tsv")):
+        monkeypatch.chdir(cwd)
+        cfg = FinetuneConfig()
+        cfg.data.train = train
+        cache = _make_cache(cfg, "run0", str(tmp_path / "link"), DistContext(device=torch.device("cpu")))
+        prints.append(cache.fingerprint)
+        cache.close()
+    assert prints[0] == prints[1] == prints[2]
+    cfg.data.train = str(tmp_path / "link")  # another file
+    assert _make_cache(cfg, "run0", str(tmp_path / "link"), DistContext(device=torch.device("cpu"))).fingerprint != prints[0]

@@ -248,7 +248,9 @@ def _run_id(state: Optional[dict], ctx: DistContext) -> str:
 
 
 def _make_cache(cfg: FinetuneConfig, run_id: str, model_path: str, ctx: DistContext):
-    fp = {"run": run_id, "model": model_path, "train": os.path.abspath(cfg.data.train),
+    # the files themselves: a resume that names them by another path (a link, another folder)
+    # reuses the disk tier, as it resumes the checkpoint
+    fp = {"run": run_id, "model": os.path.realpath(model_path), "train": os.path.realpath(cfg.data.train),
           "max_length": cfg.data.max_length, "train_samples": cfg.data.train_samples}
     path = None
     if cfg.cache.dir:
