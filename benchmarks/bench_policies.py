@@ -238,7 +238,9 @@ def per_seed(r: dict, full: dict) -> dict:
             "to_full_final": hit["train_time_s"] / full_time(full) if hit else None,
             "depth_end": r["frozen_depth"][-1]["depth"],
             "first_freeze_epoch": first["epoch"] if first else None,
-            "signal_share": sum(r.get("signal_seconds", {}).values()) / r["train_time_s"]}
+            # the statistics phase (signals and decisions), which a resume carries on: a report's
+            # signal_seconds restarted at each resume until the controller kept them
+            "signal_share": r["phases_s"].get("statistics", 0.0) / r["train_time_s"]}
 
 
 def ms(xs: List[Optional[float]], fmt: str = "{:.2f}") -> str:

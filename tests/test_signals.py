@@ -226,3 +226,21 @@ def test_probe_signals_see_the_same_tokens_whatever_the_padding():
         assert wide[b].shape == cut[b].shape == (int(lengths.sum()), 32)
         torch.testing.assert_close(wide[b], cut[b], rtol=1e-5, atol=1e-6)
     assert wide_loss == pytest.approx(cut_loss, rel=1e-6)
+
+
+def test_the_signals_time_is_kept_across_a_resume():
+    """A resumed run reports its signals' time over the whole run: the seconds travel in the
+    controller's state (a resumed sweep run reported only its last segment's)."""
+    def make():
+        model = tiny_bert()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        probe = ProbeLoss(bert_batch(n=8))
+        return model, opt, FreezeController(model, opt, ObserveOnly(interval_steps=2), signals=[probe])
+
+    model, opt, ctl = make()
+    _train(model, opt, bert_batch(n=8), 4)
+    spent = ctl.signals[0].seconds
+    assert spent > 0
+    _, _, resumed = make()
+    resumed.load_state_dict(ctl.state_dict())
+    assert resumed.signals[0].seconds == spent

@@ -322,6 +322,8 @@ class FreezeController:
                 "policy_class": type(self.policy).__name__,
                 "stats": self.stats.state_dict() if self.stats is not None else None,
                 "signals": {sig.name: sig.state_dict() for sig in self.signals},
+                # a resumed run's report then counts the signals' time over the whole run
+                "signal_seconds": {sig.name: sig.seconds for sig in self.signals},
                 "soft": self.soft.state_dict() if self.soft is not None else None,
                 "history": list(self.history)}
 
@@ -341,9 +343,11 @@ class FreezeController:
         if self.stats is not None and state.get("stats") is not None:
             self.stats.load_state_dict(state["stats"])
         saved = state.get("signals") or {}
+        seconds = state.get("signal_seconds") or {}
         for sig in self.signals:
             if sig.name in saved:
                 sig.load_state_dict(saved[sig.name])
+            sig.seconds = float(seconds.get(sig.name, 0.0))
         self.history = list(state["history"])
         soft = state.get("soft")
         if self.soft is not None and soft and soft.get("target") is not None:
