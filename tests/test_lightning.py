@@ -366,3 +366,22 @@ def test_the_default_reads_a_validation_slice_and_falls_back_without_val_data(tm
     with_val = AutoFreezeLightning(val_data=val)
     trainer(tmp_path, with_val, epochs=1).fit(Module(), loader())
     assert isinstance(with_val.controller.policy, PlateauFreeze)
+
+
+def test_a_resumed_ddp_fit_counts_rank_0s_earlier_fit_once_and_no_other_ranks(tmp_path):
+    """Lightning saves rank 0's callback state and loads it on every rank: rank 0's counts after
+    a resume add its earlier fit's, rank 1's are its own fit's alone (adding rank 0's there would
+    count them twice in a sum over ranks)."""
+    out = tmp_path / "ranks"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, os.path.join(HERE, "lightning_ddp_worker.py"), str(out), "resume"], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"resumed_rank{i}.json").read_text()) for i in range(2)]
+    for rk in ranks:  # the first fit: epoch 2 writes the rank's 24 rows, epoch 3 reads them
+        assert (rk["first"]["puts_ram"], rk["first"]["hits_ram"], rk["first"]["writes_skipped"]) == (24, 24, 0)
+        # the resumed epoch 4 is the last, its RAM cache empty: its 24 rows are not looked up nor written
+        assert rk["second_alone"]["hits_ram"] == rk["second_alone"]["puts_ram"] == 0
+    r0, r1 = ranks
+    assert (r0["second"]["puts_ram"], r0["second"]["hits_ram"], r0["second"]["writes_skipped"]) == (24, 24, 24)
+    assert (r1["second"]["puts_ram"], r1["second"]["hits_ram"], r1["second"]["writes_skipped"]) == (0, 0, 24)

@@ -167,9 +167,10 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
             trainer.should_stop = True
 
     def _cache_totals(self) -> Optional[dict]:
-        """The cache's counts and the rows left unwritten so far, the fits' before a resume included."""
+        """The cache's counts and the rows left unwritten so far, the fits' before a resume included
+        (after the fit: its final counts, so that a checkpoint saved then keeps them too)."""
         if self.runner is None:
-            return None
+            return dict(self.cache_counters) or None
         return add_counts(self._counts_before, self.runner.counters())
 
     def on_fit_end(self, trainer, pl_module) -> None:
