@@ -240,7 +240,10 @@ def test_a_real_sigint_stops_cleanly_and_the_run_resumes(tiny_ckpt, task, tmp_pa
            "--train", task[0], "--dev", task[1], "--epochs", "40", "--batch-size", "8", "--max-length", "12",
            "--no-progress", "--no-plot", "--out", str(tmp_path / "o"), "--checkpoint-dir", str(ck),
            "--checkpoint-every", "1", "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # Ctrl-C reaches the run even when this suite was started with SIGINT ignored (a background
+    # job): the child starts with the default disposition, so Python installs its handler
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (ck / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -339,11 +342,16 @@ def test_a_ctrl_c_during_a_checkpoint_write_is_raised_once_the_checkpoint_is_who
             os.kill(os.getpid(), signal.SIGINT)
             return dict, (dict(self),)
 
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"a": Interrupting(big), "b": big})
+    # Python's own Ctrl-C handler, also when this suite was started with SIGINT ignored
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"a": Interrupting(big), "b": big})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler it found, restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     state = load_checkpoint(path)
     assert state["version"] == VERSION and state["a"]["w"].shape == (256, 1024)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_resumed_runs_cache_totals_add_the_checkpointed_counts():
