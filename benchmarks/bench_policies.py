@@ -214,6 +214,13 @@ def full_time(r: dict) -> float:
     return r["train_time_s"] - r["phases_s"].get("statistics", 0.0)
 
 
+def statistics_share(r: dict) -> float:
+    """The statistics phase's share of training time: a policy's signals and decisions (a full
+    run's: its signal recording). A resume carries the phase on, where a report's signal_seconds
+    restarted at each resume until the controller kept them."""
+    return r["phases_s"].get("statistics", 0.0) / r["train_time_s"]
+
+
 def busy(r: dict) -> bool:
     """The machine had more runnable work than cores when the run ended (5-minute load average
     above the cores + 1): its time is not comparable, only its accuracy (reports from before
@@ -238,9 +245,7 @@ def per_seed(r: dict, full: dict) -> dict:
             "to_full_final": hit["train_time_s"] / full_time(full) if hit else None,
             "depth_end": r["frozen_depth"][-1]["depth"],
             "first_freeze_epoch": first["epoch"] if first else None,
-            # the statistics phase (signals and decisions), which a resume carries on: a report's
-            # signal_seconds restarted at each resume until the controller kept them
-            "signal_share": r["phases_s"].get("statistics", 0.0) / r["train_time_s"]}
+            "signal_share": statistics_share(r)}
 
 
 def ms(xs: List[Optional[float]], fmt: str = "{:.2f}") -> str:

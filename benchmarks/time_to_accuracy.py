@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_policies import busy  # noqa: E402  (one definition of a busy machine)
+from bench_policies import busy, full_time, statistics_share  # noqa: E402  (one definition of each)
 from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, tiled_interval_ends  # noqa: E402
 
 MARGIN = 0.005  # 0.5 points below full fine-tuning's best
@@ -43,9 +43,7 @@ T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}  # Student t, two-side
 
 def own_time(r: dict) -> float:
     """Training time without signal recording (full fine-tuning's statistics phase)."""
-    if r["mode"] == "full":
-        return r["train_time_s"] - r["phases_s"].get("statistics", 0.0)
-    return r["train_time_s"]
+    return full_time(r) if r["mode"] == "full" else r["train_time_s"]
 
 
 def time_at(r: dict, step: int) -> float:
@@ -127,7 +125,7 @@ def per_run(r: dict, full: dict) -> Dict[str, Optional[float]]:
     target = max(e["score"] for e in full["evals"]) - MARGIN
     hit = step_to(r, target)
     quiet = not busy(r) and not busy(full)
-    overhead = r["phases_s"].get("statistics", 0.0) / r["train_time_s"] if r["mode"] != "full" else 0.0
+    overhead = statistics_share(r) if r["mode"] != "full" else 0.0
     return {"fixed_budget_speedup": own_time(full) / own_time(r) if quiet else None,
             "modelled_speedup": modelled_speedup(r, full), "policy_overhead": overhead, "d_best": 100 * (max(e["score"] for e in r["evals"])
             - max(e["score"] for e in full["evals"])), "d_final": 100 * (r["evals"][-1]["score"]
