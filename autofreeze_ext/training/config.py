@@ -120,7 +120,9 @@ class FreezeConfig:
                                  choices=lambda: tuple(sorted(POLICIES)))  # read when used: registered ones too
     percentile: float = _opt(_POLICY.percentile, "gradient tests: freeze below the N-th percentile of the blocks' "
                              "change rates, N in (0, 100)")
-    intervals_per_epoch: int = _opt(_POLICY.intervals_per_epoch, "freezing decisions per epoch", group="")
+    intervals_per_epoch: int = _opt(_POLICY.intervals_per_epoch, "decisions per epoch of the gradient, stability "
+                                    "and budget policies (plateau: --val-checks-per-epoch); with --record-signals "
+                                    "also full mode's measurements", group="")
     threshold: Optional[float] = _opt(_POLICY.threshold, "stability/budget: a block passes when its signal is below "
                                       "this (default: the policy's)")
     signal: str = _opt(_POLICY.signal, "stability/budget: the per-block signal", choices=STABILITY_SIGNALS)
