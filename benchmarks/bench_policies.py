@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from autofreeze_ext.cli import mode_slug  # noqa: E402
 from _common import best_score, final_score, score  # noqa: E402
-from replay_policies import predicted_speedup  # noqa: E402
+from replay_policies import modelled_speedup  # noqa: E402
 
 DATA = os.environ.get("AUTOFREEZE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 
@@ -234,8 +234,7 @@ def per_seed(r: dict, full: dict) -> dict:
     hit = next((e for e in ev if score(e) >= final_score(full)), None)
     first = next((h for h in r["controller_history"] if h["event"] == "freeze"), None)
     spent = r["train_time_s"] if r["mode"] != "full" else full_time(r)
-    trace = [(d["step"], d["depth"]) for d in r["frozen_depth"]]
-    modelled = predicted_speedup(trace, r["steps"], r["steps_per_epoch"], r["num_blocks"], r["mode"].endswith("+cache"))
+    modelled = modelled_speedup(r, full)  # against full's fixed budget: a run that stopped early gains by it
     return {"speedup": None if busy(r) or busy(full) else full_time(full) / spent,
             # the replay's cost model (calibrated on a quiet same-run compare) on this run's own
             # freezing schedule: a speed figure that does not depend on what else the machine ran

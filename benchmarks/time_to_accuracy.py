@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_policies import busy, full_time, statistics_share  # noqa: E402  (one definition of each)
+from replay_policies import modelled_share, modelled_speedup  # noqa: E402
 from autofreeze_ext.policies import Guards, IntervalStats, PlateauFreeze, tiled_interval_ends  # noqa: E402
 
 MARGIN = 0.005  # 0.5 points below full fine-tuning's best
@@ -93,21 +94,6 @@ def ci95(xs: List[float]) -> str:
     sd = statistics.stdev(xs)
     h = T95.get(len(xs), 2.0) * sd / math.sqrt(len(xs))
     return f"{m:.2f} ± {sd:.2f} [{m - h:.2f}, {m + h:.2f}]"
-
-
-def modelled_share(r: dict, full: dict, step: Optional[int] = None) -> float:
-    """The replay's cost model: this run's cost up to ``step`` (default: where it ended) as a
-    share of full fine-tuning's fixed budget (its freezing schedule counted; signal overhead not)."""
-    from replay_policies import modelled_cost
-
-    trace = [(d["step"], d["depth"]) for d in r["frozen_depth"]]
-    cost = modelled_cost(trace, r["steps"] if step is None else step, r["steps_per_epoch"], r["num_blocks"],
-                         r["mode"].endswith("+cache"))
-    return cost / (full["steps"] * full["num_blocks"])
-
-
-def modelled_speedup(r: dict, full: dict) -> float:
-    return 1.0 / modelled_share(r, full)
 
 
 def step_to(r: dict, target: float, until: Optional[int] = None) -> Optional[int]:
