@@ -6,8 +6,8 @@ validation slice; full fine-tuning records the slice at 10 checks per epoch. Fro
 * **target**: full fine-tuning's best dev score on the same seed - 0.5 points;
 * **time to target**: the training cost up to the first dev evaluation at or above it (None:
   never), for every run, full fine-tuning included (= early stopping with a perfect oracle), in
-  the replay's cost model as a share of full's fixed budget (measured times where the machine
-  was quiet are in the JSON too);
+  the replay's cost model as a share of full's fixed budget (the JSON also has each run's
+  measured fixed-budget speedup, ``fixed_budget_speedup``, where the machine was quiet);
 * **Δ final**: the dev score where the run ended against full fine-tuning's at its end;
 * **early stopping** (read off the full run, no training of its own): the plateau policy's rule
   (no better slice score and no lower slice loss for ``patience`` checks at 2 per epoch) as a
@@ -79,8 +79,10 @@ def early_stop(full: dict, patience: int = 2, per_epoch: int = 2) -> Optional[di
         if rule.decide(stats) > 0:
             at = [e for e in full["evals"] if e["step"] <= h["step"]]
             at_best = [e for e in full["evals"] if e["step"] <= best[0]]
+            # no dev evaluation at or before a step: its dev score was never measured (None)
             return {"step": h["step"], "epoch": h["epoch"], "time": time_at(full, h["step"]),
-                    "score": at[-1]["score"], "restore_best_score": at_best[-1]["score"] if at_best else None}
+                    "score": at[-1]["score"] if at else None,
+                    "restore_best_score": at_best[-1]["score"] if at_best else None}
     return None
 
 
@@ -120,6 +122,11 @@ def per_run(r: dict, full: dict) -> Dict[str, Optional[float]]:
             "end_time_x_full_budget": modelled_share(r, full)}
 
 
+def points(score: Optional[float], against: float) -> Optional[float]:
+    """``score - against`` in points (None: a stop before any dev evaluation, never scored)."""
+    return None if score is None else 100 * (score - against)
+
+
 def es_run(full: dict, patience: int = 2) -> Dict[str, Optional[float]]:
     """Early stopping read off a full run; one that never plateaus runs to the end (``stop_epoch`` None)."""
     es = early_stop(full, patience)
@@ -133,7 +140,7 @@ def es_run(full: dict, patience: int = 2) -> Dict[str, Optional[float]]:
     final = full["evals"][-1]["score"]
     return {"fixed_budget_speedup": own_time(full) / es["time"] if not busy(full) else None,
             "modelled_speedup": full["steps"] / es["step"], "policy_overhead": 0.0, "d_best": None,
-            "d_final": 100 * (es["score"] - final), "d_restore_best": 100 * (es["restore_best_score"] - final),
+            "d_final": points(es["score"], final), "d_restore_best": points(es["restore_best_score"], final),
             "stop_epoch": es["epoch"], "step_to_target": hit,
             "time_to_target_x_full_budget": None if hit is None else hit / full["steps"],
             "end_time_x_full_budget": es["step"] / full["steps"]}
