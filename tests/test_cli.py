@@ -243,6 +243,13 @@ def test_estimate_without_unfrozen_steps_says_so():
     assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)
     rep["signal_seconds"] = {"val_slice": 0.4}  # the plateau policy's checks: not full fine-tuning's time
     assert estimate_full_time(rep)["speedup"] == pytest.approx(9 / 7)
+    # a run the policy ended when converged is compared with full fine-tuning's planned budget
+    rep.update(total_steps=16, stopped="converged", signal_seconds={})
+    est = estimate_full_time(rep)
+    assert est["speedup"] == pytest.approx(16 / 7) and est["stopped_at"] == 10
+    assert "x 16 steps (the planned budget: the run stopped converged at step 10)" in estimate_lines(rep)[1]
+    rep["stopped"] = "stop_after_steps"  # stopped for another reason: the steps it ran
+    assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)
 
 
 def test_policy_option_runs_the_stability_policy_and_plots_its_story(tiny_ckpt, task, tmp_path, capsys):

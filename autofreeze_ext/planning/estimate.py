@@ -4,25 +4,33 @@ from __future__ import annotations
 from typing import List, Optional
 
 from ..freezing.history import checks_without_gain
+from ..training.parts.converged import CONVERGED
 
 
 def estimate_full_time(report: dict) -> Optional[dict]:
     """Full fine-tuning's training time estimated from this run's own steps before the first
     freeze: mean step time at frozen depth 0 (the controller's statistics included, less the
-    validation slice's checks: full fine-tuning makes none) times the run's number of steps.
-    ``None`` when fewer than 3 steps ran unfrozen (e.g. a static mode).
+    validation slice's checks: full fine-tuning makes none) times the run's number of steps, or
+    its planned budget (``total_steps``) where the policy ended it early (``--stop-when-converged``:
+    the steps it saved are part of what it bought; a run stopped for any other reason, e.g.
+    ``--stop-after-steps``, is compared over the steps it ran). ``None`` when fewer than 3 steps
+    ran unfrozen (e.g. a static mode).
 
-    Returns ``{"full_s", "step_s", "steps_measured", "steps", "speedup"}``, speedup against the
-    run's measured training time (evaluation excluded in both).
+    Returns ``{"full_s", "step_s", "steps_measured", "steps", "speedup", "checks_s", "stopped_at"}``
+    (``stopped_at``: the step a converged run ended at, else None), speedup against the run's
+    measured training time (evaluation excluded in both).
     """
     seconds, steps = (report.get("depth_seconds") or {}).get("0", [0.0, 0])
     if steps < 3 or not report.get("train_time_s"):
         return None
     checks = min(seconds, (report.get("signal_seconds") or {}).get("val_slice", 0.0))  # (all before the freeze,
     step_s = (seconds - checks) / steps  # but with --stop-when-converged: then the estimate errs low)
-    full = step_s * report["steps"]
-    return {"full_s": full, "step_s": step_s, "steps_measured": steps, "steps": report["steps"],
-            "speedup": full / report["train_time_s"], "checks_s": checks}
+    early = report.get("stopped") == CONVERGED and (report.get("total_steps") or 0) > report["steps"]
+    budget = report["total_steps"] if early else report["steps"]
+    full = step_s * budget
+    return {"full_s": full, "step_s": step_s, "steps_measured": steps, "steps": budget,
+            "speedup": full / report["train_time_s"], "checks_s": checks,
+            "stopped_at": report["steps"] if early else None}
 
 
 def freezing_summary(report: dict) -> str:
@@ -74,7 +82,9 @@ def estimate_lines(report: dict) -> List[str]:
     over = ("all steps: nothing froze" if est["steps_measured"] >= est["steps"]
             else f"the {est['steps_measured']} steps before the first freeze")
     lines.append(f"full fine-tuning, estimated: {est['full_s']:.0f} s = {est['step_s']:.3f} s/step (mean over {over}"
-                 f"{', less the validation checks' if est.get('checks_s') else ''}) x {est['steps']} steps")
+                 f"{', less the validation checks' if est.get('checks_s') else ''}) x {est['steps']} steps"
+                 + (f" (the planned budget: the run stopped converged at step {est['stopped_at']})"
+                    if est.get("stopped_at") else ""))
     lines.append(f"estimated speedup: {est['speedup']:.2f}x (training time {report['train_time_s']:.0f} s; an "
                  f"estimate, evaluation excluded); {measure}")
     return lines

