@@ -97,6 +97,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         self._pending: Optional[dict] = None  # the checkpoint's controller state, until fitting starts
         self._groups: Optional[list] = None  # the optimizer's parameter groups as configure_optimizers built them
         self._ddp_depth = 0
+        self._run_length: tuple = (None, None)  # (optimizer steps of the fit, steps per epoch)
 
     # ------------------------------------------------------------------ fitting
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -104,6 +105,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
         optimizer = _raw_optimizer(trainer)
         self._groups = [list(g["params"]) for g in optimizer.param_groups]
         total, per_epoch = _run_length(trainer)
+        self._run_length = (total, per_epoch)
         policy = self._policy(trainer, model, total)
         probe = _probe(trainer, model, self.probe_samples) if set(policy.signals) & set(NEEDS_PROBE) else None
         val = self._val() if policy.reads_val_slice else None
@@ -151,8 +153,7 @@ class AutoFreezeLightning(Callback):  # type: ignore[misc,valid-type]
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.runner is not None:  # the last epoch's rows are never read back: nothing is written
-            last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-            self.runner.later_passes = not last
+            self.runner.later_passes = not _last_epoch(trainer, *self._run_length)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Under DDP, after a freeze: rebuild the strategy's DDP over the parameters that still
@@ -328,6 +329,14 @@ def _run_length(trainer) -> tuple:
     batches = trainer.num_training_batches
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
     return total, per_epoch
+
+
+def _last_epoch(trainer, total: Optional[int], per_epoch: Optional[int]) -> bool:
+    """Whether the epoch starting is the fit's last: ``max_epochs`` ends it, or the fit's steps
+    (``max_steps``, which Lightning counts in ``estimated_stepping_batches``) run out in it."""
+    if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1:
+        return True
+    return bool(total and per_epoch) and (trainer.current_epoch + 1) * per_epoch >= total
 
 
 def _warmup_steps(trainer) -> int:
