@@ -56,7 +56,7 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
              if getattr(args, k) is not None]
     for mode in modes:
         if given and _kind(mode) != "autofreeze":
-            print(f"autofreeze: warning: {', '.join(given)} only apply to --mode autofreeze[+cache]; mode "
+            print(f"autofreeze: warning: {', '.join(given)} only {_verb(given)} to --mode autofreeze[+cache]; mode "
                   f"{mode!r} ignores them", file=sys.stderr)
     d = FinetuneConfig().freeze
     plateau = [f"--{k.replace('_', '-')}" for k in ("stop_when_converged", "plateau_patience", "min_improvement",
@@ -65,13 +65,17 @@ def _warn_unused_policy_options(args, modes: List[str]) -> None:
     reads = reads_val_slice(policy)  # (builds the policy: asked once)
     ignored = [m for m in modes if _kind(m) != "autofreeze" or not reads]
     if plateau and ignored:
-        print(f"autofreeze: warning: {', '.join(plateau)} only apply to --policy plateau or plateau-or-late "
+        print(f"autofreeze: warning: {', '.join(plateau)} only {_verb(plateau)} to --policy plateau or plateau-or-late "
               f"under --mode autofreeze[+cache]; mode {', '.join(ignored)} with policy {policy!r} ignores them",
               file=sys.stderr)
     others = [f"--{k.replace('_', '-')}" for k in NOT_READ_BY_PLATEAU if getattr(args, k) != getattr(d, k)]
     if others and reads and any(_kind(m) == "autofreeze" for m in modes):
         print(f"autofreeze: warning: policy {policy!r} ignores {', '.join(others)} (it checks its validation slice "
               "--val-checks-per-epoch times an epoch and freezes every block but the top one at once)", file=sys.stderr)
+
+
+def _verb(options: List[str]) -> str:
+    return "applies" if len(options) == 1 else "apply"
 
 
 #: the other policies' options that the plateau policies do not read

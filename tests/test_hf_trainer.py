@@ -380,3 +380,21 @@ def test_a_freeze_in_the_last_epoch_writes_nothing_to_the_cache(tmp_path):
     c = cached.cache_counters
     assert c["puts_ram"] + c["puts_disk"] == 0 and c["writes_skipped"] == 8 * 4  # updates 9-12
     assert list(losses_of(cached).values()) == pytest.approx(list(losses_of(plain).values()), abs=1e-5)
+
+
+def test_hold_out_rows_reads_float_targets_as_regression():
+    """Integer-valued float targets (STS-B's 3.0, 4.0) are a regression task, as transformers
+    reads them: the slice is drawn across the targets, not stratified by int(target) into
+    classes that each keep a training row (which a 2-row-per-class split could not)."""
+    from autofreeze_ext.integrations.hf_trainer import hold_out_rows
+    from autofreeze_ext.tasks.split import split_rows
+
+    rows = [{"input_ids": [1, 2], "labels": float(i % 6)} for i in range(60)]
+    train, val = hold_out_rows(rows, 0.1, seed=3)
+    labels = [r["labels"] for r in rows]
+    assert (train.indices, val.indices) == tuple(split_rows(labels, 0.1, 3, True, "x"))
+    tensors = [{"input_ids": [1, 2], "labels": torch.tensor(float(i % 6))} for i in range(60)]
+    assert hold_out_rows(tensors, 0.1, seed=3)[1].indices == val.indices
+    classes = [{"input_ids": [1, 2], "labels": i % 6} for i in range(60)]
+    assert hold_out_rows(classes, 0.1, seed=3)[1].indices == split_rows([i % 6 for i in range(60)], 0.1, 3,
+                                                                       False, "x")[1]

@@ -295,12 +295,18 @@ def test_review_findings_on_the_validation_slice(tiny_ckpt, tmp_path, capsys, ca
     for extra, msg in ((["--policy", "plateau", "--val", dev], "is the --dev file"),
                        (["--policy", "plateau", "--val", train], "is the --train file"),
                        (["--policy", "plateau", "--keep-top", "4"], "--keep-top 4: the model has 4 blocks"),
-                       (["--min-improvement", "nan"], "--min-improvement")):
+                       (["--min-improvement", "nan"], "--min-improvement"),
+                       (["--min-improvement", "inf"], "--min-improvement must be finite")):
         rc, _, err = run(base + extra, capsys)
         assert rc == 2 and msg in err and "Traceback" not in err, err
+    caplog.clear()
     rc, _, err = run(base + ["--mode", "full", "--stop-when-converged", "--val-fraction", "0.2"], capsys)
-    assert rc == 0 and "--stop-when-converged only apply to --policy plateau" in err
+    assert rc == 0 and "--stop-when-converged only applies to --policy plateau" in err
     assert "held out, but mode full does not read it" in caplog.text
+    assert "has only" not in caplog.text  # a slice no policy reads is not warned about as too small
+    caplog.clear()
+    rc, _, err = run(base + ["--policy", "plateau", "--val-fraction", "0.9"], capsys)
+    assert rc == 0 and "--val-fraction 0.9 holds out more rows (36) than are left to train on (4)" in caplog.text
 
 
 def test_hold_out_leaves_every_class_a_training_row():

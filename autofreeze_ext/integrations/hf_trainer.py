@@ -106,7 +106,8 @@ def hold_out_rows(rows, fraction: float, seed: int = 0):
         raise ValueError("AutoFreezeTrainer: the validation slice is stratified by label: train_dataset rows need a "
                          "'label' or 'labels' (or pass val_data=)")
     labels = [rows[i][key] for i in range(len(rows))]
-    regression = any(isinstance(y, float) and not float(y).is_integer() for y in labels)
+    # float targets are regression (STS-B's 3.0 too), as transformers reads them; ints are classes
+    regression = any(isinstance(y, float) or (isinstance(y, torch.Tensor) and y.is_floating_point()) for y in labels)
     keep, val = split_rows(labels, fraction, seed, regression, "AutoFreezeTrainer: train_dataset")
     return Rows(rows, keep), Rows(rows, val)
 
@@ -153,7 +154,9 @@ class AutoFreezeTrainer(Trainer):  # type: ignore[misc,valid-type]
         val_data: the validation slice of a policy that reads one (``"plateau"``): rows never
             trained on. Default: ``val_fraction`` of ``train_dataset`` held out (stratified by
             its ``label``/``labels``) and removed from the rows the Trainer trains on; never the
-            ``eval_dataset``.
+            ``eval_dataset`` by default, since that is usually the set a run reports (freezing
+            decided on it would be tuned on the reported score); pass ``val_data=eval_dataset``
+            where it is a validation set of its own.
         val_fraction: the share held out when ``val_data`` is not given (default 0.05, at most
             2,000 rows).
         *args, **kwargs: ``Trainer``'s; ``train_dataset`` must be map-style, of dicts.

@@ -76,8 +76,9 @@ def estimate_lines(report: dict) -> List[str]:
                "(same data, seed and settings)")
     est = estimate_full_time(report)
     if est is None:
-        lines.append("no estimate of full fine-tuning's time: fewer than 3 steps ran before the first freeze; "
-                     + measure)
+        froze = any(e["depth"] > 0 for e in report.get("frozen_depth") or [])
+        lines.append("no estimate of full fine-tuning's time: fewer than 3 steps ran "
+                     + ("before the first freeze; " if froze else "; ") + measure)
         return lines
     over = ("all steps: nothing froze" if est["steps_measured"] >= est["steps"]
             else f"the {est['steps_measured']} steps before the first freeze")

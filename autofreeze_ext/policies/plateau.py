@@ -55,8 +55,8 @@ class PlateauFreeze(AdaptivePolicy):
                  total_steps: Optional[int] = None) -> None:
         if int(patience) != patience or patience < 1:
             raise ValueError(f"PlateauFreeze: patience must be an integer >= 1 (checks), got {patience!r}")
-        if not min_improvement >= 0:
-            raise ValueError(f"PlateauFreeze: min_improvement must be >= 0, got {min_improvement!r}")
+        if not 0 <= min_improvement < math.inf:
+            raise ValueError(f"PlateauFreeze: min_improvement must be finite and >= 0, got {min_improvement!r}")
         if freeze_by is not None and (not 0 < freeze_by <= 1 or not total_steps or total_steps < 1):
             raise ValueError(f"PlateauFreeze: freeze_by must be a fraction of the run in (0, 1] with total_steps "
                              f">= 1, got {freeze_by!r} and {total_steps!r}")

@@ -107,7 +107,8 @@ def default_policy(has_val_rows: bool = True) -> str:
         return DEFAULT_POLICY
     logging.getLogger("autofreeze_ext").warning(
         "the default policy %r reads a validation slice and this run has none (pass val_data=rows never "
-        "trained on, or --val FILE): using %r instead", DEFAULT_POLICY, NO_VAL_DEFAULT)
+        "trained on to the Trainer or Lightning integration, or --val FILE to the CLI): using %r instead",
+        DEFAULT_POLICY, NO_VAL_DEFAULT)
     return NO_VAL_DEFAULT
 
 

@@ -3,6 +3,7 @@ loaded (``ValueError`` naming the option)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..cache.activation_cache import parse_bytes
 from .config import DataConfig, FinetuneConfig, FreezeConfig, choices_of, option_flag, sections
@@ -100,3 +101,5 @@ def _check_freeze(f: FreezeConfig) -> None:
         raise ValueError(f"--threshold must be >= 0, got {f.threshold}")
     _at_least(("--keep-top", f.keep_top, 0), ("--plateau-patience", f.plateau_patience, 1),
               ("--val-checks-per-epoch", f.val_checks_per_epoch, 1), ("--min-improvement", f.min_improvement, 0))
+    if math.isinf(f.min_improvement):
+        raise ValueError("--min-improvement must be finite: with inf no score could count as a gain")

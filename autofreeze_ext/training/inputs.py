@@ -42,6 +42,9 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
             train, val = val
             log.info("validation slice: %d of the training rows held out (never trained on); %d train", len(val),
                      len(train))
+            if len(train) < len(val):
+                log.warning("--val-fraction %g holds out more rows (%d) than are left to train on (%d)",
+                            cfg.data.val_fraction or DEFAULT_FRACTION, len(val), len(train))
     if val is not None and not slice_is_read(cfg):
         if cfg.data.val is not None:
             log.warning("mode %s does not read the validation file (%d rows): only the plateau policies and "
@@ -52,9 +55,10 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
     if dev.label_space.regression and len(set(dev.labels)) < 2:
         log.warning("every label in %s is %s: Pearson and Spearman are undefined on it (reported as 0); use dev "
                     "rows whose targets vary", cfg.data.dev, dev.labels[0] if dev.labels else "missing")
-    if val is not None and len(val) < FEW_ROWS:
-        log.warning("the validation slice has only %d rows: its score moves in coarse steps; pass --val FILE or "
-                    "a larger --val-fraction", len(val))
+    if val is not None and len(val) < FEW_ROWS and slice_is_read(cfg):
+        more = "a --val FILE with more rows" if cfg.data.val is not None else "--val FILE or a larger --val-fraction"
+        log.warning("the validation slice has only %d row%s: its score moves in coarse steps; pass %s", len(val),
+                    "" if len(val) == 1 else "s", more)
     return Tasks(train, dev, val, check_metric(cfg.data.metric, train.label_space.regression))
 
 
