@@ -7,6 +7,7 @@ import textwrap
 from typing import List
 
 from .freezing.history import checks_without_gain
+from .training.parts.converged import CONVERGED
 
 
 def save_figure(fig, axes, path: str, dpi: int = 110, legend_size: int = 8) -> str:
@@ -62,19 +63,26 @@ def plot_reports(reports: List[dict], path: str) -> str:
     return save_figure(fig, axes, path, dpi=120, legend_size=7)
 
 
-def _slice_story(ax, report: dict, ivs: list) -> None:
+def _slice_story(ax, report: dict) -> None:
     """A validation-slice policy's checks: the slice's score at each check, the checks that
-    gained (filled) and those that did not (open), and the freeze (vertical line)."""
-    pts = [(h["step"], h["signals"]["val_slice"]["score"], checks_without_gain(h) == 0) for h in ivs
-           if isinstance((h.get("signals") or {}).get("val_slice"), dict)]
+    gained (filled) and those that did not (open), the freeze (vertical line), and after it the
+    checks that decide ``--stop-when-converged`` (crosses) and the stop (dashed line)."""
+    checks = [h for h in report["controller_history"] if h.get("event") == "interval"
+              and isinstance((h.get("signals") or {}).get("val_slice"), dict)]
+    pts = [(h["step"], h["signals"]["val_slice"]["score"], checks_without_gain(h) == 0 if h.get("eta") else None)
+           for h in checks]
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:blue", lw=1, label="validation slice score")
-        for gained in (True, False):
-            sel = [p for p in pts if p[2] == gained]
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker="o", s=18, color="tab:blue",
-                       facecolors="tab:blue" if gained else "none", label="gained" if gained else "no gain")
+        for gained, marker, label in ((True, "o", "gained"), (False, "o", "no gain"), (None, "x", "after the freeze")):
+            sel = [p for p in pts if p[2] is gained]
+            if sel:
+                face = {"facecolors": "none"} if gained is False else {}
+                ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, s=18, color="tab:blue", label=label,
+                           **face)
     for step in _freeze_steps(report):
         ax.axvline(step, color="grey", lw=0.8, alpha=0.6)
+    if report.get("stopped") == CONVERGED:
+        ax.axvline(report["steps"], color="tab:red", lw=0.8, ls="--", label="stopped: converged")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"slice {report.get('metric', 'score')}")
     _story_title(ax, report)
@@ -105,7 +113,7 @@ def _story(ax, report: dict) -> None:
     (vertical lines) and the guard that held a freeze back (coloured marks along the top)."""
     ivs = [h for h in report["controller_history"] if h.get("event") == "interval" and h.get("eta")]
     if ivs and ivs[0].get("signal") == "val_slice":
-        return _slice_story(ax, report, ivs)
+        return _slice_story(ax, report)
     blocks = sorted({int(b) for h in ivs for b in h["eta"]})
     for b in blocks:
         pts = [(h["step"], h["eta"][b] if b in h["eta"] else h["eta"].get(str(b))) for h in ivs]

@@ -77,3 +77,28 @@ def test_the_frozen_depth_axis_counts_whole_blocks_from_zero_to_all(tmp_path, mo
     lo, hi = ax.get_ylim()
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     assert lo < 0 < 6 < hi and all(float(t).is_integer() for t in ticks) and max(ticks) == 6
+
+
+def test_the_slice_story_shows_the_checks_after_the_freeze_and_the_stop():
+    """--stop-when-converged: the checks after the freeze (untested by the freeze rule: no eta)
+    decide the stop; the panel shows them and the stop, not only the checks up to the freeze."""
+    import matplotlib.pyplot as plt
+
+    from autofreeze_ext.plots import _story
+
+    def check(step, score, eta=None):
+        h = {"event": "interval", "step": step, "signals": {"val_slice": {"score": score, "loss": 1 - score}},
+             "signal": "val_slice"}
+        return {**h, "eta": eta} if eta is not None else h
+
+    history = [check(6, 0.5, {"0": 0.0}), check(12, 0.5, {"0": 1.0}), check(18, 0.5, {"0": 2.0}),
+               {"event": "freeze", "step": 18}, check(24, 0.6), check(30, 0.6), check(36, 0.6)]
+    report = {"policy": "PlateauFreeze(...)", "mode": "autofreeze", "controller_history": history,
+              "stopped": "converged", "steps": 36}
+    fig, ax = plt.subplots()
+    _story(ax, report)
+    xs = sorted(float(x) for c in ax.collections for x, _ in c.get_offsets())
+    assert xs == [6, 12, 18, 24, 30, 36]  # every check, the three after the freeze included
+    labels = [h.get_label() for h in ax.get_legend_handles_labels()[0]]
+    assert "after the freeze" in labels and "stopped: converged" in labels
+    plt.close(fig)
