@@ -304,6 +304,11 @@ def test_review_findings_on_the_validation_slice(tiny_ckpt, tmp_path, capsys, ca
     assert rc == 0 and "--stop-when-converged only applies to --policy plateau" in err
     assert "held out, but mode full does not read it" in caplog.text
     assert "has only" not in caplog.text  # a slice no policy reads is not warned about as too small
+    copy = tmp_path / "dev_copy.tsv"
+    copy.write_text(open(dev).read())
+    caplog.clear()
+    rc, _, err = run(base + ["--policy", "plateau", "--val", str(copy)], capsys)
+    assert rc == 0 and f"--val {copy}: 24 of its 24 distinct rows are also in the --dev file" in caplog.text
     caplog.clear()
     rc, _, err = run(base + ["--policy", "plateau", "--val-fraction", "0.9"], capsys)
     assert rc == 0 and "--val-fraction 0.9 holds out more rows (36) than are left to train on (4)" in caplog.text

@@ -36,6 +36,7 @@ def load_tasks(cfg: FinetuneConfig) -> Tasks:
         val = load_task(cfg.data.val, columns=cols, fmt=cfg.data.data_format, label_space=train.label_space,
                         train_path=cfg.data.train)
         _same_shape(cfg.data.train, train, cfg.data.val, val)
+        _warn_shared_rows(cfg, val, (("--dev", dev), ("--train", train)))
     elif wants_val_slice(cfg):
         val = _held_out(cfg, train)
         if val is not None:
@@ -82,6 +83,18 @@ def _not_the_same(cfg: FinetuneConfig) -> None:
             raise ValueError(f"--val {cfg.data.val} is the {option} file: the validation slice must be rows the run "
                              "neither reports on nor trains on (or leave --val out: 5% of the training rows are "
                              "held out)")
+
+
+def _warn_shared_rows(cfg: FinetuneConfig, val: Task, others) -> None:
+    """A validation file that is mostly rows of the dev or training file (a copy under another
+    name, which the path check cannot see): say so, with the count."""
+    rows = lambda t: set(zip(t.texts, t.text_pairs or [None] * len(t.texts)))  # noqa: E731
+    mine = rows(val)
+    for option, task in others:
+        shared = len(mine & rows(task))
+        if shared and shared * 2 >= len(mine):
+            log.warning("--val %s: %d of its %d distinct rows are also in the %s file: the validation slice should be "
+                        "rows the run neither reports on nor trains on", cfg.data.val, shared, len(mine), option)
 
 
 def _same_shape(train_path: str, train: Task, path: str, other: Task) -> None:
