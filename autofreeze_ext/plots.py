@@ -49,13 +49,14 @@ def plot_reports(reports: List[dict], path: str) -> str:
     ax2.set_ylim(-0.2, max(r.get("num_blocks") or 1 for r in reports) + 0.2)  # whole blocks, 0 to all
     ax2.yaxis.get_major_locator().set_params(integer=True)
     phases = [k for k in ("prefix_forward", "suffix_forward", "backward", "optimizer", "statistics", "cache_io")
-              if any(k in r.get("phases_s", {}) for r in reports)]
+              if any(r.get("phases_s", {}).get(k, 0.0) > 0 for r in reports)]  # (a phase that took no time: left out)
     bottom = [0.0] * len(reports)
     for k in phases:
         vals = [r.get("phases_s", {}).get(k, 0.0) for r in reports]
         ax3.bar(range(len(reports)), vals, bottom=bottom, label=k.replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax3.set_xticks(range(len(reports)), [r["mode"] for r in reports], rotation=20, ha="right")
+    ax3.set_ylim(0, 1.15 * max(bottom + [1e-9]))  # headroom: the top segment clear of the frame
     ax3.set_ylabel("training time (s)")
     ax3.set_title("where the time goes")
     if story:
@@ -69,8 +70,8 @@ def _slice_story(ax, report: dict) -> None:
     checks that decide ``--stop-when-converged`` (crosses) and the stop (dashed line)."""
     checks = [h for h in report["controller_history"] if h.get("event") == "interval"
               and isinstance((h.get("signals") or {}).get("val_slice"), dict)]
-    pts = [(h["step"], h["signals"]["val_slice"]["score"], checks_without_gain(h) == 0 if h.get("eta") else None)
-           for h in checks]
+    pts = [(h["step"], 100 * h["signals"]["val_slice"]["score"], checks_without_gain(h) == 0 if h.get("eta") else None)
+           for h in checks]  # x100, as the dev panel
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:blue", lw=1, label="validation slice score")
         for gained, marker, label in ((True, "o", "gained"), (False, "o", "no gain"), (None, "x", "after the freeze")):
@@ -84,7 +85,8 @@ def _slice_story(ax, report: dict) -> None:
     if report.get("stopped") == CONVERGED:
         ax.axvline(report["steps"], color="tab:red", lw=0.8, ls="--", label="stopped: converged")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"slice {report.get('metric', 'score')}")
+    metric = report.get("metric") or "score"
+    ax.set_ylabel(f"slice {metric} (%)" if metric in ("accuracy", "f1", "macro_f1") else f"slice {metric} (x100)")
     _story_title(ax, report)
 
 

@@ -243,6 +243,9 @@ def test_estimate_without_unfrozen_steps_says_so():
     assert estimate_full_time(rep)["speedup"] == pytest.approx(10 / 7)
     rep["signal_seconds"] = {"val_slice": 0.4}  # the plateau policy's checks: not full fine-tuning's time
     assert estimate_full_time(rep)["speedup"] == pytest.approx(9 / 7)
+    nothing = {**rep, "frozen_depth": [{"step": 0, "depth": 0}], "depth_seconds": {"0": [7.0, 10]}}
+    assert estimate_full_time(nothing)["speedup"] == pytest.approx(6.6 / 7)
+    assert "below 1: nothing froze, and the policy's checks cost 0.4 s" in estimate_lines(nothing)[-1]
     # a run the policy ended when converged is compared with full fine-tuning's planned budget
     rep.update(total_steps=16, stopped="converged", signal_seconds={})
     est = estimate_full_time(rep)

@@ -86,6 +86,8 @@ def estimate_lines(report: dict) -> List[str]:
                  f"{', less the validation checks' if est.get('checks_s') else ''}) x {est['steps']} steps"
                  + (f" (the planned budget: the run stopped converged at step {est['stopped_at']})"
                     if est.get("stopped_at") else ""))
+    why = (f"; below 1: nothing froze, and the policy's checks cost {est['checks_s']:.1f} s"
+           if est["speedup"] < 1 and est["steps_measured"] >= est["steps"] and est.get("checks_s") else "")
     lines.append(f"estimated speedup: {est['speedup']:.2f}x (training time {report['train_time_s']:.0f} s; an "
-                 f"estimate, evaluation excluded); {measure}")
+                 f"estimate, evaluation excluded{why}); {measure}")
     return lines
