@@ -41,7 +41,7 @@ def plot_reports(reports: List[dict], path: str) -> str:
         steps = [d["step"] for d in r["frozen_depth"]]
         ax2.step(steps, [d["depth"] for d in r["frozen_depth"]], where="post", label=r["mode"])
     ax1.set_xlabel("training time (s, evaluation excluded)")
-    ax1.set_ylabel(f"dev {metric} (%)" if metric in ("accuracy", "f1", "macro_f1") else f"dev {metric} (x100)")
+    ax1.set_ylabel(_x100_label("dev", metric))
     ax1.set_title(f"{metric} vs time")
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("frozen blocks")
@@ -62,6 +62,11 @@ def plot_reports(reports: List[dict], path: str) -> str:
     if story:
         _story(axes[3], story)
     return save_figure(fig, axes, path, dpi=120, legend_size=7)
+
+
+def _x100_label(what: str, metric: str) -> str:
+    """The axis label of a score plotted x100: a percentage for the metrics that are shares."""
+    return f"{what} {metric} (%)" if metric in ("accuracy", "f1", "macro_f1") else f"{what} {metric} (x100)"
 
 
 def _slice_story(ax, report: dict) -> None:
@@ -85,8 +90,7 @@ def _slice_story(ax, report: dict) -> None:
     if report.get("stopped") == CONVERGED:
         ax.axvline(report["steps"], color="tab:red", lw=0.8, ls="--", label="stopped: converged")
     ax.set_xlabel("optimizer step")
-    metric = report.get("metric") or "score"
-    ax.set_ylabel(f"slice {metric} (%)" if metric in ("accuracy", "f1", "macro_f1") else f"slice {metric} (x100)")
+    ax.set_ylabel(_x100_label("slice", report.get("metric") or "score"))
     _story_title(ax, report)
 
 

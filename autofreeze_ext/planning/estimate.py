@@ -80,14 +80,14 @@ def estimate_lines(report: dict) -> List[str]:
         lines.append("no estimate of full fine-tuning's time: fewer than 3 steps ran "
                      + ("before the first freeze; " if froze else "; ") + measure)
         return lines
-    over = ("all steps: nothing froze" if est["steps_measured"] >= est["steps"]
-            else f"the {est['steps_measured']} steps before the first freeze")
+    nothing_froze = est["steps_measured"] >= est["steps"]
+    over = "all steps: nothing froze" if nothing_froze else f"the {est['steps_measured']} steps before the first freeze"
     lines.append(f"full fine-tuning, estimated: {est['full_s']:.0f} s = {est['step_s']:.3f} s/step (mean over {over}"
                  f"{', less the validation checks' if est.get('checks_s') else ''}) x {est['steps']} steps"
                  + (f" (the planned budget: the run stopped converged at step {est['stopped_at']})"
                     if est.get("stopped_at") else ""))
     why = (f"; below 1: nothing froze, and the policy's checks cost {est['checks_s']:.1f} s"
-           if est["speedup"] < 1 and est["steps_measured"] >= est["steps"] and est.get("checks_s") else "")
+           if est["speedup"] < 1 and nothing_froze and est.get("checks_s") else "")
     lines.append(f"estimated speedup: {est['speedup']:.2f}x (training time {report['train_time_s']:.0f} s; an "
                  f"estimate, evaluation excluded{why}); {measure}")
     return lines
